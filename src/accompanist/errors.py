@@ -1,0 +1,194 @@
+"""Every error Accompanist raises, in one tree.
+
+Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer::
+
+    AccompanistError
+    ├── DefinitionError            a choreography is written wrongly (found before or while it runs)
+    ├── ProjectionError            a located value was opened at a role that does not own it
+    ├── CodecError                 a value cannot cross a process boundary (unregistered type, bad bytes)
+    ├── ConfigError                a sidecar option is missing or malformed
+    ├── NondeterminismError        a replay produced a different step than the journal
+    ├── TransportError             a peer cannot be reached, or a frame is malformed or unauthenticated
+    │   └── FrameError             one frame was rejected (bad length, bad signature, bad body)
+    ├── StoreError                 the durable store failed or holds something unreadable
+    │   └── StoreCorruptError      the store file/schema is damaged; refuse to start
+    ├── SessionError               one session cannot go on (others are unaffected)
+    │   ├── SessionFailedError     a session ended in failure; carries the remote reason
+    │   ├── ReceiveTimeoutError    an awaited envelope did not arrive in time
+    │   ├── BufferOverflowError    too many early envelopes waited for one session
+    │   ├── UnknownChoreographyError  no choreography of that name and version is registered
+    │   └── SessionCancelledError  an operator cancelled the session
+    └── TransactionError           a saga step failed
+        └── Abort                  raised by a commit to fail the saga on purpose (a business failure)
+
+Errors carry structured attributes (``session_id``, ``role``, ``seq`` ...) so callers can act on
+them without parsing messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Abort",
+    "AccompanistError",
+    "BufferOverflowError",
+    "CodecError",
+    "ConfigError",
+    "DefinitionError",
+    "FrameError",
+    "NondeterminismError",
+    "ProjectionError",
+    "ReceiveTimeoutError",
+    "SessionCancelledError",
+    "SessionError",
+    "SessionFailedError",
+    "StoreCorruptError",
+    "StoreError",
+    "TransactionError",
+    "TransportError",
+    "UnknownChoreographyError",
+]
+
+
+class AccompanistError(Exception):
+    """Root of every error raised by Accompanist."""
+
+
+class DefinitionError(AccompanistError):
+    """A choreography is written wrongly: bad roles, self-communication, a sync function..."""
+
+
+class ProjectionError(AccompanistError):
+    """A located value was used at a role that does not own it.
+
+    Attributes:
+        role: the role that tried to use the value.
+        owners: the roles that own it.
+        operation: what was attempted (``locally``, ``comm``, ...).
+    """
+
+    def __init__(self, role: str, owners: tuple[str, ...], operation: str, detail: str = "") -> None:
+        self.role = role
+        self.owners = owners
+        self.operation = operation
+        owned = ", ".join(owners) if owners else "no role"
+        msg = f"{operation}: role '{role}' cannot open a value located at {owned}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+
+class CodecError(AccompanistError):
+    """A value cannot be encoded for the wire, or received bytes cannot be decoded."""
+
+
+class ConfigError(AccompanistError):
+    """A sidecar option is missing or malformed."""
+
+
+class NondeterminismError(AccompanistError):
+    """A replay produced a different step than the one recorded at the same index.
+
+    The session is stopped and marked ``diverged``; it is never silently continued.
+    """
+
+    def __init__(self, session_id: str, step: int, expected: str, actual: str) -> None:
+        self.session_id = session_id
+        self.step = step
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"session {session_id} diverged at step {step}: the journal has {expected}, "
+            f"the replay produced {actual} (was the choreography changed while it ran?)"
+        )
+
+
+class TransportError(AccompanistError):
+    """A peer cannot be reached or answered wrongly."""
+
+
+class FrameError(TransportError):
+    """One frame was rejected: oversized, truncated, badly signed or not decodable."""
+
+
+class StoreError(AccompanistError):
+    """The durable store failed or holds something unreadable."""
+
+
+class StoreCorruptError(StoreError):
+    """The store is damaged or is not an Accompanist store; the sidecar refuses to start."""
+
+
+class SessionError(AccompanistError):
+    """One session cannot go on; other sessions are unaffected."""
+
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        self.session_id = session_id
+        super().__init__(message)
+
+
+class SessionFailedError(SessionError):
+    """A session ended in failure.
+
+    Attributes:
+        session_id: the failed session.
+        role: the role where it failed.
+        reason: the failure's message, as recorded by that role.
+        status: the terminal status (``failed``, ``compensated``, ``diverged``...).
+    """
+
+    def __init__(self, session_id: str, role: str, reason: str, status: str = "failed") -> None:
+        self.role = role
+        self.reason = reason
+        self.status = status
+        super().__init__(f"session {session_id} {status} at role '{role}': {reason}", session_id=session_id)
+
+
+class ReceiveTimeoutError(SessionError):
+    """An awaited envelope did not arrive within the receive timeout."""
+
+    def __init__(self, session_id: str, src: str, seq: int, timeout: float) -> None:
+        self.src = src
+        self.seq = seq
+        self.timeout = timeout
+        super().__init__(
+            f"session {session_id}: no envelope #{seq} from '{src}' within {timeout:g}s",
+            session_id=session_id,
+        )
+
+
+class BufferOverflowError(SessionError):
+    """More early envelopes arrived for one session than its buffer holds."""
+
+
+class UnknownChoreographyError(SessionError):
+    """No choreography of the requested name and version is registered here."""
+
+    def __init__(self, name: str, version: int | None, known: dict[str, list[int]]) -> None:
+        self.name = name
+        self.version = version
+        listing = ", ".join(f"{n} v{','.join(map(str, vs))}" for n, vs in sorted(known.items())) or "none"
+        which = f"'{name}'" if version is None else f"'{name}' version {version}"
+        super().__init__(f"unknown choreography {which}; registered: {listing}")
+
+
+class SessionCancelledError(SessionError):
+    """An operator cancelled the session."""
+
+
+class TransactionError(AccompanistError):
+    """A saga step failed."""
+
+
+class Abort(TransactionError):  # noqa: N818 - the name is the verb users raise
+    """Raise from a transaction's commit to fail the saga on purpose (a business failure).
+
+    Args:
+        reason: why the saga is aborted; every role sees it as the session's failure reason.
+    """
+
+    def __init__(self, reason: str, **details: Any) -> None:
+        self.reason = reason
+        self.details = details
+        super().__init__(reason)

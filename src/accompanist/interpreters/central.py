@@ -1,0 +1,118 @@
+"""The central interpreter: every role in one process, the reference semantics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from accompanist.interpreters.common import check_args, initiator_args, maybe_sync, session_result
+from accompanist.language.choreo import Choreo, LocalThunk
+from accompanist.language.choreography import Choreography
+from accompanist.language.located import Located, make_located
+from accompanist.language.roles import Role
+from accompanist.language.steps import StepKind
+
+__all__ = ["CentralRun", "CentralRunner", "TraceEvent", "run_central"]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One event of a central run, for diagrams: a local step or a message.
+
+    Attributes:
+        kind: ``local``, ``now``/``uuid``/``random``, or the message kind (``value``/``select``).
+        src: the role acting (or sending).
+        dsts: the receivers of a message (empty for a local step).
+        name: the local function's name.
+        value: a short text form of the value (for the diagram only).
+    """
+
+    kind: str
+    src: str
+    dsts: tuple[str, ...]
+    name: str
+    value: str
+
+
+@dataclass
+class CentralRun:
+    """The outcome of a central run: the result and every event in order."""
+
+    result: Any = None
+    trace: list[TraceEvent] = field(default_factory=list)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class _CentralState:
+    choreography: Choreography
+    run: CentralRun
+
+
+class CentralChoreo(Choreo):
+    """Runs every role: local steps run in place, messages go through the codec and back."""
+
+    def __init__(self, state: _CentralState, census: Sequence[Role], mapping: Mapping[Role, Role] | None = None):
+        super().__init__(census, mapping)
+        self._state = state
+
+    def _here(self, role: Role) -> bool:
+        return True
+
+    def _derive(self, census: Sequence[Role], mapping: Mapping[Role, Role]) -> Choreo:
+        return CentralChoreo(self._state, census, mapping)
+
+    async def _run_local(self, role: Role, kind: StepKind, name: str, thunk: LocalThunk) -> Any:
+        value = await thunk()
+        self._state.run.trace.append(TraceEvent(str(kind), role.name, (), name, _short(value)))
+        return value
+
+    async def _transfer(self, src: Role, dsts: tuple[Role, ...], value: Located[Any], msg_kind: str) -> Located[Any]:
+        opened = value._open(src, "comm" if msg_kind == "value" else msg_kind)
+        received = self._state.choreography.codec.roundtrip(opened)
+        self._state.run.trace.append(TraceEvent(msg_kind, src.name, tuple(d.name for d in dsts), "", _short(received)))
+        return make_located(dsts, received)
+
+
+class CentralRunner:
+    """Runs a choreography with every role in this process (tests, ``accompanist check``)."""
+
+    def __init__(self, choreography: Choreography) -> None:
+        self.choreography = choreography
+
+    async def run(self, *args: Any) -> CentralRun:
+        """Run with plain ``args`` placed at the initiator; return result and trace.
+
+        Raises:
+            DefinitionError: wrong argument count or a badly written choreography.
+            ProjectionError: a value was opened at a role that does not own it.
+        """
+        c = self.choreography
+        check_args(c, args)
+        run = CentralRun()
+        ch = CentralChoreo(_CentralState(c, run), c.roles)
+        returned = await c.fn(ch, *initiator_args(c, None, args))
+        run.result = session_result(c, returned)
+        return run
+
+
+def run_central(choreography: Choreography, *args: Any) -> Any:
+    """Run every role in one process and return the session's plain result.
+
+    Called from plain code it runs to completion; inside a running event loop it returns an
+    awaitable: ``await ac.run_central(...)``.
+
+    Raises:
+        DefinitionError: wrong argument count or a badly written choreography.
+        ProjectionError: a value was opened at a role that does not own it.
+    """
+
+    async def go() -> Any:
+        return (await CentralRunner(choreography).run(*args)).result
+
+    return maybe_sync(go)
