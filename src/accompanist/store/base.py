@@ -1,0 +1,198 @@
+"""The ``Store`` protocol: durable sessions, inbox, outbox, journal and transaction log.
+
+The session engine talks to a store only through this protocol. Every write goes through
+:meth:`Store.commit` as a :class:`WriteBatch`; implementations merge concurrent batches into
+one transaction (group commit), so many sessions share one fsync under load.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from accompanist.envelope import Envelope
+
+__all__ = [
+    "JournalEntry",
+    "OutboxRow",
+    "SessionRecord",
+    "SessionStatus",
+    "Store",
+    "StoreCounts",
+    "TxRecord",
+    "WriteBatch",
+    "TERMINAL_STATUSES",
+]
+
+
+class SessionStatus(enum.StrEnum):
+    """Lifecycle of one session at one role."""
+
+    RUNNING = "running"
+    PARKED = "parked"  # waiting for an envelope after a receive timeout (fault-tolerant mode)
+    FINISHED = "finished"  # this role's part is done; a saga may still compensate
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+    DIVERGED = "diverged"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        SessionStatus.COMPLETED,
+        SessionStatus.FAILED,
+        SessionStatus.COMPENSATED,
+        SessionStatus.DIVERGED,
+        SessionStatus.CANCELLED,
+    }
+)
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    """One session at one role.
+
+    ``args`` and ``result`` hold codec bytes; ``error`` is a human-readable reason.
+    Times are UNIX seconds (float).
+    """
+
+    session_id: str
+    choreography: str
+    version: int
+    role: str
+    status: str
+    args: bytes = b""
+    result: bytes | None = None
+    error: str | None = None
+    attempts: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a session at this role, in step-index order.
+
+    ``value`` holds codec bytes of a local step's result (None when not journaled, e.g. for
+    message steps or when the value could not be encoded).
+    """
+
+    session_id: str
+    step: int
+    kind: str
+    name: str
+    value: bytes | None = None
+
+
+class TxRecord(msgspec.Struct, kw_only=True):
+    """A saga transaction's commit or compensation, keyed by its idempotency key."""
+
+    session_id: str
+    key: str  # session_id/role/name/occurrence
+    name: str
+    step: int
+    status: str  # "committed" | "compensated"
+    result: bytes | None = None
+    updated_at: float = 0.0
+
+
+class OutboxRow(msgspec.Struct, frozen=True):
+    """An outgoing envelope and whether the peer acknowledged it."""
+
+    envelope: Envelope
+    acked: bool
+
+
+@dataclass
+class WriteBatch:
+    """Writes that must become durable together (one transaction).
+
+    Applied in this order: sessions (upsert the whole row), inbox (insert, ignore duplicates),
+    outbox (insert, ignore duplicates), acks (mark outbox rows acknowledged, keyed by
+    ``(session_id, dst, seq)``), journal (insert, ignore duplicates by
+    ``(session_id, step)``), txlog (upsert by key).
+    """
+
+    sessions: list[SessionRecord] = field(default_factory=list)
+    inbox: list[Envelope] = field(default_factory=list)
+    outbox: list[Envelope] = field(default_factory=list)
+    acks: list[tuple[str, str, int]] = field(default_factory=list)
+    journal: list[JournalEntry] = field(default_factory=list)
+    txlog: list[TxRecord] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.sessions or self.inbox or self.outbox or self.acks or self.journal or self.txlog)
+
+    def extend(self, other: WriteBatch) -> None:
+        """Append ``other``'s writes after this batch's."""
+        self.sessions.extend(other.sessions)
+        self.inbox.extend(other.inbox)
+        self.outbox.extend(other.outbox)
+        self.acks.extend(other.acks)
+        self.journal.extend(other.journal)
+        self.txlog.extend(other.txlog)
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    """Row counts, for metrics, retention checks and tests."""
+
+    sessions: int
+    inbox: int
+    outbox: int
+    outbox_unacked: int
+    journal: int
+    txlog: int
+
+
+class Store(Protocol):
+    """Durable state of one sidecar (one role)."""
+
+    async def open(self) -> None:
+        """Open the store, creating or migrating the schema.
+
+        Raises:
+            StoreCorruptError: the file or schema is damaged, or belongs to another role.
+            StoreError: the store cannot be reached.
+        """
+
+    async def close(self) -> None:
+        """Flush pending writes and close."""
+
+    async def commit(self, batch: WriteBatch) -> None:
+        """Make ``batch`` durable (all or nothing); concurrent calls may share a transaction."""
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, or None."""
+
+    async def list_sessions(self, status: str | None = None, limit: int = 1000) -> list[SessionRecord]:
+        """Sessions (newest first), optionally only those with ``status``."""
+
+    async def nonterminal_sessions(self) -> list[SessionRecord]:
+        """Every session whose status is not terminal (to replay after a restart)."""
+
+    async def inbox_load(self, session_id: str) -> list[Envelope]:
+        """Every inbox envelope of the session, ordered by (src, seq)."""
+
+    async def outbox_load(self, session_id: str) -> list[OutboxRow]:
+        """Every outbox row of the session."""
+
+    async def outbox_pending(self, limit: int = 1000) -> list[Envelope]:
+        """Unacknowledged outbox envelopes of every session, oldest first."""
+
+    async def journal_load(self, session_id: str) -> list[JournalEntry]:
+        """The session's journal in step order."""
+
+    async def txlog_load(self, session_id: str) -> list[TxRecord]:
+        """The session's transaction records, in step order."""
+
+    async def prune(self, before: float, tombstones_before: float | None = None) -> int:
+        """Delete inbox/outbox/journal/txlog rows of terminal sessions last updated before
+        ``before``; delete the session rows themselves if updated before
+        ``tombstones_before``. Returns the number of rows deleted."""
+
+    async def counts(self) -> StoreCounts:
+        """Row counts."""

@@ -1,0 +1,48 @@
+"""The ``Transport`` protocol: deliver envelopes between sidecars."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from accompanist.envelope import Envelope
+
+__all__ = ["Handler", "Transport", "TransportStats"]
+
+Handler = Callable[[Envelope], Awaitable[None]]
+"""Accepts one incoming envelope. Returning means *accepted* (in fault-tolerant mode: safely in
+the inbox), so the transport acknowledges it; raising means *rejected*, and the transport
+answers the sender with the error's message (and counts it)."""
+
+
+@dataclass
+class TransportStats:
+    """Counters a transport keeps for ``/metrics`` and for tests."""
+
+    sent: int = 0
+    received: int = 0
+    acked: int = 0
+    reconnects: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class Transport(Protocol):
+    """Moves envelopes between sidecars addressed by role name."""
+
+    stats: TransportStats
+
+    async def start(self, handler: Handler) -> None:
+        """Start receiving; ``handler`` is called for every authenticated, well-formed envelope."""
+
+    async def send(self, envelope: Envelope, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Send ``envelope`` to the sidecar of ``envelope.dst``.
+
+        With ``wait=True`` return only once the peer's handler accepted it; raise
+        ``TransportError`` if it could not be delivered, was rejected, or no answer came within
+        ``timeout``. With ``wait=False`` hand it to the connection and return (at-most-once).
+        """
+
+    async def close(self) -> None:
+        """Stop receiving and close every connection."""
