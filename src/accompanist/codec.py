@@ -110,7 +110,8 @@ class PayloadCodec:
             return self._decoder.decode(data)
         except CodecError:
             raise
-        except (msgspec.DecodeError, TypeError, ValueError, RecursionError) as exc:
+        except (msgspec.DecodeError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+            # ArithmeticError: a garbled Decimal (InvalidOperation) or timedelta (OverflowError).
             raise CodecError(f"cannot decode payload: {exc}") from exc
 
     def roundtrip(self, value: Any) -> Any:

@@ -18,7 +18,7 @@ import uuid as _uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from accompanist.errors import DefinitionError
+from accompanist.errors import DefinitionError, ProjectionError
 from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
@@ -220,6 +220,17 @@ class Choreo(abc.ABC):
         present = True
         for r in members:
             loc = self._check_located(await body(self, r), "fanin")
+            missing = [d for d in real_dsts if d not in loc.owners]
+            if missing:
+                # Checked at every role, not just where the value is present, so both
+                # interpreters fail the same way instead of the projection failing later.
+                raise ProjectionError(
+                    missing[0].name,
+                    tuple(sorted(o.name for o in loc.owners)),
+                    "fanin",
+                    f"the body's result for role '{self._real(r).name}' must be located at the destination; "
+                    "send it there with ch.comm",
+                )
             present = present and loc._present()
             parts[self._real(r).name] = loc._raw()
         return make_located(real_dsts, parts if present else ABSENT)
@@ -294,6 +305,13 @@ class Choreo(abc.ABC):
             return make_located(reals, ABSENT)
         result = await fn(self._derive(census, mapping), *args)
         if isinstance(result, Located):
+            outside = sorted(r.name for r in result.owners if r not in reals)
+            if outside:
+                # Roles outside never run the body, so they could not learn of this value.
+                raise DefinitionError(
+                    f"{_fn_name(fn)}: returned a value located at {', '.join(outside)}, outside the roles "
+                    f"that ran it ({', '.join(r.name for r in reals)}); return only values located at those roles"
+                )
             return result
         return make_located(reals, result)
 
