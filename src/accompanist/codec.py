@@ -1,10 +1,10 @@
 """The payload codec: exact, safe round trips of choreography values through msgpack.
 
 Values crossing a process boundary are encoded with msgspec's msgpack, never pickle. Plain
-JSON-like data passes as is; a few standard types (tuple, set, UUID, Decimal, datetime ...)
-travel as msgpack extension records so they come back as the same type; dataclasses,
-msgspec Structs, pydantic models and enums travel by *registered name* and are rebuilt only
-if the receiving choreography registered that name. Nothing else is accepted: an unknown
+JSON-like data passes as is; a few standard types (tuple, set, UUID, Decimal, datetime,
+ints beyond 64 bits ...) travel as msgpack extension records so they come back as the same
+type; dataclasses, msgspec Structs, pydantic models and enums travel by *registered name*
+and are rebuilt only if the receiving choreography registered that name. Nothing else is accepted: an unknown
 type is a ``CodecError`` at the sender, naming the type and where it sat in the value.
 """
 
@@ -35,9 +35,13 @@ _DATE: Final = 8
 _TIME: Final = 9
 _TIMEDELTA: Final = 10
 _BYTEARRAY: Final = 11
+_BIGINT: Final = 12
 
 _SCALARS: Final = (str, int, float, bool, type(None), bytes)
 _MAX_DEPTH: Final = 64
+# msgpack's own integers span int64 and uint64; Python ints beyond travel as an extension.
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
 
 
 def _is_pydantic(cls: type) -> bool:
@@ -124,6 +128,8 @@ class PayloadCodec:
 
     def _to_wire(self, value: Any, path: str, depth: int) -> Any:
         if type(value) in _SCALARS:
+            if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+                return msgspec.msgpack.Ext(_BIGINT, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
             return value
         if depth > _MAX_DEPTH:
             raise CodecError(f"value nested deeper than {_MAX_DEPTH} levels at {path}")
@@ -207,6 +213,8 @@ class PayloadCodec:
             return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
         if code == _BYTEARRAY:
             return bytearray(raw)
+        if code == _BIGINT:
+            return int.from_bytes(raw, "big", signed=True)
         raise CodecError(f"unknown extension code {code} in payload")
 
     @staticmethod

@@ -1,0 +1,118 @@
+"""A money transfer between two banks, committed in two phases.
+
+The client asks to move ``amount`` from an account at ``bank_a`` to an account at ``bank_b``.
+The client coordinates a two-phase commit:
+
+1. **Prepare** ``bank_a``, in an *enclave* of client and bank_a: bank_b takes no part and
+   sees nothing. bank_a holds the money if the balance covers it and votes yes or no.
+2. ``ch.cond(..., among=[BankB])`` tells bank_b (and only bank_b) whether bank_a is
+   prepared. If not, bank_b is never asked to prepare and the client records a no vote for
+   it; otherwise bank_b prepares the credit (the target account must exist) and votes.
+3. The client decides ``commit`` only if both voted yes, and ``ch.select``s the decision to
+   both banks, which apply it to their ledgers locally: commit makes the hold final, abort
+   releases it. A bank with nothing prepared ignores an abort.
+
+Ledgers are ordinary objects handed to :func:`make_transfer`, which builds a choreography
+bound to them, so each test or service owns its state and nothing is global. The
+choreography's result at the client is ``{"outcome": "committed" | "aborted", "votes": ...}``.
+
+A production saga would make the banks' steps ``ch.transaction``\\ s so they survive crashes;
+this example shows the shape of the protocol only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import accompanist as ac
+
+__all__ = ["BankA", "BankB", "Client", "Ledger", "make_transfer"]
+
+Client, BankA, BankB = ac.roles("client", "bank_a", "bank_b")
+
+
+@dataclass
+class Ledger:
+    """One bank's accounts, with at most one prepared change at a time.
+
+    Attributes:
+        balances: account name -> balance.
+        pending: the prepared change ``(account, delta)``, applied or dropped by :meth:`finish`.
+        log: what the bank was asked to do, in order (for tests and curiosity).
+    """
+
+    balances: dict[str, int]
+    pending: tuple[str, int] | None = None
+    log: list[str] = field(default_factory=list)
+
+    def prepare_debit(self, account: str, amount: int) -> bool:
+        """Vote on taking ``amount`` out of ``account``; hold it if the vote is yes."""
+        self.log.append(f"prepare debit {account} {amount}")
+        if amount <= 0 or self.balances.get(account, 0) < amount:
+            return False
+        self.balances[account] -= amount  # held: nobody else can spend it meanwhile
+        self.pending = (account, -amount)
+        return True
+
+    def prepare_credit(self, account: str, amount: int) -> bool:
+        """Vote on putting ``amount`` into ``account`` (it must exist)."""
+        self.log.append(f"prepare credit {account} {amount}")
+        if amount <= 0 or account not in self.balances:
+            return False
+        self.pending = (account, amount)
+        return True
+
+    def finish(self, decision: str) -> str:
+        """Apply the coordinator's decision to the prepared change, if any."""
+        self.log.append(decision)
+        if self.pending is not None:
+            account, delta = self.pending
+            if decision == "commit" and delta > 0:
+                self.balances[account] += delta
+            elif decision == "abort" and delta < 0:
+                self.balances[account] -= delta  # release the hold
+            self.pending = None
+        return decision
+
+
+def decide(votes: dict[str, bool]) -> str:
+    """The coordinator's rule: commit only if every bank voted yes."""
+    return "commit" if all(votes.values()) else "abort"
+
+
+def make_transfer(bank_a: Ledger, bank_b: Ledger, *, source: str, target: str) -> ac.Choreography:
+    """Build the transfer choreography for these two ledgers and accounts.
+
+    Args:
+        bank_a: the ledger holding ``source``; only role ``bank_a`` touches it.
+        bank_b: the ledger holding ``target``; only role ``bank_b`` touches it.
+        source: the account debited at bank_a.
+        target: the account credited at bank_b.
+    """
+
+    async def prepare_a(ch: ac.Choreo, amount: ac.Located[int]) -> ac.Located[bool]:
+        at_a = await ch.comm(Client, BankA, amount)
+        vote = await ch.locally(BankA, lambda n: bank_a.prepare_debit(source, n), at_a)
+        return await ch.comm(BankA, Client, vote)
+
+    @ac.choreography("bank-transfer", roles=(Client, BankA, BankB))
+    async def transfer(ch: ac.Choreo, amount: ac.Located[int]) -> ac.Located[dict[str, object]]:
+        vote_a = await ch.enclave([Client, BankA], prepare_a, amount)
+
+        async def prepare_b(ch: ac.Choreo, a_prepared: bool) -> ac.Located[bool]:
+            if not a_prepared:
+                return await ch.locally(Client, lambda: False)  # no need to bother bank_b
+            at_b = await ch.comm(Client, BankB, amount)
+            vote = await ch.locally(BankB, lambda n: bank_b.prepare_credit(target, n), at_b)
+            return await ch.comm(BankB, Client, vote)
+
+        vote_b = await ch.cond(Client, vote_a, prepare_b, among=[BankB])
+        votes = await ch.locally(Client, lambda a, b: {"bank_a": a, "bank_b": b}, vote_a, vote_b)
+        decision = await ch.locally(Client, decide, votes)
+        told = await ch.select(Client, [BankA, BankB], decision)
+        await ch.locally(BankA, bank_a.finish, told)
+        await ch.locally(BankB, bank_b.finish, told)
+        outcome = await ch.locally(Client, lambda d: "committed" if d == "commit" else "aborted", decision)
+        return await ch.locally(Client, lambda o, v: {"outcome": o, "votes": v}, outcome, votes)
+
+    return transfer
