@@ -17,7 +17,8 @@ Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer
     │   ├── ReceiveTimeoutError    an awaited envelope did not arrive in time
     │   ├── BufferOverflowError    too many early envelopes waited for one session
     │   ├── UnknownChoreographyError  no choreography of that name and version is registered
-    │   └── SessionCancelledError  an operator cancelled the session
+    │   ├── SessionCancelledError  an operator cancelled the session
+    │   └── OverloadedError       the sidecar runs as many sessions as it may; try again later
     └── TransactionError           a saga step failed
         └── Abort                  raised by a commit to fail the saga on purpose (a business failure)
 
@@ -38,6 +39,7 @@ __all__ = [
     "DefinitionError",
     "FrameError",
     "NondeterminismError",
+    "OverloadedError",
     "ProjectionError",
     "ReceiveTimeoutError",
     "SessionCancelledError",
@@ -175,6 +177,10 @@ class UnknownChoreographyError(SessionError):
 
 class SessionCancelledError(SessionError):
     """An operator cancelled the session."""
+
+
+class OverloadedError(SessionError):
+    """The sidecar already runs as many sessions as it is allowed to; retry later."""
 
 
 class TransactionError(AccompanistError):

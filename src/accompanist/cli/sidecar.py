@@ -1,0 +1,112 @@
+"""``accompanist sidecar``: run one role's sidecar as a process until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from accompanist.errors import AccompanistError
+
+__all__ = ["sidecar"]
+
+_ENV = "ACCOMPANIST_"
+
+
+def _opt(env: str, help_text: str) -> Any:
+    return typer.Option(None, envvar=_ENV + env, help=help_text, show_default=False)
+
+
+def sidecar(
+    app: Annotated[str | None, _opt("APP", "MODULE:APP, the ac.App of choreographies to serve.")] = None,
+    role: Annotated[str | None, _opt("ROLE", "The role this sidecar plays.")] = None,
+    listen: Annotated[str | None, _opt("LISTEN", "Peer endpoint HOST:PORT (other sidecars connect here).")] = None,
+    api: Annotated[str | None, _opt("API", "Service-facing HTTP API HOST:PORT.")] = None,
+    peer: Annotated[list[str] | None, _opt("PEERS", "ROLE=HOST:PORT of another sidecar (repeat).")] = None,
+    config: Annotated[str | None, _opt("CONFIG", "TOML file with any of these settings.")] = None,
+    mode: Annotated[str | None, _opt("MODE", "'default' (in memory) or 'fault-tolerant' (durable).")] = None,
+    store: Annotated[str | None, _opt("STORE", "memory:, sqlite:///path/role.db or postgresql://...")] = None,
+    receive_timeout: Annotated[float | None, _opt("RECEIVE_TIMEOUT", "Seconds a receive waits.")] = None,
+    max_inflight: Annotated[int | None, _opt("MAX_INFLIGHT", "Sessions run at once before 429.")] = None,
+    buffer_limit: Annotated[int | None, _opt("BUFFER_LIMIT", "Early envelopes held per session.")] = None,
+    replay_policy: Annotated[str | None, _opt("REPLAY_POLICY", "'journal' or 'rerun' local steps.")] = None,
+    hmac_key: Annotated[str | None, _opt("HMAC_KEY", "Shared secret signing frames between sidecars.")] = None,
+    tls_cert: Annotated[str | None, _opt("TLS_CERT", "PEM certificate for mutual TLS.")] = None,
+    tls_key: Annotated[str | None, _opt("TLS_KEY", "PEM private key for mutual TLS.")] = None,
+    tls_ca: Annotated[str | None, _opt("TLS_CA", "PEM CA bundle peers' certificates chain to.")] = None,
+    grace: Annotated[float | None, _opt("GRACE", "Seconds in-flight sessions get on SIGTERM.")] = None,
+    log_level: Annotated[str, typer.Option(envvar=_ENV + "LOG_LEVEL", help="Logging level.")] = "INFO",
+) -> None:
+    """Run a sidecar: serve one role of every session of the app's choreographies."""
+    from accompanist.sidecar.config import SidecarConfig
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    overrides: dict[str, Any] = {
+        "app": app,
+        "role": role,
+        "listen": listen,
+        "api": api,
+        "peers": peer or None,
+        "mode": mode,
+        "store": store,
+        "receive_timeout": receive_timeout,
+        "max_inflight": max_inflight,
+        "buffer_limit": buffer_limit,
+        "replay_policy": replay_policy,
+        "hmac_key": hmac_key,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_ca": tls_ca,
+        "grace": grace,
+    }
+    try:
+        # Options already carry their ACCOMPANIST_* variables (typer), so the file fills the rest.
+        cfg = SidecarConfig.load(file=config, env={}, overrides=overrides)
+    except AccompanistError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(_serve(cfg))
+    except AccompanistError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _serve(cfg: Any) -> None:
+    from accompanist.sidecar.sidecar import Sidecar
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    sidecar = Sidecar(cfg)
+    await sidecar.start()
+    # One line on stdout that scripts and tests can wait for.
+    print(
+        f"accompanist sidecar ready role={cfg.role} "
+        f"peer={_addr(sidecar.peer_address)} api={_addr(sidecar.api_address)}",
+        flush=True,
+    )
+    await stop.wait()
+    logging.getLogger("accompanist").info("stopping: finishing in-flight sessions")
+    await sidecar.stop()
+
+
+def _addr(address: tuple[str, int] | None) -> str:
+    return f"{address[0]}:{address[1]}" if address else "-"

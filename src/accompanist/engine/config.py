@@ -1,0 +1,60 @@
+"""Engine settings, with the defaults a sidecar starts with."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["EngineConfig", "Mode", "ReplayPolicy"]
+
+
+class Mode(enum.StrEnum):
+    """How a sidecar treats messages and state."""
+
+    DEFAULT = "default"  # in memory, at-most-once, lowest latency
+    FAULT_TOLERANT = "fault-tolerant"  # durable inbox/outbox, replay after crashes
+
+
+class ReplayPolicy(enum.StrEnum):
+    """What a replay does with local steps that completed before a durable point."""
+
+    JOURNAL = "journal"  # return the recorded result (a moved price cannot change a sent value)
+    RERUN = "rerun"  # run every local step again, as the Java original does
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of one session engine.
+
+    Attributes:
+        mode: default (in-memory) or fault-tolerant (durable).
+        receive_timeout: seconds a receive waits; then the session fails (default mode) or
+            parks (fault-tolerant mode).
+        buffer_limit: early envelopes one session may hold before it fails.
+        max_inflight: sessions this sidecar runs at once before ``start`` is refused.
+        replay_policy: see :class:`ReplayPolicy`.
+        retry_min: first redelivery delay (seconds) of an unacknowledged envelope.
+        retry_max: largest redelivery delay.
+        deliver_timeout: how long one delivery attempt waits for the peer's acknowledgement.
+        delivery_concurrency: deliveries in flight at once (fault-tolerant relay).
+        relay_interval: how often the relay rescans the outbox for due retries.
+        retention: seconds terminal sessions keep their inbox/outbox/journal rows.
+        tombstone_retention: seconds terminal session rows are kept (to ignore late duplicates).
+        prune_interval: how often retention runs.
+        grace: seconds in-flight sessions get to finish on shutdown.
+    """
+
+    mode: Mode = Mode.DEFAULT
+    receive_timeout: float = 30.0
+    buffer_limit: int = 1024
+    max_inflight: int = 10_000
+    replay_policy: ReplayPolicy = ReplayPolicy.JOURNAL
+    retry_min: float = 0.05
+    retry_max: float = 2.0
+    deliver_timeout: float = 5.0
+    delivery_concurrency: int = 256
+    relay_interval: float = 0.5
+    retention: float = 3600.0
+    tombstone_retention: float = 7 * 24 * 3600.0
+    prune_interval: float = 60.0
+    grace: float = 10.0

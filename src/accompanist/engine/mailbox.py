@@ -1,0 +1,87 @@
+"""Per-session delivery of incoming messages: in order per sender, early ones buffered,
+duplicates dropped, a bounded buffer and a timeout on every receive."""
+
+from __future__ import annotations
+
+import asyncio
+
+from accompanist.envelope import Envelope
+from accompanist.errors import BufferOverflowError
+
+__all__ = ["Mailbox"]
+
+
+class Mailbox:
+    """Holds a session's incoming message envelopes until the projection asks for them.
+
+    The projection asks for ``(src, seq)`` in its own order; an envelope that arrives before
+    it is asked for waits in the buffer. An envelope whose ``seq`` was already consumed, or
+    is already buffered, is a duplicate and is dropped.
+
+    Args:
+        session_id: for error messages.
+        limit: how many envelopes may wait at once; one more fails the session.
+    """
+
+    def __init__(self, session_id: str, limit: int) -> None:
+        self._session_id = session_id
+        self._limit = limit
+        self._buffer: dict[tuple[str, int], Envelope] = {}
+        self._consumed: dict[str, int] = {}
+        self._waiters: dict[tuple[str, int], asyncio.Future[Envelope]] = {}
+        self.duplicates = 0
+
+    def offer(self, envelope: Envelope) -> bool:
+        """Accept an incoming message envelope; return False if it was a duplicate.
+
+        Raises:
+            BufferOverflowError: the buffer is full (the caller fails the session).
+        """
+        key = (envelope.src, envelope.seq)
+        if envelope.seq <= self._consumed.get(envelope.src, 0) or key in self._buffer:
+            self.duplicates += 1
+            return False
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            self._consumed[envelope.src] = max(self._consumed.get(envelope.src, 0), envelope.seq)
+            waiter.set_result(envelope)
+            return True
+        if len(self._buffer) >= self._limit:
+            raise BufferOverflowError(
+                f"session {self._session_id}: more than {self._limit} early envelopes are waiting "
+                f"(last from '{envelope.src}' #{envelope.seq}); raise the buffer limit if this is expected",
+                session_id=self._session_id,
+            )
+        self._buffer[key] = envelope
+        return True
+
+    async def take(self, src: str, seq: int, timeout: float | None) -> Envelope:
+        """The envelope ``src -> here #seq``, waiting at most ``timeout`` seconds.
+
+        Raises:
+            TimeoutError: it did not arrive in time.
+        """
+        key = (src, seq)
+        found = self._buffer.pop(key, None)
+        if found is not None:
+            self._consumed[src] = max(self._consumed.get(src, 0), seq)
+            return found
+        waiter: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        finally:
+            self._waiters.pop(key, None)
+
+    def fail(self, exc: BaseException) -> None:
+        """Wake every pending receive with ``exc`` (e.g. a failure broadcast by a peer)."""
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._waiters.clear()
+
+    @property
+    def buffered(self) -> int:
+        """How many envelopes wait in the buffer."""
+        return len(self._buffer)

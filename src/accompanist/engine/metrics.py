@@ -1,0 +1,41 @@
+"""Prometheus metrics of one engine, in a registry of its own (no process globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Counters and gauges exported at ``/metrics``; names are namespaced ``accompanist_``."""
+
+    def __init__(self, role: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.role = role
+        self.sessions_started = Counter("accompanist_sessions_started", "Sessions started at this role", registry=r)
+        self.sessions_ended = Counter(
+            "accompanist_sessions_ended", "Sessions that reached a status", ["status"], registry=r
+        )
+        self.sessions_live = Gauge("accompanist_sessions_live", "Sessions running now", registry=r)
+        self.replays = Counter("accompanist_replays", "Sessions replayed from their journal", registry=r)
+        self.messages_sent = Counter("accompanist_messages_sent", "Envelopes sent by sessions", registry=r)
+        self.messages_received = Counter("accompanist_messages_received", "Envelopes accepted", registry=r)
+        self.duplicates = Counter("accompanist_messages_duplicate", "Duplicate envelopes dropped", registry=r)
+        self.ignored = Counter(
+            "accompanist_messages_ignored", "Envelopes for sessions that already ended here", registry=r
+        )
+        self.delivered = Counter("accompanist_messages_delivered", "Outbox envelopes acknowledged", registry=r)
+        self.retries = Counter("accompanist_messages_retried", "Failed delivery attempts (retried)", registry=r)
+        self.outbox_unacked = Gauge("accompanist_outbox_unacked", "Unacknowledged outbox envelopes", registry=r)
+        self.session_seconds = Histogram(
+            "accompanist_session_seconds",
+            "Session duration at this role",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

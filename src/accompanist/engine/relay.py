@@ -1,0 +1,146 @@
+"""The relay: delivers outbox envelopes until the peer acknowledges them.
+
+A fresh send is delivered at once. A failed delivery backs off per destination (jittered
+exponential), and a periodic scan of the outbox picks up everything unacknowledged, so rows
+written before a crash are delivered after the restart. A peer that (re)starts says hello;
+its backoff is reset and its rows are retried at once instead of waiting out the delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from accompanist.engine.config import EngineConfig
+from accompanist.engine.metrics import Metrics
+from accompanist.envelope import Envelope
+from accompanist.errors import AccompanistError
+from accompanist.store.base import Store, WriteBatch
+from accompanist.transport.base import Transport
+
+__all__ = ["Relay"]
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    due: float = 0.0
+
+
+class Relay:
+    """Redelivers unacknowledged outbox envelopes (fault-tolerant mode only).
+
+    Args:
+        store: where the outbox lives.
+        transport: how envelopes travel.
+        config: retry bounds, delivery timeout and concurrency, scan interval.
+        metrics: counters for deliveries and retries.
+        log: logger.
+    """
+
+    def __init__(
+        self, store: Store, transport: Transport, config: EngineConfig, metrics: Metrics, log: logging.Logger
+    ) -> None:
+        self._store = store
+        self._transport = transport
+        self._config = config
+        self._metrics = metrics
+        self._log = log
+        self._sem = asyncio.Semaphore(config.delivery_concurrency)
+        self._inflight: set[tuple[str, str, str, int]] = set()
+        self._backoff: dict[str, _Backoff] = {}
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    async def start(self) -> None:
+        """Start the periodic outbox scan."""
+        self._loop_task = asyncio.create_task(self._scan_loop(), name="accompanist-relay")
+
+    async def stop(self) -> None:
+        """Stop scanning and cancel deliveries in flight (they stay in the outbox)."""
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def kick(self, envelope: Envelope) -> None:
+        """Deliver a freshly written outbox envelope now, unless its peer is backing off."""
+        if self._due(envelope.dst):
+            self._spawn(envelope)
+
+    def wake(self, dst: str) -> None:
+        """``dst`` said hello: forget its backoff and rescan the outbox now."""
+        self._backoff.pop(dst, None)
+        self._wakeup.set()
+
+    @property
+    def inflight(self) -> int:
+        """Deliveries in flight."""
+        return len(self._inflight)
+
+    def _due(self, dst: str) -> bool:
+        b = self._backoff.get(dst)
+        return b is None or b.due <= time.monotonic()
+
+    def _spawn(self, envelope: Envelope) -> None:
+        key = envelope.key
+        if key in self._inflight:
+            return
+        self._inflight.add(key)
+        task = asyncio.create_task(self._deliver(envelope))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, envelope: Envelope) -> None:
+        try:
+            async with self._sem:
+                if not self._due(envelope.dst):
+                    return
+                try:
+                    await self._transport.send(envelope, wait=True, timeout=self._config.deliver_timeout)
+                except (AccompanistError, OSError, TimeoutError) as exc:
+                    self._failed(envelope.dst, exc)
+                    return
+                self._backoff.pop(envelope.dst, None)
+                self._metrics.delivered.inc()
+                await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)]))
+        except AccompanistError as exc:  # the ack could not be stored: the row is retried later
+            self._log.warning("could not record acknowledgement of %s: %s", envelope.key, exc)
+        finally:
+            self._inflight.discard(envelope.key)
+
+    def _failed(self, dst: str, exc: BaseException) -> None:
+        b = self._backoff.setdefault(dst, _Backoff())
+        b.failures += 1
+        delay = min(self._config.retry_max, self._config.retry_min * (2 ** min(b.failures - 1, 20)))
+        b.due = time.monotonic() + delay * self._rng.uniform(0.5, 1.0)
+        self._metrics.retries.inc()
+        if b.failures in (1, 10) or b.failures % 100 == 0:
+            self._log.info("delivery to '%s' failed (%d in a row): %s", dst, b.failures, exc)
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                pending = await self._store.outbox_pending(limit=10_000)
+            except AccompanistError as exc:
+                self._log.warning("outbox scan failed: %s", exc)
+                pending = []
+            for envelope in pending:
+                if self._due(envelope.dst):
+                    self._spawn(envelope)
+            self._metrics.outbox_unacked.set(len(pending))
+            self._wakeup.clear()
+            soonest = min((b.due for b in self._backoff.values()), default=None)
+            interval = self._config.relay_interval
+            if soonest is not None:
+                interval = max(0.005, min(interval, soonest - time.monotonic()))
+            try:
+                async with asyncio.timeout(interval):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass

@@ -1,0 +1,218 @@
+"""The service-facing HTTP/JSON API of a sidecar.
+
+A service in any language starts sessions and reads their state here::
+
+    POST /sessions[?wait=true&timeout=S]   {"choreography": "order", "version": 1, "args": [...]}
+    GET  /sessions/{id}
+    GET  /sessions?status=failed&limit=100
+    POST /sessions/{id}/cancel
+    GET  /healthz
+    GET  /metrics                            Prometheus text
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import json
+import time
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from accompanist.engine.engine import Engine, UnknownSessionError
+from accompanist.errors import (
+    AccompanistError,
+    CodecError,
+    DefinitionError,
+    OverloadedError,
+    UnknownChoreographyError,
+)
+from accompanist.language.choreography import Choreography
+from accompanist.language.located import Located
+from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus
+
+__all__ = ["build_api", "record_json"]
+
+_MAX_BODY = 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _iso(ts: float) -> str | None:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def record_json(engine: Engine, record: SessionRecord) -> dict[str, Any]:
+    """A session record as the API shows it (result decoded to JSON-able data)."""
+    result: Any = None
+    if record.result is not None:
+        try:
+            result = msgspec.to_builtins(engine.result_of(record))
+        except (AccompanistError, TypeError) as exc:
+            result = f"<result not representable as JSON: {exc}>"
+    return {
+        "session_id": record.session_id,
+        "choreography": record.choreography,
+        "version": record.version,
+        "role": record.role,
+        "status": record.status,
+        "result": result,
+        "error": record.error,
+        "attempts": record.attempts,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+    }
+
+
+def convert_args(choreography: Choreography, args: list[Any]) -> list[Any]:
+    """Turn JSON arguments into the types the choreography declares (``Located[Order]``).
+
+    Raises:
+        CodecError: an argument does not fit its declared, registered type (named).
+    """
+    try:
+        hints = typing.get_type_hints(choreography.fn)
+    except Exception:
+        return args
+    params = list(inspect.signature(choreography.fn).parameters)[1:]
+    registered = set(choreography.codec.types)
+    out = []
+    for index, (name, value) in enumerate(zip(params, args, strict=False)):
+        target = hints.get(name)
+        inner = typing.get_args(target)[0] if typing.get_origin(target) is Located and typing.get_args(target) else None
+        if isinstance(inner, type) and inner in registered:
+            try:
+                if hasattr(inner, "model_validate"):
+                    value = inner.model_validate(value)
+                else:
+                    value = msgspec.convert(value, inner, strict=False)
+            except Exception as exc:
+                raise CodecError(f"argument {index} ({name}) is not a valid {inner.__qualname__}: {exc}") from exc
+        out.append(value)
+    return out
+
+
+def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] | None = None) -> web.Application:
+    """The aiohttp application serving ``engine``'s sessions."""
+
+    async def start_session(request: web.Request) -> web.Response:
+        try:
+            body = await request.json(loads=json.loads)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            return _error(400, "request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object with 'choreography' and 'args'")
+        name = body.get("choreography")
+        version = body.get("version")
+        args = body.get("args", [])
+        if not isinstance(name, str) or not name:
+            return _error(400, "field 'choreography' (string) is required")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            return _error(400, "field 'version' must be an integer")
+        if not isinstance(args, list):
+            return _error(400, "field 'args' must be a JSON array")
+        unknown = sorted(set(body) - {"choreography", "version", "args"})
+        if unknown:
+            return _error(400, f"unknown field(s): {', '.join(unknown)}")
+        wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
+        try:
+            timeout = float(request.query["timeout"]) if "timeout" in request.query else None
+        except ValueError:
+            return _error(400, "query parameter 'timeout' must be a number of seconds")
+        try:
+            choreography = engine.app.get(name, version)
+            session_id = await engine.start_session(name, convert_args(choreography, args), version)
+        except UnknownChoreographyError as exc:
+            return _error(404, str(exc))
+        except (DefinitionError, CodecError) as exc:
+            return _error(400, str(exc))
+        except OverloadedError as exc:
+            status = 429 if engine.live_sessions else 503
+            return web.json_response({"error": str(exc)}, status=status, headers={"Retry-After": "1"})
+        if not wait:
+            return web.json_response(
+                {"session_id": session_id, "status": SessionStatus.RUNNING},
+                status=202,
+                headers={"Location": f"/sessions/{session_id}"},
+            )
+        try:
+            record = await engine.wait(session_id, timeout)
+        except TimeoutError:
+            return web.json_response({"session_id": session_id, "status": "running"}, status=202)
+        return web.json_response(record_json(engine, record))
+
+    async def get_session(request: web.Request) -> web.Response:
+        record = await engine.get(request.match_info["session_id"])
+        if record is None:
+            return _error(404, f"no session {request.match_info['session_id']} at role '{engine.role}'")
+        return web.json_response(record_json(engine, record))
+
+    async def list_sessions(request: web.Request) -> web.Response:
+        status = request.query.get("status")
+        if status is not None and status not in {s.value for s in SessionStatus}:
+            return _error(400, f"unknown status {status!r}; one of {', '.join(s.value for s in SessionStatus)}")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return _error(400, "query parameter 'limit' must be an integer")
+        records = await engine.store.list_sessions(status, max(1, min(limit, 10_000)))
+        return web.json_response({"sessions": [record_json(engine, r) for r in records]})
+
+    async def cancel_session(request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        cancel = getattr(engine, "cancel", None)
+        if cancel is None:
+            return _error(501, "cancellation is not supported by this engine")
+        try:
+            record = await cancel(session_id)
+        except UnknownSessionError as exc:
+            return _error(404, str(exc))
+        if record.status in TERMINAL_STATUSES:
+            return web.json_response(record_json(engine, record))
+        return web.json_response(record_json(engine, record), status=202)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "role": engine.role,
+                "mode": mode,
+                "live_sessions": engine.live_sessions,
+                "uptime_seconds": round(time.time() - engine.started_at, 3),
+            }
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        text = engine.metrics.render() + (extra_metrics() if extra_metrics else b"")
+        return web.Response(body=text, content_type="text/plain", charset="utf-8")
+
+    app = web.Application(client_max_size=_MAX_BODY)
+    app.router.add_post("/sessions", start_session)
+    app.router.add_get("/sessions", list_sessions)
+    app.router.add_get("/sessions/{session_id}", get_session)
+    app.router.add_post("/sessions/{session_id}/cancel", cancel_session)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
+    """Start serving ``app``; return the runner (to clean up) and the bound address."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = (host, port)
+    for address in runner.addresses:  # the real port when 0 was asked for
+        if isinstance(address, tuple) and len(address) >= 2:
+            bound = (str(address[0]), int(address[1]))
+            break
+    return runner, bound

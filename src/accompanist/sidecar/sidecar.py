@@ -1,0 +1,175 @@
+"""The sidecar: store, transport, engine and API wired together for one role."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from accompanist.engine.engine import Engine
+from accompanist.errors import ConfigError
+from accompanist.language.choreography import App
+from accompanist.sidecar.api import build_api, serve
+from accompanist.sidecar.config import SidecarConfig
+from accompanist.store.base import SessionRecord, Store
+from accompanist.store.url import open_store
+from accompanist.transport.tcp import TcpTransport, tls_contexts
+
+__all__ = ["Sidecar"]
+
+
+class Sidecar:
+    """Runs one role of the choreographies in ``app`` beside a service.
+
+    Use it as a process (``accompanist sidecar ...``) or embedded in a Python service::
+
+        async with ac.Sidecar(SidecarConfig(role="buyer", peers=...), app) as sc:
+            result = await sc.run("bookseller", "SICP")
+
+    Args:
+        config: the sidecar's settings.
+        app: the choreographies served (default: imported from ``config.app``).
+        store: a store to use instead of the one ``config.store`` names (tests).
+        transport: a transport to use instead of TCP (tests: ``MemoryNetwork``).
+
+    Raises:
+        ConfigError: the role is not in any served choreography, or no app is given.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        app: App | None = None,
+        *,
+        store: Store | None = None,
+        transport: Any | None = None,
+    ) -> None:
+        if app is None:
+            if not config.app:
+                raise ConfigError("no app: pass an ac.App or set app = 'module:attr' in the config")
+            from accompanist.sidecar.loader import load_app
+
+            app = load_app(config.app)
+        roles = {r.name for c in app for r in c.roles}
+        if config.role not in roles:
+            raise ConfigError(f"role '{config.role}' is in none of the served choreographies (roles: {sorted(roles)})")
+        self.config = config
+        self.app = app
+        self.log = logging.getLogger(f"accompanist.sidecar.{config.role}")
+        self._store = store
+        self._transport = transport
+        self.engine: Engine | None = None
+        self._api_runner: web.AppRunner | None = None
+        self.api_address: tuple[str, int] | None = None
+
+    def _make_transport(self) -> Any:
+        c = self.config
+        keys: dict[str, bytes] | None = None
+        if c.hmac_key:
+            keys = {c.hmac_key_id: c.hmac_key.encode()}
+            keys.update({k: v.encode() for k, v in c.old_hmac_keys.items()})
+        else:
+            self.log.warning(
+                "no hmac_key configured: frames between sidecars are not authenticated "
+                "(fine for local development only)"
+            )
+        ssl_server = ssl_client = None
+        if c.tls_cert and c.tls_key:
+            if not c.tls_ca:
+                raise ConfigError("mutual TLS needs tls_ca (the CA peers' certificates chain to)")
+            ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca)
+        return TcpTransport(
+            c.role,
+            c.listen,
+            dict(c.peers),
+            keys=keys,
+            current_key_id=c.hmac_key_id,
+            ssl_server=ssl_server,
+            ssl_client=ssl_client,
+            max_frame=c.max_frame,
+        )
+
+    async def start(self) -> None:
+        """Open the store, start the engine (replaying unfinished sessions) and the API.
+
+        Raises:
+            StoreCorruptError: the store cannot be used.
+            ConfigError: a malformed setting.
+        """
+        c = self.config
+        store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
+        transport = self._transport or self._make_transport()
+        self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
+        await self.engine.start()
+        if c.api is not None:
+            api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics)
+            self._api_runner, self.api_address = await serve(api, *c.api)
+        self.log.info(
+            "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
+            c.role,
+            c.mode,
+            self.peer_address,
+            self.api_address,
+            c.store_url,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop the API, let running sessions finish within ``grace``, close everything."""
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+            self._api_runner = None
+        if self.engine is not None:
+            await self.engine.stop(grace)
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        """The bound peer endpoint (useful with port 0)."""
+        transport = self.engine.transport if self.engine else None
+        return getattr(transport, "address", None)
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise ConfigError("the sidecar is not started: use 'async with Sidecar(...)' or await start()")
+        return self.engine
+
+    async def run(self, choreography: str, *args: Any, version: int | None = None, timeout: float | None = None) -> Any:
+        """Run a session as the initiator and return its result.
+
+        Raises:
+            SessionFailedError: the session did not complete.
+        """
+        return await self._engine().run(choreography, *args, version=version, timeout=timeout)
+
+    async def start_session(self, choreography: str, *args: Any, version: int | None = None) -> str:
+        """Start a session as the initiator; return its id at once."""
+        return await self._engine().start_session(choreography, args, version)
+
+    async def wait(self, session_id: str, timeout: float | None = None) -> SessionRecord:
+        """Wait for a session to end at this role; return its record."""
+        return await self._engine().wait(session_id, timeout)
+
+    def _transport_metrics(self) -> bytes:
+        stats = getattr(self.engine.transport if self.engine else None, "stats", None)
+        if stats is None:
+            return b""
+        lines = [
+            "# HELP accompanist_frames_rejected_total Frames rejected by the peer endpoint, by reason",
+            "# TYPE accompanist_frames_rejected_total counter",
+        ]
+        for reason, count in sorted(stats.rejected.items()):
+            safe = str(reason).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'accompanist_frames_rejected_total{{reason="{safe}"}} {count}')
+        lines.append("# TYPE accompanist_transport_reconnects_total counter")
+        lines.append(f"accompanist_transport_reconnects_total {stats.reconnects}")
+        return ("\n".join(lines) + "\n").encode()
