@@ -1,0 +1,272 @@
+"""The outgoing side of :class:`~accompanist.transport.tcp.TcpTransport`: one link per peer.
+
+A link owns at most one live connection to its peer, shared by every session, and pipelines
+envelopes over it: each frame carries a correlation id and the peer's ack or reject resolves
+the matching future, in whatever order answers come back. Connecting is lazy and serialised
+by a lock, and spaced by jittered exponential backoff after failures, so a down peer costs one
+attempt per backoff window however many sessions want it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+
+from accompanist.errors import TransportError
+from accompanist.transport._throttle import LogThrottle
+from accompanist.transport.base import TransportStats
+from accompanist.transport.frames import (
+    HEADER_SIZE,
+    Frame,
+    FrameType,
+    InvalidFrameError,
+    KeyRing,
+    Reason,
+    decode_body,
+    read_length,
+)
+
+__all__ = ["LinkConfig", "PeerLink"]
+
+# Above this many unsent bytes a writer waits for the socket; below it writes never block,
+# which keeps the common small-envelope path free of an extra await.
+WRITE_HIGH_WATER = 256 * 1024
+
+_AUTH_REASONS = frozenset({Reason.UNSIGNED, Reason.UNKNOWN_KEY, Reason.BAD_MAC})
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """What every link of one transport shares."""
+
+    role: str
+    ring: KeyRing | None
+    ssl: ssl.SSLContext | None
+    max_frame: int
+    connect_timeout: float
+    backoff_min: float
+    backoff_max: float
+    stats: TransportStats
+    logger: logging.Logger
+    throttle: LogThrottle
+    rng: random.Random
+
+
+class _Connection:
+    """One TCP (or TLS) connection to a peer and the sends awaiting its answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[None]] = {}
+        self.drain_lock = asyncio.Lock()
+        self.reader_task: asyncio.Task[None] | None = None
+        self.lost = False
+
+    def fail_pending(self, error: str) -> None:
+        """Fail every awaited send: none of them can learn its outcome on this connection now."""
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(TransportError(error))
+
+
+class PeerLink:
+    """Sends envelopes to one peer role over a persistent, lazily opened connection."""
+
+    def __init__(self, peer: str, address: tuple[str, int], config: LinkConfig) -> None:
+        self.peer = peer
+        self.address = address
+        self._cfg = config
+        self._conn: _Connection | None = None
+        self._lock = asyncio.Lock()
+        self._corr = itertools.count(1)
+        self._backoff = config.backoff_min
+        self._next_attempt = 0.0
+        self._last_error = ""
+        self._ever_connected = False
+        self._closed = False
+
+    def next_corr(self) -> int:
+        """A correlation id unique on this link."""
+        return next(self._corr)
+
+    def peer_alive(self) -> None:
+        """The peer just showed it is up (it sent us a valid envelope): stop backing off."""
+        self._backoff = self._cfg.backoff_min
+        self._next_attempt = 0.0
+
+    @property
+    def _where(self) -> str:
+        return f"peer '{self.peer}' at {self.address[0]}:{self.address[1]}"
+
+    async def connection(self, deadline: float) -> _Connection:
+        """The live connection, opening one if needed; waits out backoff only within ``deadline``.
+
+        Raises:
+            TransportError: the peer cannot be reached before ``deadline``.
+        """
+        conn = self._conn
+        if conn is not None and not conn.lost:
+            return conn
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            while True:
+                if self._closed:
+                    raise TransportError(f"transport closed; not sending to {self._where}")
+                conn = self._conn
+                if conn is not None and not conn.lost:
+                    return conn
+                now = loop.time()
+                if self._next_attempt > now:
+                    if self._next_attempt >= deadline:
+                        raise TransportError(
+                            f"cannot reach {self._where}: {self._last_error} "
+                            f"(next attempt in {self._next_attempt - now:.2f}s)"
+                        )
+                    await asyncio.sleep(self._next_attempt - now)
+                    continue
+                if now >= deadline:
+                    raise TransportError(f"timed out waiting to connect to {self._where}")
+                try:
+                    return await self._connect(min(self._cfg.connect_timeout, deadline - now))
+                except TransportError:
+                    if self._next_attempt >= deadline:
+                        raise
+
+    async def _connect(self, timeout: float) -> _Connection:
+        cfg = self._cfg
+        host, port = self.address
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port, ssl=cfg.ssl, limit=2**16)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                self._last_error = f"connect timed out after {timeout:.2f}s"
+            delay = self._backoff * (0.5 + 0.5 * cfg.rng.random())
+            self._next_attempt = asyncio.get_running_loop().time() + delay
+            self._backoff = min(self._backoff * 2, cfg.backoff_max)
+            raise TransportError(f"cannot reach {self._where}: {self._last_error}") from exc
+        if self._closed:  # close() ran while we were connecting
+            writer.close()
+            raise TransportError(f"transport closed; not sending to {self._where}")
+        conn = _Connection(reader, writer)
+        conn.reader_task = asyncio.create_task(self._read_answers(conn), name=f"accompanist-link-{self.peer}")
+        self._conn = conn
+        self.peer_alive()
+        if self._ever_connected:
+            cfg.stats.reconnects += 1
+        self._ever_connected = True
+        return conn
+
+    async def write(self, conn: _Connection, data: bytes) -> None:
+        """Write one encoded frame; raise TransportError if the connection is gone."""
+        if conn.lost or conn.writer.transport.is_closing():
+            self._lose(conn, "connection closed")
+            raise TransportError(f"connection to {self._where} closed before the envelope was written")
+        conn.writer.write(data)
+        if conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            try:
+                async with conn.drain_lock:
+                    await conn.writer.drain()
+            except (OSError, RuntimeError) as exc:
+                self._lose(conn, str(exc) or type(exc).__name__)
+                raise TransportError(f"connection to {self._where} lost while writing: {exc}") from exc
+
+    async def _read_answers(self, conn: _Connection) -> None:
+        """Resolve pending sends from ack/reject frames until the connection ends."""
+        cfg = self._cfg
+        why = "closed by the peer"
+        try:
+            while True:
+                header = await conn.reader.readexactly(HEADER_SIZE)
+                body = await conn.reader.readexactly(read_length(header, max_frame=cfg.max_frame))
+                self._answer(conn, body)
+        except asyncio.IncompleteReadError as exc:
+            why = "closed by the peer" if not exc.partial else "closed by the peer inside a frame"
+        except InvalidFrameError as exc:  # a bad length prefix: the stream cannot be resynchronised
+            self._count(exc.reason, str(exc))
+            why = f"closed after a bad frame ({exc})"
+        except (OSError, ssl.SSLError) as exc:
+            why = str(exc) or type(exc).__name__
+        finally:
+            self._lose(conn, why)
+
+    def _answer(self, conn: _Connection, body: bytes) -> None:
+        cfg = self._cfg
+        try:
+            frame = decode_body(body, ring=cfg.ring)
+        except InvalidFrameError as exc:
+            self._count(exc.reason, str(exc))
+            if exc.reason in _AUTH_REASONS:
+                self._unauthenticated_reject(conn, body)
+            return
+        if frame.type == FrameType.ENVELOPE:
+            self._count(Reason.UNEXPECTED, "envelope frame on an outgoing connection")
+            return
+        fut = conn.pending.pop(frame.corr, None)
+        if fut is None or fut.done():  # its sender gave up (timeout) already
+            return
+        if frame.type == FrameType.ACK:
+            cfg.stats.acked += 1
+            fut.set_result(None)
+        else:
+            fut.set_exception(TransportError(f"{self._where} rejected the envelope: {frame.info}"))
+
+    def _unauthenticated_reject(self, conn: _Connection, body: bytes) -> None:
+        """Fail a send early on a reject we cannot verify (typically: our keys differ).
+
+        An unverified *ack* is never trusted (it could hide a lost envelope), but an unverified
+        reject can only make the sender retry, which it must be ready to do anyway.
+        """
+        try:
+            frame: Frame = decode_body(body)
+        except InvalidFrameError:
+            return
+        if frame.type != FrameType.REJECT:
+            return
+        fut = conn.pending.pop(frame.corr, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(
+                TransportError(f"{self._where} rejected the envelope (reply not authenticated): {frame.info}")
+            )
+
+    def _count(self, reason: Reason, detail: str) -> None:
+        self._cfg.stats.rejected[reason.value] += 1
+        self._cfg.throttle.warning(
+            f"out:{reason.value}", "%s: dropped a frame from %s: %s", self._cfg.role, self._where, detail
+        )
+
+    def _lose(self, conn: _Connection, why: str) -> None:
+        """Forget ``conn`` and fail its pending sends; the next send reconnects at once."""
+        if conn.lost:
+            return
+        conn.lost = True
+        if self._conn is conn:
+            self._conn = None
+        conn.fail_pending(
+            f"connection to {self._where} lost ({why}); the envelope may or may not have been handled, retry it"
+        )
+        conn.writer.close()
+        if not self._closed:
+            self._cfg.logger.info("%s: connection to %s lost: %s", self._cfg.role, self._where, why)
+
+    async def close(self) -> None:
+        """Close the connection, failing pending sends; later sends raise TransportError."""
+        self._closed = True
+        conn = self._conn
+        if conn is None:
+            return
+        self._lose(conn, "transport closed")
+        task = conn.reader_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        with contextlib.suppress(OSError):  # includes ssl.SSLError
+            await conn.writer.wait_closed()

@@ -1,0 +1,360 @@
+"""``TcpTransport``: sidecar-to-sidecar envelopes over persistent TCP (optionally mutual TLS).
+
+Why plain TCP with length-prefixed msgpack frames: this hop is on every step of every session,
+and on loopback it is several times faster than HTTP or gRPC (see INFRA.md). Each transport
+listens for its peers and keeps one outgoing connection per peer role, shared by all sessions
+and pipelined: many envelopes in flight, answers matched by correlation id.
+
+The receiving side never trusts the wire. A frame that fails to decode or authenticate is
+dropped, counted in ``stats.rejected[reason]`` and logged (rate-limited); if the sender can
+still be told (its correlation id is readable) it gets a reject. Only framing errors that lose
+the stream's boundaries (bad length, oversized, truncated) close the connection, and only that
+one. The event loop is whatever the caller runs: install uvloop yourself if you want it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Mapping
+
+from accompanist.envelope import Envelope
+from accompanist.errors import ConfigError, TransportError
+from accompanist.transport._peer import WRITE_HIGH_WATER, LinkConfig, PeerLink
+from accompanist.transport._throttle import LogThrottle
+from accompanist.transport.base import Handler, TransportStats
+from accompanist.transport.frames import (
+    DEFAULT_KEY_ID,
+    DEFAULT_MAX_FRAME,
+    HEADER_SIZE,
+    Frame,
+    FrameType,
+    InvalidFrameError,
+    KeyRing,
+    Reason,
+    decode_body,
+    encode_frame,
+    read_length,
+)
+from accompanist.transport.tls import tls_contexts
+
+__all__ = ["TcpTransport", "tls_contexts"]
+
+_LOGGER_NAME = "accompanist.transport"
+
+
+class TcpTransport:
+    """Moves envelopes between sidecars over TCP; implements :class:`~accompanist.transport.Transport`.
+
+    Args:
+        role: this sidecar's role; incoming envelopes addressed to another role are rejected.
+        listen: ``(host, port)`` to listen on; port 0 picks a free port (see :attr:`address`).
+        peers: role -> ``(host, port)`` of the other sidecars (more via :meth:`set_peer`).
+        keys: HMAC key ring (key id -> secret of 16+ bytes), or None to send and accept
+            unsigned frames.
+        current_key_id: the key of ``keys`` new frames are signed with.
+        ssl_server: TLS context for the listener (see :func:`tls_contexts` for mutual TLS).
+        ssl_client: TLS context for outgoing connections.
+        max_frame: the largest frame body accepted or sent, in bytes.
+        connect_timeout: seconds one connection attempt may take.
+        backoff_min: first delay after a failed connection attempt, in seconds.
+        backoff_max: cap of the exponentially growing delay between attempts.
+        send_timeout: default ``timeout`` of :meth:`send`, in seconds.
+        max_concurrency: handler calls in flight per incoming connection; the connection stops
+            being read while all are busy, which pushes back on the sender.
+        logger: where rejected frames and lost connections are logged.
+        rng: randomness for backoff jitter (seed it for reproducible tests).
+
+    Raises:
+        ConfigError: an argument is out of range or the key ring is malformed.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        listen: tuple[str, int],
+        peers: Mapping[str, tuple[str, int]] | None = None,
+        *,
+        keys: Mapping[str, bytes] | None = None,
+        current_key_id: str = DEFAULT_KEY_ID,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        connect_timeout: float = 5.0,
+        backoff_min: float = 0.05,
+        backoff_max: float = 5.0,
+        send_timeout: float = 10.0,
+        max_concurrency: int = 256,
+        logger: logging.Logger | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not role:
+            raise ConfigError("TcpTransport needs a non-empty role")
+        if max_frame < 64:
+            raise ConfigError(f"max_frame={max_frame} is too small to hold an envelope")
+        if not 0 < backoff_min <= backoff_max:
+            raise ConfigError(f"need 0 < backoff_min <= backoff_max, got {backoff_min} and {backoff_max}")
+        if connect_timeout <= 0 or send_timeout <= 0 or max_concurrency < 1:
+            raise ConfigError("connect_timeout and send_timeout must be > 0 and max_concurrency >= 1")
+        self.role = role
+        self.stats = TransportStats()
+        self._listen = listen
+        self._peers = dict(peers or {})
+        self._ring = KeyRing(keys, current_key_id) if keys is not None else None
+        self._ssl_server = ssl_server
+        self._max_frame = max_frame
+        self._send_timeout = send_timeout
+        self._max_concurrency = max_concurrency
+        self._logger = logger or logging.getLogger(_LOGGER_NAME)
+        self._throttle = LogThrottle(self._logger)
+        self._link_config = LinkConfig(
+            role=role,
+            ring=self._ring,
+            ssl=ssl_client,
+            max_frame=max_frame,
+            connect_timeout=connect_timeout,
+            backoff_min=backoff_min,
+            backoff_max=backoff_max,
+            stats=self.stats,
+            logger=self._logger,
+            throttle=self._throttle,
+            rng=rng or random.Random(),
+        )
+        self._links: dict[str, PeerLink] = {}
+        self._server: asyncio.Server | None = None
+        self._handler: Handler | None = None
+        self._address = listen
+        self._connections: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- configuration ---------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually listened on (the real port once started with port 0)."""
+        return self._address
+
+    @property
+    def peers(self) -> dict[str, tuple[str, int]]:
+        """A copy of the role -> address table."""
+        return dict(self._peers)
+
+    def set_peer(self, role: str, address: tuple[str, int]) -> None:
+        """Add a peer or move it to a new address (its current connection is dropped)."""
+        self._peers[role] = address
+        link = self._links.pop(role, None)
+        if link is not None:
+            task = asyncio.get_running_loop().create_task(link.close())
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    # --- receiving -------------------------------------------------------------------------
+
+    async def start(self, handler: Handler) -> None:
+        """Listen for peers; ``handler`` gets every authenticated envelope addressed to us.
+
+        Raises:
+            TransportError: already started or closed, or the address cannot be bound.
+        """
+        if self._server is not None or self._closed:
+            raise TransportError(f"transport of role '{self.role}' is already started or closed")
+        self._handler = handler
+        host, port = self._listen
+        try:
+            self._server = await asyncio.start_server(
+                self._serve, host, port, ssl=self._ssl_server, limit=2**16, reuse_address=True
+            )
+        except OSError as exc:
+            raise TransportError(f"role '{self.role}' cannot listen on {host}:{port}: {exc}") from exc
+        sockname = self._server.sockets[0].getsockname()
+        self._address = (str(sockname[0]), int(sockname[1]))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        peer = _peername(writer)
+        busy = asyncio.Semaphore(self._max_concurrency)
+        write_lock = asyncio.Lock()
+        try:
+            while True:
+                header = await reader.readexactly(HEADER_SIZE)
+                length = read_length(header, max_frame=self._max_frame)
+                body = await reader.readexactly(length)
+                await busy.acquire()
+                handling = self._dispatch(body, writer, write_lock, peer)
+                if handling is None:
+                    busy.release()
+                else:
+                    handling.add_done_callback(lambda _: busy.release())
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # a clean close between frames is not an error
+                self._reject(Reason.TRUNCATED, peer, f"connection closed {len(exc.partial)} bytes into a frame")
+        except InvalidFrameError as exc:  # bad length prefix: frame boundaries are lost
+            self._reject(exc.reason, peer, f"{exc}; closing the connection")
+        except (OSError, ssl.SSLError) as exc:
+            self._logger.debug("%s: connection from %s ended: %s", self.role, peer, exc)
+        except asyncio.CancelledError:
+            # Only close() cancels this task. Python 3.11's stream callback reports a cancelled
+            # connection task as an unhandled error, so end it normally instead.
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    def _dispatch(
+        self, body: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str
+    ) -> asyncio.Task[None] | None:
+        """Decode one frame and start its handler call (returned), or reject it (None)."""
+        try:
+            frame = decode_body(body, ring=self._ring)
+        except InvalidFrameError as exc:
+            self._reject(exc.reason, peer, str(exc))
+            corr = _readable_corr(body)
+            if corr is not None:
+                self._reply(writer, lock, Frame(FrameType.REJECT, corr, info=str(exc)))
+            return None
+        envelope = frame.envelope
+        if frame.type != FrameType.ENVELOPE or envelope is None:
+            self._reject(Reason.UNEXPECTED, peer, f"{frame.type} frame on an incoming connection")
+            return None
+        if envelope.dst != self.role:
+            info = f"envelope for role '{envelope.dst}' reached role '{self.role}' (misconfigured peer address?)"
+            self._reject(Reason.WRONG_DST, peer, info)
+            self._reply(writer, lock, Frame(FrameType.REJECT, frame.corr, info=info))
+            return None
+        task = asyncio.create_task(self._handle(frame.corr, envelope, writer, lock, peer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        return task
+
+    async def _handle(
+        self, corr: int, envelope: Envelope, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str
+    ) -> None:
+        assert self._handler is not None
+        self.stats.received += 1
+        link = self._links.get(envelope.src)
+        if link is not None:
+            link.peer_alive()
+        try:
+            await self._handler(envelope)
+        except Exception as exc:
+            info = str(exc) or type(exc).__name__
+            self._reject(Reason.HANDLER, peer, f"handler refused {envelope.key}: {info}")
+            answer = Frame(FrameType.REJECT, corr, info=info)
+        else:
+            answer = Frame(FrameType.ACK, corr)
+        await self._reply_and_drain(writer, lock, answer)
+
+    def _reply(self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame) -> None:
+        task = asyncio.create_task(self._reply_and_drain(writer, lock, frame))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _reply_and_drain(self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame) -> None:
+        if writer.transport.is_closing():
+            return  # the sender is gone; it will learn nothing and retry
+        # Answers are tiny and never oversized; reject info is clipped to stay that way.
+        if len(frame.info) > 1024:
+            frame = Frame(frame.type, frame.corr, info=frame.info[:1024] + "...")
+        writer.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame))
+        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            with contextlib.suppress(OSError, RuntimeError):
+                async with lock:
+                    await writer.drain()
+
+    def _reject(self, reason: Reason, peer: str, detail: str) -> None:
+        self.stats.rejected[reason.value] += 1
+        self._throttle.warning(f"in:{reason.value}", "%s: rejected a frame from %s: %s", self.role, peer, detail)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def send(self, envelope: Envelope, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Send ``envelope`` to the sidecar of ``envelope.dst`` (see ``Transport.send``).
+
+        ``timeout=None`` means the transport's ``send_timeout``; it bounds connecting, writing
+        and (with ``wait``) the answer. A connection lost with the envelope in flight fails the
+        send: the peer may or may not have handled it, so the caller retries and the receiver
+        deduplicates by ``seq``.
+
+        Raises:
+            TransportError: unknown role, peer unreachable, connection lost, rejected, or no
+                answer within ``timeout``.
+            FrameError: the envelope encodes to more than ``max_frame`` bytes.
+        """
+        if self._closed:
+            raise TransportError(f"transport of role '{self.role}' is closed")
+        link = self._link(envelope.dst)
+        limit = self._send_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        corr = link.next_corr()
+        data = encode_frame(Frame(FrameType.ENVELOPE, corr, envelope), ring=self._ring, max_frame=self._max_frame)
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn = await link.connection(deadline)
+                if not wait:
+                    await link.write(conn, data)
+                    self.stats.sent += 1
+                    return
+                answer: asyncio.Future[None] = loop.create_future()
+                conn.pending[corr] = answer
+                try:
+                    await link.write(conn, data)
+                    self.stats.sent += 1
+                    await answer
+                finally:
+                    conn.pending.pop(corr, None)
+        except TimeoutError:
+            raise TransportError(
+                f"no answer from role '{envelope.dst}' for envelope {envelope.key} within {limit:g}s"
+            ) from None
+
+    def _link(self, role: str) -> PeerLink:
+        link = self._links.get(role)
+        if link is not None:
+            return link
+        address = self._peers.get(role)
+        if address is None:
+            known = ", ".join(sorted(self._peers)) or "none"
+            raise TransportError(f"role '{self.role}' has no address for role '{role}'; known peers: {known}")
+        link = self._links[role] = PeerLink(role, address, self._link_config)
+        return link
+
+    # --- shutting down ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and fail every pending send."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        current = asyncio.current_task()
+        tasks = [t for t in (*self._connections, *self._handlers) if t is not current]
+        for task in tasks:
+            task.cancel()
+        links, self._links = list(self._links.values()), {}
+        await asyncio.gather(*(link.close() for link in links), *tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def _peername(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+def _readable_corr(body: bytes) -> int | None:
+    """The corr id of an envelope frame that failed authentication, if it can be read at all."""
+    try:
+        frame = decode_body(body)
+    except InvalidFrameError:
+        return None
+    return frame.corr if frame.type == FrameType.ENVELOPE else None
