@@ -1,0 +1,58 @@
+"""Engines for several roles wired over one in-memory network (unit tests of the engine)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from accompanist import App
+from accompanist.engine.config import EngineConfig
+from accompanist.engine.engine import Engine
+from accompanist.store.base import Store
+from accompanist.store.memory import MemoryStore
+from accompanist.transport.memory import FaultPlan, MemoryNetwork
+
+
+class Cluster:
+    """Engines by role, their stores, and the network between them."""
+
+    def __init__(self, app: App, roles: Iterable[str], config: EngineConfig, network: MemoryNetwork) -> None:
+        self.app = app
+        self.config = config
+        self.network = network
+        self.stores: dict[str, Store] = {r: MemoryStore(r) for r in roles}
+        self.engines: dict[str, Engine] = {}
+
+    async def start(self, role: str, config: EngineConfig | None = None) -> Engine:
+        engine = Engine(
+            self.app,
+            role,
+            store=self.stores[role],
+            transport=self.network.transport(role),
+            config=config or self.config,
+        )
+        await engine.start()
+        self.engines[role] = engine
+        return engine
+
+    async def stop(self, role: str) -> None:
+        await self.engines.pop(role).stop(grace=0)
+
+    def __getitem__(self, role: str) -> Engine:
+        return self.engines[role]
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    app: App, roles: Iterable[str], config: EngineConfig | None = None, plan: FaultPlan | None = None, **net: Any
+) -> AsyncIterator[Cluster]:
+    roles = list(roles)
+    c = Cluster(app, roles, config or EngineConfig(receive_timeout=5), MemoryNetwork(plan, **net))
+    for role in roles:
+        await c.start(role)
+    try:
+        yield c
+    finally:
+        for role in list(c.engines):
+            await c.stop(role)

@@ -1,0 +1,173 @@
+"""The session engine in default mode, over an in-memory network with injected faults."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+import accompanist as ac
+from accompanist.engine.config import EngineConfig
+from accompanist.envelope import Envelope
+from accompanist.errors import OverloadedError, ReceiveTimeoutError, UnknownChoreographyError
+from accompanist.store.base import SessionStatus
+from accompanist.transport.memory import FaultPlan
+from examples.bookseller import bookseller
+from examples.merge_sort import merge_sort
+from tests.engine.harness import cluster
+
+A, B, C = ac.roles("a", "b", "c")
+
+
+@ac.choreography("burst", roles=(A, B, C))
+async def burst(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """A sends n values to B before B looks at any; B sums them and tells A."""
+    count = await ch.broadcast(A, n)
+    values = []
+    for i in range(count):
+        v = await ch.locally(A, lambda i=i: i)
+        values.append(await ch.comm(A, B, v))
+    await ch.locally(B, asyncio.sleep, await ch.locally(B, lambda: 0.05))
+    total = await ch.locally(B, lambda: 0)
+    for v in values:
+        total = await ch.locally(B, lambda t, x: t + x, total, v)
+    return await ch.comm(B, A, total)
+
+
+@ac.choreography("waits-forever", roles=(A, B))
+async def waits_forever(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+    """B waits for a message that A only sends after a long local step."""
+    x = await ch.locally(A, asyncio.sleep, x, await ch.locally(A, lambda _: 10, x))
+    y = await ch.comm(A, B, await ch.locally(A, lambda: 1))
+    return await ch.comm(B, A, y)
+
+
+@ac.choreography("crashes", roles=(A, B, C))
+async def crashes(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+    """B fails in a local step while A and C wait for it."""
+    at_b = await ch.comm(A, B, x)
+    await ch.comm(A, C, x)
+    bad = await ch.locally(B, lambda v: 1 // (v - v), at_b)
+    await ch.comm(B, C, bad)
+    return await ch.comm(B, A, bad)
+
+
+@ac.choreography("pair", roles=(A, B, C))
+async def pair(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+    """Only A and B talk; C is a role of the choreography that takes no part in this run."""
+    doubled = await ch.locally(B, lambda v: v * 2, await ch.comm(A, B, x))
+    return await ch.comm(B, A, doubled)
+
+
+APP = ac.App(bookseller, merge_sort, burst, waits_forever, crashes, pair)
+
+
+async def test_bookseller_across_engines() -> None:
+    async with cluster(APP, ["buyer", "seller"]) as c:
+        assert await c["buyer"].run("bookseller", "SICP") == "bought at 30"
+        assert await c["buyer"].run("bookseller", "HtDP") == "too expensive"
+        seller_sessions = await c.stores["seller"].list_sessions()
+        assert len(seller_sessions) == 2
+        ended = [await c["seller"].wait(s.session_id, 5) for s in seller_sessions]
+        assert {s.status for s in ended} == {SessionStatus.COMPLETED}
+        assert all(s.role == "seller" and s.result is None for s in ended)
+
+
+async def test_many_concurrent_sessions_reordered_and_duplicated() -> None:
+    plan = FaultPlan(duplicate=0.3, delay=(0.0, 0.003), reorder=True, seed=7)
+    async with cluster(APP, ["primary", "worker1", "worker2"], plan=plan) as c:
+        rng = random.Random(1)
+        inputs = [[rng.randint(-50, 50) for _ in range(rng.randint(0, 20))] for _ in range(300)]
+        results = await asyncio.gather(*(c["primary"].run("merge-sort", xs) for xs in inputs))
+        assert results == [sorted(xs) for xs in inputs]
+        dropped = sum(e.metrics.duplicates._value.get() for e in c.engines.values())
+        assert dropped > 0, "the fault plan duplicated envelopes, so some must have been dropped"
+
+
+async def test_early_envelopes_wait_in_order() -> None:
+    plan = FaultPlan(delay=(0.0, 0.004), reorder=True, seed=3)
+    async with cluster(APP, ["a", "b", "c"], plan=plan) as c:
+        assert await c["a"].run("burst", 30) == sum(range(30))
+
+
+async def test_buffer_overflow_fails_only_that_session() -> None:
+    config = EngineConfig(buffer_limit=5, receive_timeout=5)
+    async with cluster(APP, ["a", "b", "c"], config=config) as c:
+        big = await c["a"].start_session("burst", [20])
+        small = await c["a"].start_session("burst", [3])
+        assert (await c["a"].wait(small, 5)).status == SessionStatus.COMPLETED
+        at_b = await c["b"].wait(big, 5)
+        assert at_b.status == SessionStatus.FAILED
+        assert "BufferOverflowError" in (at_b.error or "") and "more than 5" in (at_b.error or "")
+        at_a = await c["a"].wait(big, 5)
+        assert at_a.status == SessionStatus.FAILED  # told by b's failure envelope, not a timeout
+
+
+async def test_receive_timeout_fails_the_session_naming_src_and_seq() -> None:
+    config = EngineConfig(receive_timeout=0.2)
+    async with cluster(APP, ["a", "b"], config=config) as c:
+        c.network.partition("a", "b")
+        sid = await c["a"].start_session("waits-forever", [0])
+        # b never started (nothing reached it): the initiator times out waiting for b.
+        record = await c["a"].wait(sid, 15)
+        assert record.status == SessionStatus.FAILED
+        assert await c["b"].get(sid) is None
+    async with cluster(APP, ["a", "b"], config=config) as c:
+        c.network.partition("a", "b")
+        # b starts lazily from an envelope of ours, then waits for #1 from a that never comes.
+        env = Envelope("0190f0f0-0000-7000-8000-000000000001", "waits-forever", 1, "a", "b", 2, "value", b"\x01")
+        await c["b"].handle(env)
+        record = await c["b"].wait(env.session_id, 5)
+        assert record.status == SessionStatus.FAILED
+        assert ReceiveTimeoutError.__name__ in (record.error or "")
+        assert "#1 from 'a'" in (record.error or "")
+
+
+async def test_failure_wakes_waiting_roles() -> None:
+    async with cluster(APP, ["a", "b", "c"], config=EngineConfig(receive_timeout=30)) as c:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sid = await c["a"].start_session("crashes", [4])
+        records = [await c[r].wait(sid, 10) for r in "abc"]
+        assert loop.time() - started < 5, "roles must be woken by the failure, not by the 30 s timeout"
+        assert [r.status for r in records] == [SessionStatus.FAILED] * 3
+        assert "ZeroDivisionError" in (records[1].error or "")
+        assert "role 'b'" in (records[0].error or "") and "ZeroDivisionError" in (records[0].error or "")
+        with pytest.raises(ac.SessionFailedError) as info:
+            await c["a"].run("crashes", 1)
+        assert info.value.status == "failed"
+
+
+async def test_roles_that_receive_nothing_never_start() -> None:
+    async with cluster(APP, ["a", "b", "c"]) as c:
+        assert await c["a"].run("pair", 21) == 42
+        assert len(await c.stores["b"].list_sessions()) == 1
+        assert await c.stores["c"].list_sessions() == []
+
+
+async def test_unknown_choreography_and_bad_envelopes_are_rejected() -> None:
+    async with cluster(APP, ["a", "b", "c"]) as c:
+        with pytest.raises(UnknownChoreographyError, match="nope"):
+            await c["b"].handle(Envelope("s", "nope", 1, "a", "b", 1, "value"))
+        with pytest.raises(UnknownChoreographyError, match="version 9"):
+            await c["b"].handle(Envelope("s", "burst", 9, "a", "b", 1, "value"))
+        with pytest.raises(ac.DefinitionError, match="does not fit"):
+            await c["b"].handle(Envelope("s", "burst", 1, "zed", "b", 1, "value"))
+        with pytest.raises(ac.DefinitionError, match="kind"):
+            await c["b"].handle(Envelope("s", "burst", 1, "a", "b", 1, "bogus"))
+        assert await c.stores["b"].list_sessions() == []
+        assert await c["a"].run("burst", 2) == 1
+
+
+async def test_start_errors_are_clear() -> None:
+    async with cluster(APP, ["a", "b", "c"], config=EngineConfig(max_inflight=1, receive_timeout=5)) as c:
+        with pytest.raises(UnknownChoreographyError):
+            await c["a"].start_session("missing")
+        with pytest.raises(ac.DefinitionError, match="starts at role 'a'"):
+            await c["b"].start_session("burst", [1])
+        with pytest.raises(ac.DefinitionError, match="takes 1 argument"):
+            await c["a"].start_session("burst", [1, 2])
+        await c["a"].start_session("waits-forever", [0])
+        with pytest.raises(OverloadedError):
+            await c["a"].start_session("burst", [1])
