@@ -1,0 +1,298 @@
+"""``SQLiteStore``: the embedded default store, one SQLite file per sidecar.
+
+WAL mode with ``synchronous=FULL`` by default: a committed batch survives power loss, and
+readers (a second connection) never wait for the writer. Writes go through the group
+committer, so concurrent sessions share one fsync.
+
+Before touching a file, :meth:`SQLiteStore.open` inspects it read-only (header, page count,
+``PRAGMA quick_check``, the ``acc_meta`` table) and refuses, with :class:`StoreCorruptError`,
+anything that is not an intact Accompanist store of this role and of a schema version this
+code knows. Such a file is never modified, so nothing is lost by a misconfigured path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from accompanist.errors import ConfigError, StoreCorruptError, StoreError
+from accompanist.store.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY
+from accompanist.store.sql import SCHEMA_VERSION, Row, SQLStore, SQLTx, Statements, check_meta
+
+__all__ = ["SQLiteStore"]
+
+_SYNCHRONOUS = ("FULL", "NORMAL", "OFF")
+_MAGIC = b"SQLite format 3\x00"
+_ENV_DDL = """session_id TEXT NOT NULL, choreography TEXT NOT NULL, version INTEGER NOT NULL,
+    src TEXT NOT NULL, dst TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+    payload BLOB NOT NULL, headers TEXT NOT NULL, auth TEXT NOT NULL"""
+
+_V1 = (
+    "CREATE TABLE acc_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE acc_sessions (session_id TEXT PRIMARY KEY, choreography TEXT NOT NULL,
+        version INTEGER NOT NULL, role TEXT NOT NULL, status TEXT NOT NULL, args BLOB NOT NULL,
+        result BLOB, error TEXT, attempts INTEGER NOT NULL, created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""",
+    "CREATE INDEX acc_sessions_status ON acc_sessions (status, updated_at)",
+    "CREATE INDEX acc_sessions_created ON acc_sessions (created_at, session_id)",
+    f"""CREATE TABLE acc_inbox (id INTEGER PRIMARY KEY, {_ENV_DDL}, received_at REAL NOT NULL,
+        UNIQUE (session_id, src, dst, seq))""",
+    f"""CREATE TABLE acc_outbox (id INTEGER PRIMARY KEY, {_ENV_DDL}, acked INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL, UNIQUE (session_id, src, dst, seq))""",
+    "CREATE INDEX acc_outbox_acked ON acc_outbox (acked, id)",
+    """CREATE TABLE acc_journal (session_id TEXT NOT NULL, step INTEGER NOT NULL, kind TEXT NOT NULL,
+        name TEXT NOT NULL, value BLOB, PRIMARY KEY (session_id, step))""",
+    """CREATE TABLE acc_txlog (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, name TEXT NOT NULL,
+        step INTEGER NOT NULL, status TEXT NOT NULL, result BLOB, updated_at REAL NOT NULL)""",
+    "CREATE INDEX acc_txlog_session ON acc_txlog (session_id, step)",
+)
+
+
+async def _migrate_to_1(conn: aiosqlite.Connection) -> None:
+    for ddl in _V1:
+        await conn.execute(ddl)
+
+
+# One function per schema version: MIGRATIONS[n] turns a version n-1 store into version n.
+MIGRATIONS: dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {1: _migrate_to_1}
+
+
+class _Tx:
+    """Adapts the writer connection, inside BEGIN IMMEDIATE, to :class:`SQLTx`."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def executemany(self, sql: str, rows: list[Row]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        cursor = await self._conn.execute(sql, tuple(args))
+        return max(cursor.rowcount, 0)
+
+
+class SQLiteStore(SQLStore):
+    """A :class:`~accompanist.store.base.Store` in one SQLite file.
+
+    Args:
+        path: the database file (created if missing; its directory must exist).
+        role: the role this store belongs to; a file of another role is refused.
+        synchronous: ``FULL`` (default: durable across power loss), ``NORMAL`` (durable
+            across process crashes only) or ``OFF`` (tests).
+        group_delay: seconds the group committer may wait for more batches under load.
+        group_max_batch: most batches per transaction (1 disables group commit).
+        busy_timeout: seconds to wait for a lock held by another process.
+
+    Raises:
+        ConfigError: an unknown ``synchronous`` level or bad group commit settings.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        role: str,
+        *,
+        synchronous: str = "FULL",
+        group_delay: float = DEFAULT_MAX_DELAY,
+        group_max_batch: int = DEFAULT_MAX_BATCH,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        level = str(synchronous).upper()
+        if level not in _SYNCHRONOUS:
+            raise ConfigError(f"SQLite synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
+        self.path = Path(path)
+        super().__init__(
+            role=role,
+            name=f"SQLite store {str(self.path)!r}",
+            statements=Statements.build(lambda name: name, lambda sql: sql),
+            group_delay=group_delay,
+            group_max_batch=group_max_batch,
+        )
+        self._synchronous = level
+        self._busy_ms = int(busy_timeout * 1000)
+        self._wconn: aiosqlite.Connection | None = None
+        self._rconn: aiosqlite.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, role={self.role!r})"
+
+    def _corrupt(self, what: str) -> StoreCorruptError:
+        return StoreCorruptError(
+            f"{self._name} cannot be used by role '{self.role}': {what}. The file was left unchanged; "
+            "point the sidecar at another path, or move this file away to start with an empty store."
+        )
+
+    def _error(self, exc: BaseException) -> StoreError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+            return self._corrupt(f"the database is damaged ({text})")
+        return StoreError(f"{self._name}: {type(exc).__name__}: {text}")
+
+    async def open(self) -> None:
+        """Check the file read-only, then create or migrate the schema and start the writer.
+
+        Raises:
+            StoreCorruptError: the file is truncated, damaged, not an Accompanist store,
+                belongs to another role, or has a newer schema version; it is left unchanged.
+            StoreError: the file cannot be opened (missing directory, permissions, locks).
+        """
+        if self._committer is not None:
+            return
+        fresh = self._inspect_header()
+        if not fresh:
+            await self._inspect_contents()
+        try:
+            self._wconn = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._pragmas(self._wconn)
+            mode = await self._wconn.execute_fetchall("PRAGMA journal_mode=WAL")
+            if str(next(iter(mode))[0]).lower() != "wal":
+                raise StoreError(f"{self._name}: cannot switch to WAL mode (got {mode!r})")
+            await self._wconn.execute(f"PRAGMA synchronous={self._synchronous}")
+            await self._migrate(self._wconn)
+            self._rconn = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._pragmas(self._rconn)
+            await self._rconn.execute("PRAGMA query_only=ON")
+        except (sqlite3.Error, OSError) as exc:
+            await self._close_connections()
+            raise self._error(exc) from exc
+        except BaseException:
+            await self._close_connections()
+            raise
+        self._start_writer()
+
+    async def _pragmas(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+
+    def _inspect_header(self) -> bool:
+        """Check the file's header and size; True when there is no file yet."""
+        if not self.path.exists():
+            if not self.path.parent.is_dir():
+                raise StoreError(f"{self._name}: directory {str(self.path.parent)!r} does not exist")
+            return True
+        if not self.path.is_file():
+            raise self._corrupt("the path is not a regular file")
+        try:
+            size = self.path.stat().st_size
+            with self.path.open("rb") as f:
+                header = f.read(100)
+        except OSError as exc:
+            raise StoreError(f"{self._name}: cannot read the file: {exc}") from exc
+        if size == 0:
+            raise self._corrupt("the file is empty (0 bytes): truncated, or created by something else")
+        if not header.startswith(_MAGIC[: min(len(header), 16)]) or len(header) < 16:
+            raise self._corrupt("it is not a SQLite database (no SQLite header)")
+        if len(header) < 100:
+            raise self._corrupt(f"the file is truncated ({size} bytes, shorter than a SQLite header)")
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        if page_size < 512 or page_size & (page_size - 1):
+            raise self._corrupt(f"the SQLite header is damaged (page size {page_size})")
+        if size % page_size:
+            raise self._corrupt(f"the file is truncated ({size} bytes is not a whole number of {page_size}-byte pages)")
+        pages = int.from_bytes(header[28:32], "big")
+        if pages and header[24:28] == header[92:96] and size < pages * page_size:
+            raise self._corrupt(f"the file is truncated (its header says {pages} pages, it holds {size // page_size})")
+        return False
+
+    async def _inspect_contents(self) -> None:
+        """Read-only: integrity, and that this is our schema, role and a version we know."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        try:
+            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        try:
+            await self._pragmas(conn)
+            problems = [str(r[0]) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise self._corrupt("PRAGMA quick_check found damage: " + "; ".join(problems))
+            rows = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = sorted(str(r[0]) for r in rows)
+            if not tables:
+                return  # an empty database: ours to initialize
+            if "acc_meta" not in tables:
+                listing = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+                raise self._corrupt(f"it is not an Accompanist store (it holds other tables: {listing})")
+            meta = {str(k): str(v) for k, v in await conn.execute_fetchall("SELECT key, value FROM acc_meta")}
+            self._check_meta(meta, tables)
+        except sqlite3.Error as exc:
+            raise self._corrupt(f"it cannot be read as a SQLite database ({exc})") from exc
+        finally:
+            await conn.close()
+
+    def _check_meta(self, meta: dict[str, str], tables: Sequence[str]) -> int:
+        return check_meta(meta, tables, role=self.role, corrupt=self._corrupt)
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = [str(r[0]) for r in rows]
+            version = 0
+            if "acc_meta" in tables:
+                meta = {str(k): str(v) for k, v in await conn.execute_fetchall("SELECT key, value FROM acc_meta")}
+                version = self._check_meta(meta, tables)
+            elif tables:
+                raise self._corrupt("it is not an Accompanist store")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                await MIGRATIONS[target](conn)
+            if version < SCHEMA_VERSION:
+                meta_rows = [("app", "accompanist"), ("role", self.role), ("schema_version", str(SCHEMA_VERSION))]
+                if version == 0:
+                    meta_rows.append(("created_at", repr(time.time())))
+                await conn.executemany(
+                    "INSERT INTO acc_meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    meta_rows,
+                )
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        """Commit what is queued, then close both connections. Idempotent."""
+        await self._stop_writer()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        for attr in ("_rconn", "_wconn"):
+            conn: aiosqlite.Connection | None = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.close()
+
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        conn = self._rconn
+        if conn is None or self._committer is None:
+            raise StoreError(f"{self._name}: the store is not open")
+        try:
+            return [tuple(r) for r in await conn.execute_fetchall(sql, tuple(args))]
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SQLTx]:
+        conn = self._wconn
+        if conn is None:
+            raise StoreError(f"{self._name}: the store is not open")
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            yield _Tx(conn)
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error | ValueError):
+                raise self._error(exc) from exc
+            raise
