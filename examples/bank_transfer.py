@@ -75,9 +75,24 @@ class Ledger:
         return decision
 
 
+def tally(vote_a: bool, vote_b: bool) -> dict[str, bool]:
+    """The coordinator's record of the prepare phase."""
+    return {"bank_a": vote_a, "bank_b": vote_b}
+
+
 def decide(votes: dict[str, bool]) -> str:
     """The coordinator's rule: commit only if every bank voted yes."""
     return "commit" if all(votes.values()) else "abort"
+
+
+def report(decision: str, votes: dict[str, bool]) -> dict[str, object]:
+    """The session's result at the client."""
+    return {"outcome": "committed" if decision == "commit" else "aborted", "votes": votes}
+
+
+def no_vote() -> bool:
+    """The vote recorded for a bank that was never asked to prepare."""
+    return False
 
 
 def make_transfer(bank_a: Ledger, bank_b: Ledger, *, source: str, target: str) -> ac.Choreography:
@@ -90,9 +105,15 @@ def make_transfer(bank_a: Ledger, bank_b: Ledger, *, source: str, target: str) -
         target: the account credited at bank_b.
     """
 
+    def debit(amount: int) -> bool:
+        return bank_a.prepare_debit(source, amount)
+
+    def credit(amount: int) -> bool:
+        return bank_b.prepare_credit(target, amount)
+
     async def prepare_a(ch: ac.Choreo, amount: ac.Located[int]) -> ac.Located[bool]:
         at_a = await ch.comm(Client, BankA, amount)
-        vote = await ch.locally(BankA, lambda n: bank_a.prepare_debit(source, n), at_a)
+        vote = await ch.locally(BankA, debit, at_a)
         return await ch.comm(BankA, Client, vote)
 
     @ac.choreography("bank-transfer", roles=(Client, BankA, BankB))
@@ -101,18 +122,17 @@ def make_transfer(bank_a: Ledger, bank_b: Ledger, *, source: str, target: str) -
 
         async def prepare_b(ch: ac.Choreo, a_prepared: bool) -> ac.Located[bool]:
             if not a_prepared:
-                return await ch.locally(Client, lambda: False)  # no need to bother bank_b
+                return await ch.locally(Client, no_vote)  # no need to bother bank_b
             at_b = await ch.comm(Client, BankB, amount)
-            vote = await ch.locally(BankB, lambda n: bank_b.prepare_credit(target, n), at_b)
+            vote = await ch.locally(BankB, credit, at_b)
             return await ch.comm(BankB, Client, vote)
 
         vote_b = await ch.cond(Client, vote_a, prepare_b, among=[BankB])
-        votes = await ch.locally(Client, lambda a, b: {"bank_a": a, "bank_b": b}, vote_a, vote_b)
+        votes = await ch.locally(Client, tally, vote_a, vote_b)
         decision = await ch.locally(Client, decide, votes)
         told = await ch.select(Client, [BankA, BankB], decision)
         await ch.locally(BankA, bank_a.finish, told)
         await ch.locally(BankB, bank_b.finish, told)
-        outcome = await ch.locally(Client, lambda d: "committed" if d == "commit" else "aborted", decision)
-        return await ch.locally(Client, lambda o, v: {"outcome": o, "votes": v}, outcome, votes)
+        return await ch.locally(Client, report, decision, votes)
 
     return transfer
