@@ -13,6 +13,7 @@ import typer
 
 from accompanist._version import __version__
 from accompanist.cli.check import check
+from accompanist.cli.sidecar import sidecar
 
 __all__ = ["app", "main"]
 
@@ -43,6 +44,7 @@ def _root(
 
 # One line per command module; each module holds one command function.
 app.command("check")(check)
+app.command("sidecar")(sidecar)
 
 
 def main() -> None:

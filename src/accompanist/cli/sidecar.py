@@ -19,7 +19,7 @@ _ENV = "ACCOMPANIST_"
 
 
 def _opt(env: str, help_text: str) -> Any:
-    return typer.Option(None, envvar=_ENV + env, help=help_text, show_default=False)
+    return typer.Option(envvar=_ENV + env, help=help_text, show_default=False)
 
 
 def sidecar(
