@@ -155,6 +155,17 @@ def test_key_rotation_accepts_the_previous_key_and_signs_with_the_new_one() -> N
     assert reason_of(excinfo) is Reason.UNKNOWN_KEY
 
 
+def test_answers_can_be_signed_with_the_key_of_the_envelope_they_answer() -> None:
+    rotated = KeyRing({"k1": K1, "k2": K2}, current="k2")
+    not_yet_rotated = KeyRing({"k1": K1})
+    ack = encode_frame(Frame(FrameType.ACK, 1), ring=rotated, key_id="k1")
+    assert decode_frame(ack, ring=not_yet_rotated).type == FrameType.ACK
+    # A key id the ring does not hold falls back to the current key.
+    fallback = encode_frame(env_frame(), ring=rotated, key_id="k9")
+    decoded = decode_frame(fallback, ring=rotated)
+    assert decoded.envelope is not None and decoded.envelope.auth == "k2"
+
+
 @pytest.mark.parametrize(
     ("keys", "current", "match"),
     [({}, "k1", "empty"), ({"k1": K1}, "k2", "not in the key ring"), ({"k1": b"short"}, "k1", "at least 16")],

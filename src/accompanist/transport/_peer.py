@@ -191,7 +191,7 @@ class PeerLink:
         except asyncio.IncompleteReadError as exc:
             why = "closed by the peer" if not exc.partial else "closed by the peer inside a frame"
         except InvalidFrameError as exc:  # a bad length prefix: the stream cannot be resynchronised
-            self._count(exc.reason, str(exc))
+            self._count(exc.reason, exc.detail)
             why = f"closed after a bad frame ({exc})"
         except (OSError, ssl.SSLError) as exc:
             why = str(exc) or type(exc).__name__
@@ -203,7 +203,7 @@ class PeerLink:
         try:
             frame = decode_body(body, ring=cfg.ring)
         except InvalidFrameError as exc:
-            self._count(exc.reason, str(exc))
+            self._count(exc.reason, exc.detail)
             if exc.reason in _AUTH_REASONS:
                 self._unauthenticated_reject(conn, body)
             return
@@ -240,7 +240,12 @@ class PeerLink:
     def _count(self, reason: Reason, detail: str) -> None:
         self._cfg.stats.rejected[reason.value] += 1
         self._cfg.throttle.warning(
-            f"out:{reason.value}", "%s: dropped a frame from %s: %s", self._cfg.role, self._where, detail
+            f"out:{reason.value}",
+            "%s: dropped a frame from %s (%s): %s",
+            self._cfg.role,
+            self._where,
+            reason.value,
+            detail,
         )
 
     def _lose(self, conn: _Connection, why: str) -> None:

@@ -87,10 +87,12 @@ class InvalidFrameError(FrameError):
 
     Attributes:
         reason: a :class:`Reason` value, used as the ``stats.rejected`` key and in logs.
+        detail: what exactly was wrong, for people.
     """
 
     def __init__(self, reason: Reason, detail: str) -> None:
         self.reason = reason
+        self.detail = detail
         super().__init__(f"{reason.value}: {detail}")
 
 
@@ -124,6 +126,10 @@ _DECODER: Final = msgspec.msgpack.Decoder(Frame)
 class KeyRing:
     """Shared HMAC secrets by key id: sign with ``current``, accept any key in the ring.
 
+    To rotate without dropping a frame: add the new key to every sidecar's ring, then make
+    it current everywhere, then remove the old one. Answers are signed with the key of the
+    envelope they answer, so a sidecar that switched early still talks to one that has not.
+
     Args:
         keys: key id -> secret (at least 16 bytes each).
         current: the id of the key new frames are signed with.
@@ -148,10 +154,12 @@ class KeyRing:
         return hmac.new(self.keys[key_id], data, hashlib.sha256).digest()
 
 
-def _sign(frame: Frame, ring: KeyRing | None) -> bytes:
+def _sign(frame: Frame, ring: KeyRing | None, key_id: str | None) -> bytes:
     """Encode ``frame``; with a ring, stamp the key id on its envelope and append the MAC."""
+    if ring is not None and (key_id is None or key_id not in ring.keys):
+        key_id = ring.current
     env = frame.envelope
-    want_auth = ring.current if ring is not None else ""
+    want_auth = key_id if ring is not None and key_id is not None else ""
     if env is not None and env.auth != want_auth:
         # The key id is inside the signed bytes, so a forger cannot swap it for a weaker key.
         frame = msgspec.structs.replace(frame, envelope=msgspec.structs.replace(env, auth=want_auth))
@@ -160,7 +168,8 @@ def _sign(frame: Frame, ring: KeyRing | None) -> bytes:
     unsigned = _ENCODER.encode(frame)
     if ring is None:
         return unsigned
-    mac = ring.mac(ring.current, unsigned)
+    assert key_id is not None
+    mac = ring.mac(key_id, unsigned)
     # ``mac`` is the last field, encoded as an empty bin (c4 00); splicing the digest in
     # (c4 20 + 32 bytes) equals a second full encode without paying for it.
     if unsigned.endswith(b"\xc4\x00"):
@@ -168,18 +177,22 @@ def _sign(frame: Frame, ring: KeyRing | None) -> bytes:
     return _ENCODER.encode(msgspec.structs.replace(frame, mac=mac))  # pragma: no cover
 
 
-def encode_frame(frame: Frame, *, ring: KeyRing | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+def encode_frame(
+    frame: Frame, *, ring: KeyRing | None = None, max_frame: int = DEFAULT_MAX_FRAME, key_id: str | None = None
+) -> bytes:
     """Encode ``frame`` for the wire: length prefix + body, signed when ``ring`` is given.
 
     Args:
         frame: the frame; its ``mac`` is ignored and recomputed.
         ring: the sender's key ring, or None to send unsigned.
+        key_id: sign with this key of the ring instead of the current one (answers use the
+            key of the envelope they answer); ignored if the ring does not hold it.
         max_frame: the largest body allowed, so the sender learns before the receiver refuses.
 
     Raises:
         InvalidFrameError: ``oversized`` when the body exceeds ``max_frame``.
     """
-    body = _sign(frame, ring)
+    body = _sign(frame, ring, key_id)
     if len(body) > max_frame:
         raise InvalidFrameError(Reason.OVERSIZED, f"frame body of {len(body)} bytes exceeds max_frame {max_frame}")
     return _HEADER.pack(len(body)) + body

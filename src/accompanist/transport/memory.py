@@ -171,11 +171,12 @@ class MemoryTransport:
             await handler(envelope)
         except Exception as exc:
             self.stats.rejected[Reason.HANDLER.value] += 1
-            return self._answer(FrameType.REJECT, str(exc) or type(exc).__name__)
-        return self._answer(FrameType.ACK)
+            return self._answer(FrameType.REJECT, str(exc) or type(exc).__name__, envelope.auth)
+        return self._answer(FrameType.ACK, "", envelope.auth)
 
-    def _answer(self, kind: FrameType, info: str = "") -> bytes:
-        return encode_frame(Frame(kind, 1, info=info), ring=self._ring, max_frame=self._network.max_frame)
+    def _answer(self, kind: FrameType, info: str = "", key_id: str | None = None) -> bytes:
+        net = self._network
+        return encode_frame(Frame(kind, 1, info=info), ring=self._ring, max_frame=net.max_frame, key_id=key_id)
 
     def track(self, task: asyncio.Task[bytes | None]) -> None:
         """Keep a delivery to this role so :meth:`close` can cancel it."""

@@ -165,6 +165,9 @@ class TcpTransport:
         self._handler = handler
         host, port = self._listen
         try:
+            # A failed TLS handshake never reaches _serve: asyncio drops the connection (and logs
+            # it only in debug mode). Upgrading each connection with start_tls in _serve would let
+            # us count it, but races with the ClientHello already read into the stream buffer.
             self._server = await asyncio.start_server(
                 self._serve, host, port, ssl=self._ssl_server, limit=2**16, reuse_address=True
             )
@@ -195,7 +198,7 @@ class TcpTransport:
             if exc.partial:  # a clean close between frames is not an error
                 self._reject(Reason.TRUNCATED, peer, f"connection closed {len(exc.partial)} bytes into a frame")
         except InvalidFrameError as exc:  # bad length prefix: frame boundaries are lost
-            self._reject(exc.reason, peer, f"{exc}; closing the connection")
+            self._reject(exc.reason, peer, f"{exc.detail}; closing the connection")
         except (OSError, ssl.SSLError) as exc:
             self._logger.debug("%s: connection from %s ended: %s", self.role, peer, exc)
         except asyncio.CancelledError:
@@ -213,7 +216,7 @@ class TcpTransport:
         try:
             frame = decode_body(body, ring=self._ring)
         except InvalidFrameError as exc:
-            self._reject(exc.reason, peer, str(exc))
+            self._reject(exc.reason, peer, exc.detail)
             corr = _readable_corr(body)
             if corr is not None:
                 self._reply(writer, lock, Frame(FrameType.REJECT, corr, info=str(exc)))
@@ -248,20 +251,22 @@ class TcpTransport:
             answer = Frame(FrameType.REJECT, corr, info=info)
         else:
             answer = Frame(FrameType.ACK, corr)
-        await self._reply_and_drain(writer, lock, answer)
+        await self._reply_and_drain(writer, lock, answer, envelope.auth)
 
     def _reply(self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame) -> None:
         task = asyncio.create_task(self._reply_and_drain(writer, lock, frame))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
-    async def _reply_and_drain(self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame) -> None:
+    async def _reply_and_drain(
+        self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame, key_id: str | None = None
+    ) -> None:
         if writer.transport.is_closing():
             return  # the sender is gone; it will learn nothing and retry
         # Answers are tiny and never oversized; reject info is clipped to stay that way.
         if len(frame.info) > 1024:
             frame = Frame(frame.type, frame.corr, info=frame.info[:1024] + "...")
-        writer.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame))
+        writer.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame, key_id=key_id))
         if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             with contextlib.suppress(OSError, RuntimeError):
                 async with lock:
@@ -269,7 +274,9 @@ class TcpTransport:
 
     def _reject(self, reason: Reason, peer: str, detail: str) -> None:
         self.stats.rejected[reason.value] += 1
-        self._throttle.warning(f"in:{reason.value}", "%s: rejected a frame from %s: %s", self.role, peer, detail)
+        self._throttle.warning(
+            f"in:{reason.value}", "%s: rejected a frame from %s (%s): %s", self.role, peer, reason.value, detail
+        )
 
     # --- sending ---------------------------------------------------------------------------
 
