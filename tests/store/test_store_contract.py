@@ -1,0 +1,419 @@
+"""The ``Store`` contract, run against MemoryStore, SQLiteStore and PostgresStore alike."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from accompanist.envelope import CONTROL_SEQ, Envelope, EnvelopeKind
+from accompanist.errors import StoreError
+from accompanist.store.base import (
+    TERMINAL_STATUSES,
+    JournalEntry,
+    OutboxRow,
+    SessionRecord,
+    SessionStatus,
+    Store,
+    StoreCounts,
+    TxRecord,
+    WriteBatch,
+)
+from tests.store.conftest import Backend
+
+
+def env(sid: str = "s1", src: str = "wh", dst: str = "pay", seq: int = 1, **kw: Any) -> Envelope:
+    fields: dict[str, Any] = {"choreography": "order", "version": 1, "kind": EnvelopeKind.VALUE, "payload": b"p"}
+    fields.update(kw)
+    return Envelope(session_id=sid, src=src, dst=dst, seq=seq, **fields)
+
+
+def session(sid: str = "s1", status: str = SessionStatus.RUNNING, **kw: Any) -> SessionRecord:
+    fields: dict[str, Any] = {"choreography": "order", "version": 1, "role": "wh", "created_at": 100.0}
+    fields.update(kw)
+    return SessionRecord(session_id=sid, status=status, **fields)
+
+
+def journal(sid: str = "s1", step: int = 0, value: bytes | None = b"v", **kw: Any) -> JournalEntry:
+    fields: dict[str, Any] = {"kind": "locally", "name": "price"}
+    fields.update(kw)
+    return JournalEntry(session_id=sid, step=step, value=value, **fields)
+
+
+def tx(sid: str = "s1", name: str = "reserve", step: int = 1, status: str = "committed", **kw: Any) -> TxRecord:
+    return TxRecord(session_id=sid, key=f"{sid}/wh/{name}/0", name=name, step=step, status=status, **kw)
+
+
+def full_batch(sid: str) -> WriteBatch:
+    return WriteBatch(
+        sessions=[session(sid)],
+        inbox=[env(sid, "pay", "wh", 1)],
+        outbox=[env(sid)],
+        journal=[journal(sid)],
+        txlog=[tx(sid)],
+    )
+
+
+async def test_not_open_and_closed_raise(backend: Backend) -> None:
+    s: Store = backend.make()
+    with pytest.raises(StoreError, match="not open"):
+        await s.get_session("x")
+    await s.open()
+    await s.open()  # idempotent
+    await s.close()
+    with pytest.raises(StoreError):
+        await s.commit(full_batch("s1"))
+    with pytest.raises(StoreError):
+        await s.counts()
+    await s.close()  # idempotent
+
+
+async def test_empty_store(store: Store) -> None:
+    assert await store.get_session("nope") is None
+    assert await store.list_sessions() == []
+    assert await store.nonterminal_sessions() == []
+    assert await store.inbox_load("nope") == []
+    assert await store.outbox_load("nope") == []
+    assert await store.outbox_pending() == []
+    assert await store.journal_load("nope") == []
+    assert await store.txlog_load("nope") == []
+    assert await store.counts() == StoreCounts(0, 0, 0, 0, 0, 0)
+    await store.commit(WriteBatch())  # an empty batch is a no-op
+
+
+async def test_session_upsert_replaces_whole_row(store: Store) -> None:
+    first = session(args=b"\x00args", created_at=1.0, updated_at=1.0)
+    await store.commit(WriteBatch(sessions=[first]))
+    assert await store.get_session("s1") == first
+    second = session(
+        status=SessionStatus.COMPLETED,
+        args=b"",
+        result=b"\xffres",
+        error="bad thing \u00e9",
+        attempts=3,
+        created_at=1.0,
+        updated_at=2.5,
+        version=2,
+        choreography="order2",
+    )
+    await store.commit(WriteBatch(sessions=[second]))
+    assert await store.get_session("s1") == second
+    assert (await store.counts()).sessions == 1
+
+
+async def test_records_are_copied(store: Store) -> None:
+    rec = session()
+    await store.commit(WriteBatch(sessions=[rec]))
+    rec.status = SessionStatus.FAILED  # the caller mutates its object afterwards
+    got = await store.get_session("s1")
+    assert got is not None and got.status == SessionStatus.RUNNING
+    got.status = SessionStatus.CANCELLED
+    again = await store.get_session("s1")
+    assert again is not None and again.status == SessionStatus.RUNNING
+
+
+async def test_list_sessions_newest_first_with_filter_and_limit(store: Store) -> None:
+    recs = [
+        session("a", SessionStatus.RUNNING, created_at=1.0),
+        session("b", SessionStatus.COMPLETED, created_at=3.0),
+        session("c", SessionStatus.RUNNING, created_at=2.0),
+        session("d", SessionStatus.PARKED, created_at=2.0),
+    ]
+    await store.commit(WriteBatch(sessions=recs))
+    assert [r.session_id for r in await store.list_sessions()] == ["b", "d", "c", "a"]
+    assert [r.session_id for r in await store.list_sessions(limit=2)] == ["b", "d"]
+    assert [r.session_id for r in await store.list_sessions(SessionStatus.RUNNING)] == ["c", "a"]
+    assert [r.session_id for r in await store.list_sessions("completed")] == ["b"]
+    assert await store.list_sessions("cancelled") == []
+    assert await store.list_sessions(limit=0) == []
+
+
+async def test_nonterminal_sessions(store: Store) -> None:
+    recs = [session(f"s-{st.value}", st, created_at=float(i)) for i, st in enumerate(SessionStatus)]
+    await store.commit(WriteBatch(sessions=recs))
+    got = await store.nonterminal_sessions()
+    assert [r.status for r in got] == [st for st in SessionStatus if st not in TERMINAL_STATUSES]
+    assert {r.session_id for r in got} == {f"s-{st.value}" for st in SessionStatus if st not in TERMINAL_STATUSES}
+
+
+async def test_inbox_ignores_duplicates_and_orders_by_src_seq(store: Store) -> None:
+    failure = env("s1", "pay", "wh", CONTROL_SEQ[EnvelopeKind.FAILURE], kind=EnvelopeKind.FAILURE, payload=b"why")
+    rows = [env("s1", "pay", "wh", 2), env("s1", "cli", "wh", 1), env("s1", "pay", "wh", 1), failure]
+    await store.commit(WriteBatch(inbox=rows))
+    dup = env("s1", "pay", "wh", 2, payload=b"different")  # same key: ignored, first write wins
+    await store.commit(WriteBatch(inbox=[dup, env("s2", "pay", "wh", 1)]))
+    got = await store.inbox_load("s1")
+    assert [(e.src, e.seq) for e in got] == [("cli", 1), ("pay", -1), ("pay", 1), ("pay", 2)]
+    assert got[3].payload == b"p"
+    assert got[1] == failure
+    assert (await store.counts()).inbox == 5
+
+
+async def test_envelope_fields_round_trip(store: Store) -> None:
+    e = env(
+        "0190f3a2-7b1c-7d2e-9f00-abcdef012345",
+        "wh",
+        "pay",
+        7,
+        version=12,
+        kind=EnvelopeKind.SELECT,
+        payload=bytes(range(256)),
+        headers={"traceparent": "00-abc-def-01", "tracestate": "k=v,\u00e9=\u2603"},
+        auth="key-1",
+    )
+    await store.commit(WriteBatch(inbox=[e], outbox=[e]))
+    assert await store.inbox_load(e.session_id) == [e]
+    assert await store.outbox_load(e.session_id) == [OutboxRow(e, False)]
+
+
+async def test_outbox_duplicates_acks_and_pending_order(store: Store) -> None:
+    await store.commit(WriteBatch(outbox=[env("s2", seq=1), env("s1", seq=1)]))
+    await store.commit(WriteBatch(outbox=[env("s1", seq=2), env("s1", dst="cli", seq=1)]))
+    await store.commit(WriteBatch(outbox=[env("s2", seq=1, payload=b"dup")]))  # ignored
+    pending = await store.outbox_pending()
+    assert [(e.session_id, e.dst, e.seq) for e in pending] == [
+        ("s2", "pay", 1),
+        ("s1", "pay", 1),
+        ("s1", "pay", 2),
+        ("s1", "cli", 1),
+    ]
+    assert pending[0].payload == b"p"
+    assert [(e.session_id, e.seq) for e in await store.outbox_pending(limit=2)] == [("s2", 1), ("s1", 1)]
+
+    await store.commit(WriteBatch(acks=[("s1", "pay", 1), ("s1", "pay", 99), ("nope", "pay", 1)]))
+    rows = await store.outbox_load("s1")
+    assert [(r.envelope.dst, r.envelope.seq, r.acked) for r in rows] == [
+        ("pay", 1, True),
+        ("pay", 2, False),
+        ("cli", 1, False),
+    ]
+    assert [(e.session_id, e.dst, e.seq) for e in await store.outbox_pending()] == [
+        ("s2", "pay", 1),
+        ("s1", "pay", 2),
+        ("s1", "cli", 1),
+    ]
+    await store.commit(WriteBatch(acks=[("s1", "pay", 1)]))  # acking twice is harmless
+    await store.commit(WriteBatch(outbox=[env("s1", seq=1)]))  # re-sending an acked row keeps it acked
+    assert (await store.outbox_load("s1"))[0].acked
+    counts = await store.counts()
+    assert (counts.outbox, counts.outbox_unacked) == (4, 3)
+
+
+async def test_ack_in_same_batch_as_insert(store: Store) -> None:
+    await store.commit(WriteBatch(outbox=[env(seq=1)], acks=[("s1", "pay", 1)]))
+    assert await store.outbox_load("s1") == [OutboxRow(env(seq=1), True)]
+    assert await store.outbox_pending() == []
+
+
+async def test_journal_ignores_duplicates_in_step_order(store: Store) -> None:
+    await store.commit(WriteBatch(journal=[journal(step=2, value=None, kind="send", name="comm"), journal(step=0)]))
+    await store.commit(WriteBatch(journal=[journal(step=0, value=b"other"), journal(step=1, value=b"")]))
+    got = await store.journal_load("s1")
+    assert [(j.step, j.value) for j in got] == [(0, b"v"), (1, b""), (2, None)]
+    assert got[2] == journal(step=2, value=None, kind="send", name="comm")
+    assert await store.journal_load("s2") == []
+
+
+async def test_txlog_upserts_by_key_in_step_order(store: Store) -> None:
+    await store.commit(WriteBatch(txlog=[tx(name="charge", step=5), tx(name="reserve", step=1, result=b"r")]))
+    await store.commit(WriteBatch(txlog=[tx(name="reserve", step=1, status="compensated", updated_at=9.0)]))
+    got = await store.txlog_load("s1")
+    assert [(t.name, t.status, t.result) for t in got] == [
+        ("reserve", "compensated", None),
+        ("charge", "committed", None),
+    ]
+    assert got[0].updated_at == 9.0
+    assert (await store.counts()).txlog == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (WriteBatch(sessions=[session(status="exploded")]), "status"),
+        (WriteBatch(sessions=[session("")]), "session_id"),
+        (WriteBatch(inbox=[env(src="w\x00h")]), "src"),
+        (WriteBatch(outbox=[env(seq=2**63)]), "seq"),
+        (WriteBatch(outbox=[env(headers={"k": "\ud800"})]), "headers"),
+        (WriteBatch(journal=[journal(value="text")]), "value"),  # type: ignore[arg-type]
+        (WriteBatch(txlog=[tx(step="1")]), "step"),  # type: ignore[arg-type]
+        (WriteBatch(acks=[("s1", "pay")]), "acks"),  # type: ignore[list-item]
+        (WriteBatch(sessions=[session(created_at=float("nan"))]), "created_at"),
+    ],
+)
+async def test_invalid_batch_is_rejected_and_writes_nothing(store: Store, bad: WriteBatch, field: str) -> None:
+    bad.extend(full_batch("s9"))  # valid rows in the same batch must not land either
+    with pytest.raises(StoreError, match=field):
+        await store.commit(bad)
+    assert await store.counts() == StoreCounts(0, 0, 0, 0, 0, 0)
+    await store.commit(full_batch("s1"))  # the store is still usable
+    assert (await store.counts()).sessions == 1
+
+
+async def test_failed_transaction_leaves_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    await store.commit(WriteBatch(outbox=[env("s0", seq=1)]))
+    calls = 0
+
+    def boom(*args: Any) -> None:  # raises when called, so it fails sync and async writers alike
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("disk on fire")
+
+    # The journal is written after sessions, inbox, outbox and acks: all of them must roll back.
+    monkeypatch.setattr(store, "_write_journal", boom)
+    batch = full_batch("s1")
+    batch.acks.append(("s0", "pay", 1))
+    with pytest.raises(StoreError, match="disk on fire"):
+        await store.commit(batch)
+    assert calls >= 1
+    assert await store.counts() == StoreCounts(0, 0, 1, 1, 0, 0)
+    assert await store.get_session("s1") is None
+    assert await store.outbox_pending() == [env("s0", seq=1)]
+    monkeypatch.undo()
+    await store.commit(full_batch("s1"))
+    assert await store.counts() == StoreCounts(1, 1, 2, 2, 1, 1)
+
+
+async def test_failed_group_fails_every_caller(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not backend.grouped:
+        pytest.skip("no group transactions in this store")
+    store = backend.make(group_delay=0.05)
+    await store.open()
+    try:
+        gate = asyncio.Event()
+        original = store._write_journal
+
+        async def slow_then_fail(*args: Any) -> None:
+            await gate.wait()
+            raise RuntimeError("injected")
+
+        monkeypatch.setattr(store, "_write_journal", slow_then_fail)
+        first = asyncio.ensure_future(store.commit(full_batch("s0")))  # holds the writer
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(store.commit(full_batch(f"s{i}"))) for i in range(1, 20)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in results)
+        assert store.commit_stats.largest_group > 1  # they really shared a transaction
+        assert await store.counts() == StoreCounts(0, 0, 0, 0, 0, 0)
+        monkeypatch.setattr(store, "_write_journal", original)
+        await store.commit(full_batch("s1"))
+        assert (await store.counts()).sessions == 1
+    finally:
+        await store.close()
+
+
+async def test_concurrent_commits_all_land_in_fewer_transactions(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    try:
+        before = store.commit_stats
+
+        async def one_session(i: int) -> None:
+            await store.commit(WriteBatch(sessions=[session(f"s{i:03d}")], outbox=[env(f"s{i:03d}")]))
+            await store.commit(WriteBatch(journal=[journal(f"s{i:03d}", step=1)], acks=[(f"s{i:03d}", "pay", 1)]))
+
+        await asyncio.gather(*(one_session(i) for i in range(200)))
+        counts = await store.counts()
+        assert counts == StoreCounts(sessions=200, inbox=0, outbox=200, outbox_unacked=0, journal=200, txlog=0)
+        stats = store.commit_stats
+        batches = stats.batches - before.batches
+        transactions = stats.transactions - before.transactions
+        assert batches == 400
+        if backend.grouped:
+            assert transactions < batches / 4, stats
+    finally:
+        await store.close()
+
+
+async def test_group_commit_off_is_one_transaction_per_batch(backend: Backend) -> None:
+    if not backend.grouped:
+        pytest.skip("no group transactions in this store")
+    store = backend.make(group_delay=0, group_max_batch=1)
+    await store.open()
+    try:
+        await asyncio.gather(*(store.commit(full_batch(f"s{i}")) for i in range(30)))
+        assert store.commit_stats.transactions == store.commit_stats.batches == 30
+        assert (await store.counts()).sessions == 30
+    finally:
+        await store.close()
+
+
+async def test_durable_across_close_and_reopen(backend: Backend) -> None:
+    if not backend.durable:
+        pytest.skip("not a durable store")
+    store = backend.make()
+    await store.open()
+    pending = [asyncio.ensure_future(store.commit(full_batch(f"s{i}"))) for i in range(50)]
+    await asyncio.sleep(0)
+    await store.close()  # close flushes what was queued
+    await asyncio.gather(*pending)
+    again = backend.make()
+    await again.open()
+    try:
+        assert (await again.counts()) == StoreCounts(50, 50, 50, 50, 50, 50)
+        assert await again.get_session("s7") == session("s7")
+        assert await again.journal_load("s7") == [journal("s7")]
+        assert await again.txlog_load("s7") == [tx("s7")]
+    finally:
+        await again.close()
+
+
+async def test_prune_deletes_only_old_terminal_sessions(store: Store) -> None:
+    statuses = {"old-done": SessionStatus.COMPLETED, "old-run": SessionStatus.RUNNING, "new-done": SessionStatus.FAILED}
+    updated = {"old-done": 10.0, "old-run": 10.0, "new-done": 1000.0}
+    for sid, status in statuses.items():
+        batch = full_batch(sid)
+        batch.sessions = [session(sid, status, updated_at=updated[sid])]
+        await store.commit(batch)
+    assert await store.prune(before=500.0) == 4  # inbox, outbox, journal and txlog rows of old-done
+    assert await store.get_session("old-done") is not None  # the tombstone stays
+    assert await store.inbox_load("old-done") == []
+    assert await store.txlog_load("old-done") == []
+    for sid in ("old-run", "new-done"):
+        assert len(await store.inbox_load(sid)) == len(await store.outbox_load(sid)) == 1
+        assert len(await store.journal_load(sid)) == len(await store.txlog_load(sid)) == 1
+    assert await store.prune(before=500.0, tombstones_before=100.0) == 1
+    assert await store.get_session("old-done") is None
+    assert await store.get_session("old-run") is not None
+    assert await store.prune(before=500.0, tombstones_before=100.0) == 0
+    # Tombstones cut later than ``before`` take the session's other rows with them.
+    assert await store.prune(before=0.0, tombstones_before=2000.0) == 5
+    assert await store.counts() == StoreCounts(1, 1, 1, 1, 1, 1)
+
+
+async def test_prune_soak_keeps_row_counts_bounded(backend: Backend) -> None:
+    store = backend.make(synchronous="OFF") if backend.name == "sqlite" else backend.make()
+    await store.open()
+    try:
+        now = time.time()
+        total, rounds = 5000, 5
+        per_round = total // rounds
+        for r in range(rounds):
+            batches = []
+            for i in range(r * per_round, (r + 1) * per_round):
+                sid = f"soak-{i:05d}"
+                # Every tenth session is still running; the rest finished long ago.
+                status = SessionStatus.RUNNING if i % 10 == 0 else SessionStatus.COMPLETED
+                b = full_batch(sid)
+                b.sessions = [session(sid, status, created_at=now - 7200, updated_at=now - 3600)]
+                b.outbox.append(env(sid, seq=2))
+                b.journal.append(journal(sid, step=1))
+                batches.append(b)
+            await asyncio.gather(*(store.commit(b) for b in batches))
+            await store.prune(before=now - 60, tombstones_before=now - 60 if r % 2 else None)
+            counts = await store.counts()
+            running = (r + 1) * per_round // 10
+            assert counts.inbox == counts.txlog == running
+            assert counts.outbox == counts.journal == 2 * running
+            assert counts.sessions <= (r + 1) * per_round
+            if r % 2:
+                assert counts.sessions == running
+        for i in range(0, total, 10):
+            sid = f"soak-{i:05d}"
+            assert len(await store.outbox_load(sid)) == 2 and len(await store.journal_load(sid)) == 2
+        assert len(await store.nonterminal_sessions()) == total // 10
+    finally:
+        await store.close()
