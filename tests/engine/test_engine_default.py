@@ -8,7 +8,6 @@ import random
 import pytest
 from examples.bookseller import bookseller
 from examples.merge_sort import merge_sort
-from tests.engine.harness import cluster
 
 import accompanist as ac
 from accompanist.engine.config import EngineConfig
@@ -16,6 +15,7 @@ from accompanist.envelope import Envelope
 from accompanist.errors import OverloadedError, ReceiveTimeoutError, UnknownChoreographyError
 from accompanist.store.base import SessionStatus
 from accompanist.transport.memory import FaultPlan
+from tests.engine.harness import cluster
 
 A, B, C = ac.roles("a", "b", "c")
 
