@@ -69,8 +69,9 @@ def sidecar(
         "grace": grace,
     }
     try:
-        # Options already carry their ACCOMPANIST_* variables (typer), so the file fills the rest.
-        cfg = SidecarConfig.load(file=config, env={}, overrides=overrides)
+        # Precedence: options (typer also reads their ACCOMPANIST_* variables), then the
+        # environment for settings without an option, then the file, then defaults.
+        cfg = SidecarConfig.load(file=config, overrides=overrides)
     except AccompanistError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

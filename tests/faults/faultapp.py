@@ -1,0 +1,79 @@
+"""The choreography the fault campaigns run, with a service that records its effects.
+
+Every local step calls :func:`effect`, which stands for a call to an existing service: it
+writes to that role's own SQLite database, keyed by the step key the runtime hands it, and
+counts every call. The campaign then checks that each session produced exactly the effects
+it should, with the right values, however often a step was re-run after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import accompanist as ac
+from accompanist.engine.stepkey import current_step
+
+__all__ = ["A", "B", "C", "app", "effect", "read_effects"]
+
+A, B, C = ac.roles("a", "b", "c")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+
+
+def _db(role: str) -> sqlite3.Connection:
+    path = Path(os.environ.get("FAULT_EFFECTS_DIR", ".")) / f"effects-{role}.db"
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def effect(value: int) -> int:
+    """The service call: idempotent by step key, so a re-run changes nothing."""
+    key = current_step()
+    if key is None:
+        raise RuntimeError("effect() must run inside a sidecar's local step")
+    db = _db(key.role)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO calls(key, n) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", (str(key),))
+        db.execute("INSERT INTO effects(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (str(key), value + 1))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return value + 1
+
+
+def read_effects(directory: Path, role: str) -> tuple[dict[str, int], dict[str, int]]:
+    """``(effects, calls)`` recorded by ``role``'s service, by step key."""
+    path = directory / f"effects-{role}.db"
+    if not path.exists():
+        return {}, {}
+    db = sqlite3.connect(path)
+    try:
+        effects = dict(db.execute("SELECT key, value FROM effects").fetchall())
+        calls = dict(db.execute("SELECT key, n FROM calls").fetchall())
+    finally:
+        db.close()
+    return effects, calls
+
+
+@ac.choreography("chain", roles=(A, B, C))
+async def chain(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """a -> b -> c -> a, one service effect at each hop: the result is n + 4."""
+    x = await ch.locally(A, effect, n)  # a/0
+    y = await ch.locally(B, effect, await ch.comm(A, B, x))  # b/1
+    z = await ch.locally(C, effect, await ch.comm(B, C, y))  # c/1
+    return await ch.locally(A, effect, await ch.comm(C, A, z))  # a/3
+
+
+EXPECTED_EFFECTS = {"a/0": 1, "b/1": 2, "c/1": 3, "a/3": 4}
+"""Step key suffix -> offset from the session's input of the value that step records."""
+
+app = ac.App(chain)
