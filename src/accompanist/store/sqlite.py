@@ -210,7 +210,7 @@ class SQLiteStore(SQLStore):
             raise self._error(exc) from exc
         try:
             await self._pragmas(conn)
-            problems = [str(r[0]) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
+            problems = [" ".join(str(r[0]).split()) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise self._corrupt("PRAGMA quick_check found damage: " + "; ".join(problems))
             rows = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
