@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import struct
 
 import msgspec
@@ -273,3 +275,21 @@ def test_mutated_valid_frames_only_ever_raise_frame_error(data: bytes, cut: int,
         for keyring in (ring, None):
             with contextlib.suppress(FrameError):
                 decode_frame(candidate, ring=keyring)
+
+
+@pytest.mark.parametrize("secret", [b"s" * 16, b"s" * 64, b"long" * 40])
+def test_ring_mac_is_standard_hmac_sha256(secret: bytes) -> None:
+    ring = KeyRing({"k1": secret})
+    for data in (b"", b"x", b"frame" * 1000):
+        assert ring.mac("k1", data) == hmac.new(secret, data, hashlib.sha256).digest()
+
+
+def test_a_mac_in_a_non_canonical_encoding_is_refused() -> None:
+    ring = KeyRing({"k1": K1})
+    body = encode_frame(Frame(FrameType.ACK, 1), ring=ring)[4:]
+    assert body[-34:-32] == b"\xc4\x20"
+    bin16 = body[:-34] + b"\xc5\x00\x20" + body[-32:]  # same digest, as bin16
+    assert decode_body(bin16).mac == body[-32:]
+    with pytest.raises(InvalidFrameError) as excinfo:
+        decode_body(bin16, ring=ring)
+    assert reason_of(excinfo) is Reason.BAD_MAC

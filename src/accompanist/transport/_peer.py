@@ -165,19 +165,35 @@ class PeerLink:
         self._ever_connected = True
         return conn
 
-    async def write(self, conn: _Connection, data: bytes) -> None:
-        """Write one encoded frame; raise TransportError if the connection is gone."""
+    def live(self) -> _Connection | None:
+        """The connection if it is up, without waiting (the common case of every send)."""
+        conn = self._conn
+        return conn if conn is not None and not conn.lost else None
+
+    def write(self, conn: _Connection, data: bytes) -> bool:
+        """Queue one encoded frame; True if the caller should :meth:`drain` before more.
+
+        Raises:
+            TransportError: the connection is gone.
+        """
         if conn.lost or conn.writer.transport.is_closing():
             self._lose(conn, "connection closed")
             raise TransportError(f"connection to {self._where} closed before the envelope was written")
         conn.writer.write(data)
-        if conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            try:
-                async with conn.drain_lock:
-                    await conn.writer.drain()
-            except (OSError, RuntimeError) as exc:
-                self._lose(conn, str(exc) or type(exc).__name__)
-                raise TransportError(f"connection to {self._where} lost while writing: {exc}") from exc
+        return conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+
+    async def drain(self, conn: _Connection) -> None:
+        """Wait until the socket took most of what was written (backpressure on senders).
+
+        Raises:
+            TransportError: the connection broke meanwhile.
+        """
+        try:
+            async with conn.drain_lock:
+                await conn.writer.drain()
+        except (OSError, RuntimeError) as exc:
+            self._lose(conn, str(exc) or type(exc).__name__)
+            raise TransportError(f"connection to {self._where} lost while writing: {exc}") from exc
 
     async def _read_answers(self, conn: _Connection) -> None:
         """Resolve pending sends from ack/reject frames until the connection ends."""

@@ -302,20 +302,31 @@ class TcpTransport:
         corr = link.next_corr()
         data = encode_frame(Frame(FrameType.ENVELOPE, corr, envelope), ring=self._ring, max_frame=self._max_frame)
         try:
-            async with asyncio.timeout_at(deadline):
-                conn = await link.connection(deadline)
-                if not wait:
-                    await link.write(conn, data)
-                    self.stats.sent += 1
-                    return
-                answer: asyncio.Future[None] = loop.create_future()
-                conn.pending[corr] = answer
-                try:
-                    await link.write(conn, data)
-                    self.stats.sent += 1
-                    await answer
-                finally:
-                    conn.pending.pop(corr, None)
+            conn = link.live()
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
+                    conn = await link.connection(deadline)
+            if not wait:
+                if link.write(conn, data):
+                    async with asyncio.timeout_at(deadline):
+                        await link.drain(conn)
+                self.stats.sent += 1
+                return
+            answer: asyncio.Future[None] = loop.create_future()
+            conn.pending[corr] = answer
+            # A timer on the future costs less than a timeout context on this hot path.
+            expiry = loop.call_at(deadline, _expire, answer)
+            try:
+                if link.write(conn, data):
+                    async with asyncio.timeout_at(deadline):
+                        await link.drain(conn)
+                self.stats.sent += 1
+                await answer
+            finally:
+                expiry.cancel()
+                conn.pending.pop(corr, None)
+                if answer.done() and not answer.cancelled():
+                    answer.exception()  # retrieved, even if a failed drain left it unawaited
         except TimeoutError:
             raise TransportError(
                 f"no answer from role '{envelope.dst}' for envelope {envelope.key} within {limit:g}s"
@@ -349,6 +360,11 @@ class TcpTransport:
         await asyncio.gather(*(link.close() for link in links), *tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def _expire(answer: asyncio.Future[None]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
 
 
 def _peername(writer: asyncio.StreamWriter) -> str:
