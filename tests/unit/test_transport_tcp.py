@@ -185,6 +185,20 @@ async def test_backoff_fails_fast_instead_of_hammering_a_down_peer(make: Callabl
     assert time.monotonic() - started < 0.1
 
 
+async def test_an_envelope_from_a_backed_off_peer_ends_the_backoff(make: Callable[..., TcpTransport]) -> None:
+    port = free_port()
+    a = make("a", peers={"b": ("127.0.0.1", port)}, backoff_min=5.0, backoff_max=5.0)
+    await a.start(Inbox())
+    with pytest.raises(TransportError):
+        await a.send(env(1), timeout=0.5)  # b is down: a backs off for seconds
+    inbox = Inbox()
+    b = make("b", ("127.0.0.1", port), peers={"a": a.address})
+    await b.start(inbox)
+    await b.send(env(src="b", dst="a"))  # b announces itself (as HELLO does) ...
+    await a.send(env(2), timeout=0.5)  # ... so a retries at once instead of waiting 5 s
+    assert [e.seq for e in inbox.got] == [2]
+
+
 async def test_a_silent_peer_times_out_and_leaves_no_pending_send(made: list[TcpTransport]) -> None:
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()

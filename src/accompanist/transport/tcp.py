@@ -68,6 +68,12 @@ class TcpTransport:
         logger: where rejected frames and lost connections are logged.
         rng: randomness for backoff jitter (seed it for reproducible tests).
 
+    Attributes:
+        stats: ``sent`` envelopes written to a connection, ``received`` envelopes passed to the
+            handler, ``acked`` acknowledgements received, ``reconnects`` connections reopened
+            to a peer after the first, ``rejected`` frames refused, by :class:`Reason` value
+            (on either side of a connection).
+
     Raises:
         ConfigError: an argument is out of range or the key ring is malformed.
     """
