@@ -275,6 +275,33 @@ async def test_failed_transaction_leaves_nothing(store: Store, monkeypatch: pyte
     assert await store.counts() == StoreCounts(1, 1, 2, 2, 1, 1)
 
 
+async def test_row_rejected_by_the_database_rolls_back_the_group(backend: Backend) -> None:
+    if backend.poison is None:
+        pytest.skip("no database to reject rows")
+    store = backend.make(group_delay=0.05)
+    await store.open()
+    try:
+        await backend.poison()
+        await store.commit(full_batch("s0"))
+        bad = full_batch("bad")
+        bad.journal.append(journal("bad", step=1, name="poison"))
+        bad.acks.append(("s0", "pay", 1))
+        results = await asyncio.gather(
+            *(store.commit(full_batch(f"s{i}")) for i in range(1, 6)), store.commit(bad), return_exceptions=True
+        )
+        assert isinstance(results[-1], StoreError) and "poisoned row" in str(results[-1])
+        assert store.commit_stats.failed_transactions >= 1
+        assert await store.get_session("bad") is None
+        assert [r.acked for r in await store.outbox_load("s0")] == [False]
+        # Batches that failed only because they shared the transaction can be retried.
+        for i, r in enumerate(results[:-1], start=1):
+            if isinstance(r, StoreError):
+                await store.commit(full_batch(f"s{i}"))
+        assert await store.counts() == StoreCounts(6, 6, 6, 6, 6, 6)
+    finally:
+        await store.close()
+
+
 async def test_failed_group_fails_every_caller(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     if not backend.grouped:
         pytest.skip("no group transactions in this store")

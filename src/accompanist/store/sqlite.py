@@ -16,7 +16,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ import aiosqlite
 
 from accompanist.errors import ConfigError, StoreCorruptError, StoreError
 from accompanist.store.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY
-from accompanist.store.sql import SCHEMA_VERSION, Row, SQLStore, SQLTx, Statements, check_meta
+from accompanist.store.sql import SCHEMA_VERSION, SQLStore, SQLTx, Statements, check_meta
+from accompanist.store.sqlite_writer import SQLiteWriter, WriteTx
 
 __all__ = ["SQLiteStore"]
 
@@ -55,27 +56,14 @@ _V1 = (
 )
 
 
-async def _migrate_to_1(conn: aiosqlite.Connection) -> None:
+def _migrate_to_1(db: sqlite3.Connection) -> None:
     for ddl in _V1:
-        await conn.execute(ddl)
+        db.execute(ddl)
 
 
 # One function per schema version: MIGRATIONS[n] turns a version n-1 store into version n.
-MIGRATIONS: dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {1: _migrate_to_1}
-
-
-class _Tx:
-    """Adapts the writer connection, inside BEGIN IMMEDIATE, to :class:`SQLTx`."""
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def executemany(self, sql: str, rows: list[Row]) -> None:
-        await self._conn.executemany(sql, rows)
-
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        cursor = await self._conn.execute(sql, tuple(args))
-        return max(cursor.rowcount, 0)
+# They run in the writer thread, inside the transaction that also updates acc_meta.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
 
 
 class SQLiteStore(SQLStore):
@@ -117,7 +105,7 @@ class SQLiteStore(SQLStore):
         )
         self._synchronous = level
         self._busy_ms = int(busy_timeout * 1000)
-        self._wconn: aiosqlite.Connection | None = None
+        self._wconn: SQLiteWriter | None = None
         self._rconn: aiosqlite.Connection | None = None
 
     def __repr__(self) -> str:
@@ -148,24 +136,31 @@ class SQLiteStore(SQLStore):
         fresh = self._inspect_header()
         if not fresh:
             await self._inspect_contents()
+        writer = SQLiteWriter()
         try:
-            self._wconn = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._pragmas(self._wconn)
-            mode = await self._wconn.execute_fetchall("PRAGMA journal_mode=WAL")
-            if str(next(iter(mode))[0]).lower() != "wal":
-                raise StoreError(f"{self._name}: cannot switch to WAL mode (got {mode!r})")
-            await self._wconn.execute(f"PRAGMA synchronous={self._synchronous}")
-            await self._migrate(self._wconn)
+            await writer.open(self.path, self._setup)
+            self._wconn = writer
             self._rconn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._pragmas(self._rconn)
             await self._rconn.execute("PRAGMA query_only=ON")
         except (sqlite3.Error, OSError) as exc:
+            await writer.close()
             await self._close_connections()
             raise self._error(exc) from exc
         except BaseException:
+            await writer.close()
             await self._close_connections()
             raise
         self._start_writer()
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        """In the writer thread: pragmas, WAL, then create or migrate the schema."""
+        db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise StoreError(f"{self._name}: cannot switch to WAL mode (got {mode!r})")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._migrate(db)
 
     async def _pragmas(self, conn: aiosqlite.Connection) -> None:
         await conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
@@ -230,32 +225,31 @@ class SQLiteStore(SQLStore):
     def _check_meta(self, meta: dict[str, str], tables: Sequence[str]) -> int:
         return check_meta(meta, tables, role=self.role, corrupt=self._corrupt)
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
         try:
-            rows = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
-            tables = [str(r[0]) for r in rows]
+            tables = [str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             version = 0
             if "acc_meta" in tables:
-                meta = {str(k): str(v) for k, v in await conn.execute_fetchall("SELECT key, value FROM acc_meta")}
+                meta = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM acc_meta")}
                 version = self._check_meta(meta, tables)
             elif tables:
                 raise self._corrupt("it is not an Accompanist store")
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                await MIGRATIONS[target](conn)
+                MIGRATIONS[target](db)
             if version < SCHEMA_VERSION:
                 meta_rows = [("app", "accompanist"), ("role", self.role), ("schema_version", str(SCHEMA_VERSION))]
                 if version == 0:
                     meta_rows.append(("created_at", repr(time.time())))
-                await conn.executemany(
+                db.executemany(
                     "INSERT INTO acc_meta (key, value) VALUES (?, ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     meta_rows,
                 )
-            await conn.execute("COMMIT")
+            db.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
@@ -264,12 +258,14 @@ class SQLiteStore(SQLStore):
         await self._close_connections()
 
     async def _close_connections(self) -> None:
-        for attr in ("_rconn", "_wconn"):
-            conn: aiosqlite.Connection | None = getattr(self, attr)
-            setattr(self, attr, None)
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.close()
+        reader, self._rconn = self._rconn, None
+        writer, self._wconn = self._wconn, None
+        if reader is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await reader.close()
+        if writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await writer.close()
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         conn = self._rconn
@@ -282,17 +278,17 @@ class SQLiteStore(SQLStore):
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[SQLTx]:
-        conn = self._wconn
-        if conn is None:
+        writer = self._wconn
+        if writer is None:
             raise StoreError(f"{self._name}: the store is not open")
+        tx = WriteTx(writer)
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            yield _Tx(conn)
-            await conn.execute("COMMIT")
+            yield tx
+            await tx.commit()
         except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error | ValueError):
+            if tx.begun:
+                with contextlib.suppress(sqlite3.Error, RuntimeError):
+                    await writer.rollback()
+            if isinstance(exc, sqlite3.Error):
                 raise self._error(exc) from exc
             raise
