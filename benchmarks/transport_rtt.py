@@ -4,8 +4,9 @@ Why: the sidecar-to-sidecar hop is on every step of every session, so the transp
 over the bare socket round trip must stay small. Each variant (raw echo, TcpTransport,
 TcpTransport with HMAC; on asyncio's loop and on uvloop) runs in its own client process
 against its own server process, measuring N sequential round trips (``send(wait=True)`` for
-the transport, write + read back for the echo) after a warm-up. Numbers from one run on one
-machine are only comparable side by side, hence the ratios.
+the transport, write + read back for the echo) after a warm-up. The variants take turns in
+several rounds, so a machine whose load drifts (a shared VM) skews them alike; numbers from
+one run on one machine are only comparable side by side, hence the ratios.
 
 Usage::
 
@@ -35,7 +36,7 @@ __all__ = ["main"]
 RESULTS = Path(__file__).resolve().parent / "results"
 TRANSPORTS = ("raw", "tcp", "tcp+hmac")
 LOOPS = ("asyncio", "uvloop")
-WARMUP = 500
+WARMUP = 300
 HMAC_KEYS = {"k1": b"benchmark-key-0123456789abcdef!!"}
 _LEN = struct.Struct(">I")
 
@@ -141,21 +142,12 @@ def _child(transport: str, loop: str, n: int, payload: int) -> None:
         port = int(server.stdout.readline())
         keys = HMAC_KEYS if transport == "tcp+hmac" else None
         client = _raw_client(port, n, payload) if transport == "raw" else _tcp_client(port, n, payload, keys)
-        samples = sorted(_run(loop, client))
+        samples = _run(loop, client)
     finally:
         if server.stdin is not None:
             server.stdin.close()
         server.wait(timeout=10)
-    result = {
-        "transport": transport,
-        "loop": loop,
-        "n": n,
-        "median_us": statistics.median(samples),
-        "p90_us": samples[int(0.9 * len(samples))],
-        "p99_us": samples[int(0.99 * len(samples))],
-        "mean_us": statistics.fmean(samples),
-    }
-    print("result " + json.dumps(result), flush=True)
+    print("samples " + json.dumps([round(x, 2) for x in samples]), flush=True)
 
 
 def _serve(transport: str, loop: str) -> None:
@@ -166,28 +158,46 @@ def _serve(transport: str, loop: str) -> None:
 # --- the parent: run every variant, report, plot --------------------------------------------
 
 
-def _run_variants(n: int, payload: int) -> list[dict[str, Any]]:
+def _run_variants(n: int, payload: int, rounds: int) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    results: list[dict[str, Any]] = []
     variants = [(t, lp) for lp in LOOPS for t in TRANSPORTS]
+    samples: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    per_round = [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
     with Progress(
         TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     ) as progress:
         tasks = {v: progress.add_task(f"{v[0]} on {v[1]}", total=n) for v in variants}
-        for variant in variants:
-            transport, loop = variant
-            cmd = [sys.executable, __file__, "--child", transport, "--loop", loop, "--n", str(n)]
-            cmd += ["--payload", str(payload)]
-            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-            assert child.stdout is not None
-            for line in child.stdout:
-                if line.startswith("progress "):
-                    progress.update(tasks[variant], completed=int(line.split()[1]))
-                elif line.startswith("result "):
-                    results.append(json.loads(line[len("result ") :]))
-            if child.wait() != 0:
-                raise SystemExit(f"variant {variant} failed with exit code {child.returncode}")
+        for count in per_round:
+            for variant in variants:
+                transport, loop = variant
+                done = len(samples[variant])
+                cmd = [sys.executable, __file__, "--child", transport, "--loop", loop, "--n", str(count)]
+                cmd += ["--payload", str(payload)]
+                child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+                assert child.stdout is not None
+                for line in child.stdout:
+                    if line.startswith("progress "):
+                        progress.update(tasks[variant], completed=done + int(line.split()[1]))
+                    elif line.startswith("samples "):
+                        samples[variant].extend(json.loads(line[len("samples ") :]))
+                        progress.update(tasks[variant], completed=len(samples[variant]))
+                if child.wait() != 0:
+                    raise SystemExit(f"variant {variant} failed with exit code {child.returncode}")
+    results = []
+    for (transport, loop), values in samples.items():
+        values.sort()
+        results.append(
+            {
+                "transport": transport,
+                "loop": loop,
+                "n": len(values),
+                "median_us": statistics.median(values),
+                "p90_us": values[int(0.9 * len(values))],
+                "p99_us": values[int(0.99 * len(values))],
+                "mean_us": statistics.fmean(values),
+            }
+        )
     return results
 
 
@@ -252,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=5000, help="measured round trips per variant")
     parser.add_argument("--payload", type=int, default=256, help="payload bytes per envelope")
+    parser.add_argument("--rounds", type=int, default=5, help="turns each variant takes (N is split among them)")
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=TRANSPORTS, help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=TRANSPORTS, help=argparse.SUPPRESS)
@@ -262,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         _child(args.child, args.loop, args.n, args.payload)
         return
-    report = _report(_run_variants(args.n, args.payload), args.n, args.payload)
+    report = _report(_run_variants(args.n, args.payload, args.rounds), args.n, args.payload)
+    report["rounds"] = args.rounds
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "transport_rtt.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, RESULTS / "transport_rtt.png")

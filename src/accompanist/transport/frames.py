@@ -7,8 +7,9 @@ encoding of a :class:`Frame`. The length comes first so a reader can refuse an o
 Authentication is an HMAC-SHA256 over the body as sent but with ``mac=b""``, keyed by a shared
 secret from a :class:`KeyRing`. An envelope frame names its key in ``Envelope.auth``, which the
 MAC covers, so keys can rotate: a sender signs with the ring's current key and a receiver
-accepts any key its ring still holds. Ack and reject frames carry no envelope; they are
-verified against every key of the ring (rings hold one or two keys, so this is cheap).
+accepts any key its ring still holds. Ack and reject frames carry no envelope: they are signed
+with the key of the envelope they answer and verified against each key of the ring, current
+first (rings hold one or two keys, so this is cheap).
 
 Every decoder here is total: whatever the bytes, it returns a :class:`Frame` or raises
 :class:`InvalidFrameError` (a :class:`~accompanist.errors.FrameError`) whose ``reason`` is a
@@ -239,8 +240,10 @@ def _verify(frame: Frame, body: bytes, ring: KeyRing) -> None:
     # The MAC is the last field; as a 32-byte bin8 (c4 20 + digest) it is the last 34 bytes of
     # the body. Swapping in an empty bin (c4 00) yields exactly the bytes the sender signed,
     # without re-encoding (which would also demand a byte-identical encoder on both sides).
-    if len(frame.mac) != MAC_SIZE or body[-MAC_SIZE - 2 : -MAC_SIZE] != _MAC_HEADER:
+    if len(frame.mac) != MAC_SIZE:
         raise InvalidFrameError(Reason.BAD_MAC, f"MAC has {len(frame.mac)} bytes, expected {MAC_SIZE}")
+    if body[-MAC_SIZE - 2 : -MAC_SIZE] != _MAC_HEADER:
+        raise InvalidFrameError(Reason.BAD_MAC, "MAC is not the last field encoded as a 32-byte msgpack bin8")
     signed = body[: -MAC_SIZE - 2] + _EMPTY_BIN
     if frame.envelope is not None:
         key_id = frame.envelope.auth
