@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from accompanist.diagram import mermaid_sequence
-from accompanist.errors import AccompanistError, DefinitionError
+from accompanist.errors import AccompanistError, ConfigError
 from accompanist.interpreters.central import CentralRunner
 from accompanist.language.choreography import Choreography
 from accompanist.sidecar.loader import load_object
@@ -38,13 +38,12 @@ def load_choreography(reference: str) -> Choreography:
     """The choreography named by ``MODULE:CHOREO``, imported with the current directory first.
 
     Raises:
-        ConfigError: the reference is malformed, the module cannot be imported, or it has no
-            such attribute.
-        DefinitionError: the object is not a choreography.
+        ConfigError: the reference is malformed, the module cannot be imported, it has no such
+            attribute, or the attribute is not a choreography.
     """
     obj = load_object(reference)
     if not isinstance(obj, Choreography):
-        raise DefinitionError(
+        raise ConfigError(
             f"{reference} is not a choreography but a {type(obj).__name__}; declare one with @ac.choreography"
         )
     return obj
