@@ -142,7 +142,7 @@ def test_transfer_commits_and_moves_money(run: Runner) -> None:
     assert outcome == {"outcome": "committed", "votes": {"bank_a": True, "bank_b": True}}
     assert a.balances == {"alice": 70}
     assert b.balances == {"bob": 35}
-    assert a.pending is None and b.pending is None
+    assert a.pending == {} and b.pending == {}
 
 
 def test_transfer_with_insufficient_funds_aborts_without_asking_bank_b(run: Runner) -> None:
@@ -161,6 +161,18 @@ def test_transfer_to_a_missing_account_releases_the_hold(run: Runner) -> None:
     assert a.balances == {"alice": 100}
     assert a.log == ["prepare debit alice 40", "abort"]
     assert b.balances == {"bob": 5}
+
+
+async def test_concurrent_transfers_keep_their_holds_apart() -> None:
+    a, b = ledgers()
+    transfer = bank_transfer.make_transfer(a, b, source="alice", target="bob")
+    amounts = [30, 50, 40, 10]
+    outcomes = await asyncio.gather(*(ac.testing.run_projected(transfer, n) for n in amounts))
+    moved = sum(n for n, o in zip(amounts, outcomes, strict=True) if o["outcome"] == "committed")
+    assert 0 < moved <= 100
+    assert a.balances == {"alice": 100 - moved}
+    assert b.balances == {"bob": 5 + moved}
+    assert a.pending == {} and b.pending == {}
 
 
 def test_bank_b_is_not_in_the_prepare_a_enclave() -> None:
