@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import decimal
 from typing import Any
 
 import msgspec
@@ -13,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accompanist import CodecError, PayloadCodec
+from tests.properties.exact import same
 
 CODEC = PayloadCodec()
 
@@ -49,23 +49,6 @@ def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 values = st.recursive(leaves, containers, max_leaves=20)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal, of the very same types all the way down, with the same offsets and digits."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (set, frozenset)):
-        return a == b and all(type(x) is type(next(y for y in b if y == x)) for x in a)
-    if isinstance(a, decimal.Decimal):
-        return str(a) == str(b)
-    if isinstance(a, (dt.datetime, dt.time)):
-        return bool(a == b) and a.utcoffset() == b.utcoffset() and a.isoformat() == b.isoformat()
-    return bool(a == b)
 
 
 @settings(max_examples=300, deadline=None)
