@@ -7,6 +7,7 @@ run each role's part in a sidecar beside its service.
 from accompanist import testing
 from accompanist._version import __version__
 from accompanist.codec import PayloadCodec
+from accompanist.engine.stepkey import StepKey, current_step
 from accompanist.errors import (
     Abort,
     AccompanistError,
@@ -25,11 +26,14 @@ from accompanist.errors import (
     StoreCorruptError,
     StoreError,
     TransactionError,
+    TransactionFailedError,
     TransportError,
     UnknownChoreographyError,
 )
 from accompanist.interpreters import CentralRunner, run_central
 from accompanist.language import App, Choreo, Choreography, Located, Role, Step, StepKind, choreography, roles
+from accompanist.language.transaction import Retry, Transaction, TxContext, transaction
+from accompanist.sidecar import Sidecar, SidecarConfig
 
 __all__ = [
     "Abort",
@@ -49,20 +53,29 @@ __all__ = [
     "PayloadCodec",
     "ProjectionError",
     "ReceiveTimeoutError",
+    "Retry",
     "Role",
     "SessionCancelledError",
     "SessionError",
     "SessionFailedError",
+    "Sidecar",
+    "SidecarConfig",
     "Step",
+    "StepKey",
     "StepKind",
     "StoreCorruptError",
     "StoreError",
+    "Transaction",
     "TransactionError",
+    "TransactionFailedError",
     "TransportError",
+    "TxContext",
     "UnknownChoreographyError",
     "__version__",
     "choreography",
+    "current_step",
     "roles",
     "run_central",
     "testing",
+    "transaction",
 ]

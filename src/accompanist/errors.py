@@ -20,7 +20,8 @@ Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer
     │   ├── SessionCancelledError  an operator cancelled the session
     │   └── OverloadedError       the sidecar runs as many sessions as it may; try again later
     └── TransactionError           a saga step failed
-        └── Abort                  raised by a commit to fail the saga on purpose (a business failure)
+        ├── Abort                  raised by a commit to fail the saga on purpose (a business failure)
+        └── TransactionFailedError a commit failed for good (business failure or retries used up)
 
 Errors carry structured attributes (``session_id``, ``role``, ``seq`` ...) so callers can act on
 them without parsing messages.
@@ -48,6 +49,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "TransactionError",
+    "TransactionFailedError",
     "TransportError",
     "UnknownChoreographyError",
 ]
@@ -198,3 +200,21 @@ class Abort(TransactionError):  # noqa: N818 - the name is the verb users raise
         self.reason = reason
         self.details = details
         super().__init__(reason)
+
+
+class TransactionFailedError(TransactionError):
+    """A transaction's commit failed for good: the saga compensates everywhere.
+
+    Attributes:
+        role: where the commit ran.
+        name: the transaction's name.
+        step: its step index at that role.
+        reason: why (the business error's message, or the last infrastructure error).
+    """
+
+    def __init__(self, role: str, name: str, step: int, reason: str) -> None:
+        self.role = role
+        self.name = name
+        self.step = step
+        self.reason = reason
+        super().__init__(f"failed at role '{role}', step {step} (transaction {name}): {reason}")

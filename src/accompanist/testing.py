@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from accompanist.interpreters.common import check_args, maybe_sync, session_result
+from accompanist.interpreters.common import SagaLog, check_args, maybe_sync, session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreo import LocalThunk
 from accompanist.language.choreography import Choreography
 from accompanist.language.roles import Role
 from accompanist.language.steps import Step
+from accompanist.language.transaction import Transaction
 
 __all__ = ["run_projected"]
 
@@ -18,9 +19,17 @@ __all__ = ["run_projected"]
 class _QueueRunner:
     """A :class:`~accompanist.interpreters.StepRunner` over one FIFO queue per (src, dst)."""
 
-    def __init__(self, choreography: Choreography, channels: dict[tuple[str, str], asyncio.Queue[tuple[int, bytes]]]):
+    def __init__(
+        self,
+        choreography: Choreography,
+        channels: dict[tuple[str, str], asyncio.Queue[tuple[int, bytes]]],
+        role: Role,
+        saga: SagaLog,
+    ):
         self._codec = choreography.codec
         self._channels = channels
+        self._role = role
+        self._saga = saga
 
     def _queue(self, src: str | None, dst: str | None) -> asyncio.Queue[tuple[int, bytes]]:
         assert src is not None and dst is not None
@@ -39,27 +48,35 @@ class _QueueRunner:
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
         return await thunk()
 
+    async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
+        return await self._saga.commit(self._role, tx, args, step.index)
+
 
 async def _run_all(choreography: Choreography, args: tuple[Any, ...], timeout: float | None) -> Any:
     check_args(choreography, args)
     channels: dict[tuple[str, str], asyncio.Queue[tuple[int, bytes]]] = {}
+    saga = SagaLog("projected")
     tasks: dict[Role, asyncio.Task[Any]] = {
-        role: asyncio.create_task(project(choreography, role, _QueueRunner(choreography, channels), args))
+        role: asyncio.create_task(project(choreography, role, _QueueRunner(choreography, channels, role, saga), args))
         for role in choreography.roles
     }
+    failure: tuple[BaseException, str] | None = None
     try:
         async with asyncio.timeout(timeout):
             pending: set[asyncio.Task[Any]] = set(tasks.values())
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    exc = task.exception()
-                    if exc is not None:
-                        raise exc
+                for role, task in tasks.items():
+                    if task in done and task.exception() is not None and failure is None:
+                        failure = (task.exception(), role.name)  # type: ignore[assignment]
+                if failure is not None:
+                    break
     finally:
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
+    if failure is not None:
+        await saga.fail(failure[0], failure[1])
     return session_result(choreography, tasks[choreography.initiator].result())
 
 

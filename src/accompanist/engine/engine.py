@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+import msgspec
 
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.ids import new_session_id
@@ -28,13 +31,16 @@ from accompanist.errors import (
     DefinitionError,
     NondeterminismError,
     OverloadedError,
+    SessionCancelledError,
     SessionError,
     SessionFailedError,
+    TransactionFailedError,
 )
 from accompanist.interpreters.common import check_args, session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreography import App, Choreography
-from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, Store, WriteBatch
+from accompanist.language.transaction import TxContext, compensate_until_done
+from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, Store, TxRecord, WriteBatch
 from accompanist.transport.base import Transport
 
 __all__ = ["Engine", "UnknownSessionError"]
@@ -225,6 +231,53 @@ class Engine:
             return None
         return self.app.get(record.choreography, record.version).codec.decode(record.result)
 
+    async def cancel(self, session_id: str) -> SessionRecord:
+        """Cancel a session as an operator: it fails everywhere, and in a saga every role
+        compensates what it committed. Returns the record as it is now.
+
+        Raises:
+            UnknownSessionError: no such session here.
+            SessionError: this role finished its part of a saga; only the initiator, which
+                decides the outcome, can still cancel it.
+        """
+        record = await self.store.get_session(session_id)
+        if record is None:
+            raise UnknownSessionError(f"no session {session_id} at role '{self.role}'", session_id=session_id)
+        if record.status in TERMINAL_STATUSES:
+            return record
+        choreography = self.app.get(record.choreography, record.version)
+        run = self._live.get(session_id)
+        status = run.record.status if run is not None else record.status
+        if status == SessionStatus.FINISHED and choreography.initiator.name != self.role:
+            raise SessionError(
+                f"session {session_id} finished its part at role '{self.role}'; cancel it at the "
+                f"initiator '{choreography.initiator.name}', which decides the outcome",
+                session_id=session_id,
+            )
+        exc = SessionCancelledError(f"cancelled by an operator at role '{self.role}'", session_id=session_id)
+        if run is not None:
+            # Tell everyone now (durably), not when this role's current step ends: the run
+            # itself stops at its next step and compensates.
+            reason = str(exc)
+            run.record.status = SessionStatus.COMPENSATING if choreography.saga else SessionStatus.FAILED
+            run.record.error = reason
+            await self._write(run, self._failure_envelopes(run, reason))
+            run.fail_from_peer(exc, remote=True, reason=reason)
+            return await self.get(session_id) or record
+        record.error = str(exc)
+        record.updated_at = time.time()
+        if not self.durable or not choreography.saga:
+            record.status = SessionStatus.FAILED
+            stub = SessionRun(self, record, choreography)
+            await self._write(stub, self._failure_envelopes(stub, str(exc)))
+            await self._ended(record)
+            return record
+        record.status = SessionStatus.COMPENSATING
+        stub = SessionRun(self, record, choreography)
+        await self._write(stub, self._failure_envelopes(stub, str(exc)))
+        await self._activate(session_id, record)
+        return record
+
     # -- peer-facing -------------------------------------------------------------------------
     async def handle(self, envelope: Envelope) -> None:
         """Accept one envelope from a peer. Returning acknowledges it; raising rejects it.
@@ -275,14 +328,27 @@ class Engine:
             self.relay.kick(envelope)
 
     def _dispatch(self, run: SessionRun, envelope: Envelope) -> None:
-        if envelope.kind in MESSAGE_KINDS:
+        kind = envelope.kind
+        if kind in MESSAGE_KINDS:
             try:
                 if not run.mailbox.offer(envelope):
                     self.metrics.duplicates.inc()
             except BufferOverflowError as exc:
-                run.fail_from_peer(exc)
-        elif envelope.kind == EnvelopeKind.FAILURE:
-            run.fail_from_peer(run.remote_failure(envelope.src, _text(envelope.payload)))
+                run.fail_from_peer(exc, remote=False)
+        elif kind == EnvelopeKind.FAILURE:
+            reason = _text(envelope.payload)
+            run.fail_from_peer(run.remote_failure(envelope.src, reason), reason=reason)
+        elif kind == EnvelopeKind.DONE:
+            try:
+                contacts = msgspec.json.decode(envelope.payload, type=list[str])
+            except msgspec.DecodeError:
+                self.log.warning("ignoring malformed 'done' from '%s' for %s", envelope.src, envelope.session_id)
+                return
+            run.dones[envelope.src] = contacts
+            run.signal.set()
+        elif kind == EnvelopeKind.OUTCOME:
+            run.outcome = _text(envelope.payload)
+            run.signal.set()
 
     async def _open_for(self, envelope: Envelope, choreography: Choreography) -> SessionRun | None:
         """The session an envelope belongs to: started lazily, resumed, or None if it ended."""
@@ -299,26 +365,44 @@ class Engine:
         if record is not None and record.status in TERMINAL_STATUSES:
             self.metrics.ignored.inc()
             return None
+        kind = envelope.kind
+        inbox = [envelope] if self.durable else []
         if record is None:
+            if kind in (EnvelopeKind.DONE, EnvelopeKind.OUTCOME):
+                self.metrics.ignored.inc()  # control for a session we never took part in
+                return None
             now = time.time()
-            status = SessionStatus.FAILED if envelope.kind == EnvelopeKind.FAILURE else SessionStatus.RUNNING
             record = SessionRecord(
                 session_id=session_id,
                 choreography=choreography.name,
                 version=choreography.version,
                 role=self.role,
-                status=status,
-                error=f"failed at role '{envelope.src}': {_text(envelope.payload)}" if status == "failed" else None,
+                status=SessionStatus.RUNNING,
                 created_at=now,
                 updated_at=now,
             )
-            if status == SessionStatus.FAILED:  # a failure for a session we never started
-                await self.store.commit(WriteBatch(sessions=[record], inbox=[envelope] if self.durable else []))
-                self.metrics.ignored.inc()
+            if kind == EnvelopeKind.FAILURE:  # failed before it reached us: nothing to undo here
+                record.status = SessionStatus.COMPENSATED if choreography.saga else SessionStatus.FAILED
+                record.error = _text(envelope.payload)
+                await self.store.commit(WriteBatch(sessions=[record], inbox=inbox))
+                await self._ended(record)
                 return None
-            return await self._activate(session_id, record, WriteBatch(sessions=[record], inbox=[envelope]))
-        if self.durable:
-            await self.store.commit(WriteBatch(inbox=[envelope]))
+            return await self._activate(session_id, record, WriteBatch(sessions=[record], inbox=inbox))
+        if kind == EnvelopeKind.OUTCOME and record.status == SessionStatus.FINISHED:
+            record.status, record.updated_at = SessionStatus(_text(envelope.payload)), time.time()
+            await self.store.commit(WriteBatch(sessions=[record], inbox=inbox))
+            await self._ended(record)
+            return None
+        if not self.durable:
+            # Default mode keeps no journal: a session whose task ended cannot be resumed.
+            if kind == EnvelopeKind.FAILURE:
+                record.status = SessionStatus.FAILED
+                record.error = f"{_text(envelope.payload)} (not compensated here: default mode lost its state)"
+                record.updated_at = time.time()
+                await self.store.commit(WriteBatch(sessions=[record]))
+                await self._ended(record)
+            return None
+        await self.store.commit(WriteBatch(inbox=inbox))
         return await self._activate(session_id, record)
 
     async def _activate(
@@ -353,11 +437,17 @@ class Engine:
         journal = await self.store.journal_load(record.session_id)
         outbox = await self.store.outbox_load(record.session_id)
         inbox = await self.store.inbox_load(record.session_id)
+        txlog = {t.key: t for t in await self.store.txlog_load(record.session_id)}
         sent = {(row.envelope.dst, row.envelope.seq) for row in outbox if row.envelope.kind in MESSAGE_KINDS}
         record.attempts += 1
-        record.status = SessionStatus.RUNNING
+        failing = record.status == SessionStatus.COMPENSATING
+        if not failing:
+            record.status = SessionStatus.RUNNING
         self.metrics.replays.inc()
-        run = self._spawn(record, choreography, journal=journal, sent=sent, inbox=inbox)
+        run = self._spawn(record, choreography, journal=journal, sent=sent, inbox=inbox, txlog=txlog)
+        if failing:  # it was compensating: replay rebuilds what committed, then compensates
+            reason = record.error or "failed"
+            run.fail_from_peer(SessionFailedError(record.session_id, self.role, reason, "compensating"), reason=reason)
         return run
 
     def _spawn(
@@ -368,8 +458,9 @@ class Engine:
         journal: list[Any] | None = None,
         sent: set[tuple[str, int]] | None = None,
         inbox: Sequence[Envelope] = (),
+        txlog: dict[str, TxRecord] | None = None,
     ) -> SessionRun:
-        run = SessionRun(self, record, choreography, journal=journal, sent=sent)
+        run = SessionRun(self, record, choreography, journal=journal, sent=sent, txlog=txlog)
         self._live[record.session_id] = run
         for envelope in inbox:
             self._dispatch(run, envelope)
@@ -382,16 +473,41 @@ class Engine:
         record = run.record
         choreography = run.choreography
         me = choreography.role(self.role)
+        initiator = me == choreography.initiator
         started = time.monotonic()
-        broadcast_reason: str | None = None
         try:
-            args = choreography.codec.decode(record.args) if me == choreography.initiator else []
-            returned = await project(choreography, me, run, args)
-            if me == choreography.initiator:
-                record.result = choreography.codec.encode(session_result(choreography, returned))
-            record.status, record.error = SessionStatus.COMPLETED, None
+            try:
+                args = choreography.codec.decode(record.args) if initiator else []
+                returned = await project(choreography, me, run, args)
+                run.raise_if_failed()  # a failure that arrived while this role finished its part
+                if initiator:
+                    record.result = choreography.codec.encode(session_result(choreography, returned))
+                if choreography.saga:
+                    await self._agree(run, initiator)
+                else:
+                    record.status, record.error = SessionStatus.COMPLETED, None
+            except (Park, NondeterminismError):
+                raise
+            except Exception as exc:
+                reason, tell = self._failure_of(run, exc)
+                failures = self._failure_envelopes(run, reason) if tell else []
+                if not isinstance(exc, (AccompanistError, asyncio.TimeoutError)):
+                    self.log.warning("session %s failed at '%s'", record.session_id, self.role, exc_info=exc)
+                if choreography.saga:
+                    record.status, record.error = SessionStatus.COMPENSATING, reason
+                    await self._write(run, failures)
+                    failures = []
+                    await self._compensate(run)
+                    record.status = SessionStatus.COMPENSATED
+                else:
+                    record.status, record.error = SessionStatus.FAILED, reason
+                record.updated_at = time.time()
+                await self._finish(run, failures, time.monotonic() - started)
+                return
         except Park as park:
-            record.status, record.error = SessionStatus.PARKED, str(park)
+            record.status = SessionStatus.FINISHED if park.finished else SessionStatus.PARKED
+            if not park.finished:
+                record.error = str(park)
         except NondeterminismError as exc:
             record.status, record.error = SessionStatus.DIVERGED, str(exc)
         except asyncio.CancelledError:
@@ -399,43 +515,132 @@ class Engine:
                 self._forget(run)
                 return  # stays unfinished in the store; replayed at the next start
             record.status, record.error = SessionStatus.FAILED, "the sidecar stopped while the session ran"
-        except Exception as exc:
-            record.status = SessionStatus.FAILED
-            if exc is run.failure and isinstance(exc, SessionFailedError):
-                record.error = str(exc)  # reported by a peer: it already told everyone
-            else:
-                record.error = f"{type(exc).__name__}: {exc}"
-                broadcast_reason = record.error
-                if not isinstance(exc, (AccompanistError, asyncio.TimeoutError)):
-                    self.log.warning("session %s failed at '%s'", record.session_id, self.role, exc_info=exc)
-        record.updated_at = time.time()
-        await self._finish(run, broadcast_reason, time.monotonic() - started)
-
-    async def _finish(self, run: SessionRun, broadcast_reason: str | None, seconds: float) -> None:
-        record = run.record
-        batch = WriteBatch(sessions=[record], journal=run.take_pending())
-        failures = self._failure_envelopes(run, broadcast_reason) if broadcast_reason else []
-        if self.durable:
-            batch.outbox.extend(failures)
-        try:
-            await self.store.commit(batch)
-        except AccompanistError as exc:
-            self.log.error("could not record the end of session %s: %s", record.session_id, exc)
+        except AccompanistError as exc:  # the store failed while the session ended
+            self.log.error("session %s at '%s' could not be recorded: %s", record.session_id, self.role, exc)
             self._forget(run)
             return
-        for envelope in failures:
+        record.updated_at = time.time()
+        await self._finish(run, [], time.monotonic() - started)
+
+    async def _agree(self, run: SessionRun, initiator: bool) -> None:
+        """The outcome round of a saga: finished roles report ``done`` to the initiator; once it
+        holds ``done`` from every participant it declares ``completed`` and tells them. Until
+        then a failure anywhere still compensates everywhere."""
+        record = run.record
+        choreography = run.choreography
+        record.status, record.error = SessionStatus.FINISHED, None
+        timeout = self.config.receive_timeout
+        if initiator:
+            if self.durable:
+                await self._write(run, [])
+            try:
+                await run.wait_for(run.all_done, timeout)
+            except TimeoutError:
+                missing = sorted(r for r in run.participants() if r not in run.dones and r != self.role)
+                if self.durable:
+                    raise Park(f"waiting for 'done' from {', '.join(missing)}", finished=True) from None
+                raise SessionError(
+                    f"no 'done' from {', '.join(missing)} within {timeout:g}s", session_id=run.session_id
+                ) from None
+            record.status = SessionStatus.COMPLETED
+            outcome = [
+                self._control(run, role, EnvelopeKind.OUTCOME, SessionStatus.COMPLETED.encode())
+                for role in sorted(run.participants() - {self.role})
+            ]
+            await self._write(run, outcome)
+            return
+        done = self._control(
+            run, choreography.initiator.name, EnvelopeKind.DONE, msgspec.json.encode(sorted(run.contacts))
+        )
+        await self._write(run, [done])
+        wait = timeout if self.durable else max(60.0, 10 * timeout)
+        try:
+            await run.wait_for(lambda: run.outcome is not None, wait)
+        except TimeoutError:
+            raise Park("finished its part; waiting for the initiator's outcome", finished=True) from None
+        record.status = SessionStatus(run.outcome or SessionStatus.COMPLETED)
+
+    async def _compensate(self, run: SessionRun) -> None:
+        """Undo what this role committed in the session, last first, each until it succeeds."""
+        for item in reversed(run.committed):
+            key = item.ctx.idempotency_key
+            if key in run.compensated:
+                continue
+            base = item.ctx
+
+            def ctx(attempt: int, base: TxContext = base) -> TxContext:
+                return dataclasses.replace(base, attempt=attempt, compensating=True)
+
+            def complain(attempt: int, exc: BaseException, key: str = key) -> None:
+                if attempt in (1, 10) or attempt % 100 == 0:
+                    self.log.warning("compensation %s failed (try %d), retrying: %s", key, attempt, exc)
+
+            await compensate_until_done(
+                item.tx, ctx, item.args, item.result, on_error=complain, max_delay=self.config.retry_max
+            )
+            if self.durable:
+                entry = run.txlog.get(key)
+                await self.store.commit(
+                    WriteBatch(
+                        txlog=[
+                            TxRecord(
+                                session_id=run.session_id,
+                                key=key,
+                                name=item.tx.name,
+                                step=item.ctx.step,
+                                status="compensated",
+                                result=entry.result if entry is not None else None,
+                                updated_at=time.time(),
+                            )
+                        ]
+                    )
+                )
+            run.compensated.add(key)
+
+    def _failure_of(self, run: SessionRun, exc: BaseException) -> tuple[str, bool]:
+        """Why the session failed, and whether this role must tell the others."""
+        if run.failure is not None and (run.failure_remote or exc is not run.failure):
+            return run.failure_reason, False
+        if isinstance(exc, (TransactionFailedError, SessionCancelledError)):
+            return str(exc), True
+        return f"failed at role '{self.role}', step {run.current_step}: {type(exc).__name__}: {exc}", True
+
+    async def _write(self, run: SessionRun, envelopes: list[Envelope]) -> None:
+        """Store the session's row and pending journal (and, durably, ``envelopes`` in the
+        outbox) in one transaction, then send ``envelopes``."""
+        run.record.updated_at = time.time()
+        batch = WriteBatch(sessions=[run.record], journal=run.take_pending())
+        if self.durable:
+            batch.outbox.extend(envelopes)
+        await self.store.commit(batch)
+        for envelope in envelopes:
             if self.relay is not None:
                 self.relay.kick(envelope)
             else:
                 with contextlib.suppress(AccompanistError, OSError):
                     await self.transport.send(envelope, wait=False)
+
+    async def _finish(self, run: SessionRun, failures: list[Envelope], seconds: float) -> None:
+        record = run.record
+        try:
+            await self._write(run, failures)
+        except AccompanistError as exc:
+            self.log.error("could not record the end of session %s: %s", record.session_id, exc)
+            self._forget(run)
+            return
         self._forget(run)
-        if record.status == SessionStatus.PARKED:
-            if run.mailbox.buffered or run.failure is not None:  # arrived while parking: go on
+        if record.status in (SessionStatus.PARKED, SessionStatus.FINISHED):
+            # What arrived while the task was parking would find no task: go on by replay.
+            arrived = run.mailbox.buffered or run.failure is not None or run.outcome is not None
+            if self.durable and (arrived or (run.dones and run.all_done())):
                 await self._activate(record.session_id, record)
             return
-        self.metrics.sessions_ended.labels(status=record.status).inc()
         self.metrics.session_seconds.observe(seconds)
+        await self._ended(record)
+
+    async def _ended(self, record: SessionRecord) -> None:
+        """A session reached a terminal status here: wake waiters, count, run hooks."""
+        self.metrics.sessions_ended.labels(status=record.status).inc()
         for waiter in self._waiters.pop(record.session_id, []):
             if not waiter.done():
                 waiter.set_result(None)
@@ -449,20 +654,23 @@ class Engine:
             del self._live[run.session_id]
         self.metrics.sessions_live.set(len(self._live))
 
-    def _failure_envelopes(self, run: SessionRun, reason: str) -> list[Envelope]:
+    def _control(self, run: SessionRun, dst: str, kind: EnvelopeKind, payload: bytes) -> Envelope:
         c = run.choreography
+        return Envelope(
+            session_id=run.session_id,
+            choreography=c.name,
+            version=c.version,
+            src=self.role,
+            dst=dst,
+            seq=CONTROL_SEQ[kind],
+            kind=kind,
+            payload=payload,
+        )
+
+    def _failure_envelopes(self, run: SessionRun, reason: str) -> list[Envelope]:
         return [
-            Envelope(
-                session_id=run.session_id,
-                choreography=c.name,
-                version=c.version,
-                src=self.role,
-                dst=r.name,
-                seq=CONTROL_SEQ[EnvelopeKind.FAILURE],
-                kind=EnvelopeKind.FAILURE,
-                payload=reason.encode(),
-            )
-            for r in c.roles
+            self._control(run, r.name, EnvelopeKind.FAILURE, reason.encode())
+            for r in run.choreography.roles
             if r.name != self.role
         ]
 

@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from accompanist.engine.config import Mode, ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
 from accompanist.envelope import Envelope
-from accompanist.errors import CodecError, NondeterminismError, ReceiveTimeoutError, SessionFailedError
+from accompanist.errors import (
+    CodecError,
+    NondeterminismError,
+    ReceiveTimeoutError,
+    SessionFailedError,
+    TransactionFailedError,
+)
+from accompanist.interpreters.common import Committed
 from accompanist.language.choreo import LocalThunk
 from accompanist.language.choreography import Choreography
 from accompanist.language.steps import Step, StepKind
-from accompanist.store.base import JournalEntry, SessionRecord, WriteBatch
+from accompanist.language.transaction import Transaction, TxContext, commit_with_retry
+from accompanist.store.base import JournalEntry, SessionRecord, TxRecord, WriteBatch
 
 if TYPE_CHECKING:
     from accompanist.engine.engine import Engine
@@ -31,12 +41,12 @@ __all__ = ["Park", "SessionRun", "journal_name"]
 
 
 class Park(Exception):  # noqa: N818 - a signal, not an error
-    """A receive timed out in fault-tolerant mode: the session waits (parked) for its envelope."""
+    """The session waits without a task: a receive timed out in fault-tolerant mode (status
+    ``parked``), or a saga role finished its part and awaits the outcome (``finished``)."""
 
-    def __init__(self, src: str, seq: int) -> None:
-        self.src = src
-        self.seq = seq
-        super().__init__(f"waiting for envelope #{seq} from '{src}'")
+    def __init__(self, what: str, *, finished: bool = False) -> None:
+        self.finished = finished
+        super().__init__(what)
 
 
 def journal_name(step: Step) -> str:
@@ -70,6 +80,7 @@ class SessionRun:
         *,
         journal: list[JournalEntry] | None = None,
         sent: set[tuple[str, int]] | None = None,
+        txlog: dict[str, TxRecord] | None = None,
     ) -> None:
         self.engine = engine
         self.record = record
@@ -81,7 +92,18 @@ class SessionRun:
         self.pending: list[JournalEntry] = []
         self.sent: set[tuple[str, int]] = sent or set()
         self.failure: BaseException | None = None
+        self.failure_remote = False
+        self.failure_reason = ""
         self.task: asyncio.Task[None] | None = None
+        self.txlog: dict[str, TxRecord] = txlog or {}
+        self.occurrences: dict[str, int] = {}
+        self.committed: list[Committed] = []
+        self.compensated: set[str] = {k for k, r in self.txlog.items() if r.status == "compensated"}
+        self.contacts: set[str] = set()
+        self.dones: dict[str, list[str]] = {}
+        self.outcome: str | None = None
+        self.signal = asyncio.Event()
+        self.current_step = 0
         self.replayed_steps = 0
         self._traceparent = _traceparent(record.session_id)
 
@@ -96,15 +118,52 @@ class SessionRun:
         return len(self.journal) > 0 and self.replayed_steps < len(self.journal)
 
     # -- failure from outside ---------------------------------------------------------------
-    def fail_from_peer(self, exc: BaseException) -> None:
-        """A peer reported the session failed (or an operator cancelled it): wake and stop."""
+    def fail_from_peer(self, exc: BaseException, *, remote: bool = True, reason: str | None = None) -> None:
+        """The session must fail: a peer reported a failure (``remote``), an operator cancelled
+        it, or its buffer overflowed. Pending receives wake with ``exc``; a replay raises it
+        only once it has passed the end of the journal, so it first rebuilds what committed."""
         if self.failure is None:
             self.failure = exc
+            self.failure_remote = remote
+            self.failure_reason = reason if reason is not None else str(exc)
         self.mailbox.fail(exc)
+        self.signal.set()
 
-    def _check_failed(self) -> None:
+    def _check_failed(self, step: Step) -> None:
+        self.current_step = step.index
+        if self.failure is not None and step.index >= len(self.journal):
+            raise self.failure
+
+    def raise_if_failed(self) -> None:
+        """Raise the known failure, if any (at the end of the projection)."""
         if self.failure is not None:
             raise self.failure
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float | None) -> None:
+        """Wait until ``condition()`` holds (checked on every done/outcome/failure arrival).
+
+        Raises:
+            TimeoutError: not within ``timeout``.
+            the session's failure, if one arrives first.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                self.raise_if_failed()
+                if condition():
+                    return
+                self.signal.clear()
+                await self.signal.wait()
+
+    def participants(self) -> set[str]:
+        """Roles known to have taken part: this one, whom it sent to, and whom they sent to."""
+        roles = {self.record.role, *self.contacts}
+        for contacts in self.dones.values():
+            roles.update(contacts)
+        return roles
+
+    def all_done(self) -> bool:
+        """Whether every other participant has reported ``done`` (initiator only)."""
+        return all(r in self.dones for r in self.participants() if r != self.record.role)
 
     # -- journal -----------------------------------------------------------------------------
     def _recorded(self, step: Step) -> JournalEntry | None:
@@ -138,9 +197,10 @@ class SessionRun:
     # -- StepRunner --------------------------------------------------------------------------
     async def send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
-        self._check_failed()
+        self._check_failed(step)
         recorded = self._recorded(step)
         assert step.dst is not None and step.seq is not None
+        self.contacts.add(step.dst)
         if recorded is not None and (step.dst, step.seq) in self.sent:
             return  # already in the outbox: the relay delivers it, never twice
         envelope = Envelope(
@@ -165,7 +225,7 @@ class SessionRun:
 
     async def recv(self, step: Step) -> Any:
         """Receive one message: from the mailbox, fed by the transport and (on replay) the inbox."""
-        self._check_failed()
+        self._check_failed(step)
         recorded = self._recorded(step)
         assert step.src is not None and step.seq is not None
         timeout = self.engine.config.receive_timeout
@@ -173,7 +233,7 @@ class SessionRun:
             envelope = await self.mailbox.take(step.src, step.seq, timeout)
         except TimeoutError:
             if self.durable:
-                raise Park(step.src, step.seq) from None
+                raise Park(f"waiting for envelope #{step.seq} from '{step.src}'") from None
             raise ReceiveTimeoutError(self.session_id, step.src, step.seq, timeout) from None
         if envelope.kind != step.msg_kind:
             raise NondeterminismError(
@@ -185,7 +245,7 @@ class SessionRun:
 
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
         """Run a local step, or return its recorded result when replaying (journal policy)."""
-        self._check_failed()
+        self._check_failed(step)
         recorded = self._recorded(step)
         use_record = step.kind is not StepKind.LOCAL or self.engine.config.replay_policy is ReplayPolicy.JOURNAL
         if recorded is not None and recorded.value is not None and use_record:
@@ -205,6 +265,51 @@ class SessionRun:
             self._note(step, encoded)
         return value
 
+    async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
+        """Commit a saga transaction once per session: a replay returns the logged result,
+        and a commit that failed before fails again without running."""
+        self._check_failed(step)
+        recorded = self._recorded(step)
+        occurrence = self.occurrences.get(tx.name, 0)
+        self.occurrences[tx.name] = occurrence + 1
+        role, session_id = self.record.role, self.session_id
+
+        def ctx(attempt: int) -> TxContext:
+            return TxContext(session_id, role, tx.name, occurrence, step.index, attempt)
+
+        key = ctx(1).idempotency_key
+        logged = self.txlog.get(key)
+        if logged is not None:
+            result = self.codec.decode(logged.result) if logged.result is not None else None
+            self.committed.append(Committed(tx, args, result, ctx(1)))
+            return result
+        if recorded is not None and recorded.value is not None:
+            reason = self.codec.decode(recorded.value).get("failed", "the commit failed")
+            raise TransactionFailedError(role, tx.name, step.index, str(reason))
+        try:
+            result = await commit_with_retry(tx, ctx, args)
+        except TransactionFailedError as exc:
+            if recorded is None:
+                self._note(step, self.codec.encode({"failed": exc.reason}))
+            raise
+        self.committed.append(Committed(tx, args, result, ctx(1)))  # before encoding: compensable anyway
+        if self.durable:
+            encoded = self.codec.encode(result)
+            if recorded is None:
+                self._note(step)
+            entry = TxRecord(
+                session_id=session_id,
+                key=key,
+                name=tx.name,
+                step=step.index,
+                status="committed",
+                result=encoded,
+                updated_at=time.time(),
+            )
+            await self.engine.store.commit(WriteBatch(txlog=[entry], journal=self.take_pending()))
+            self.txlog[key] = entry
+        return result
+
     def remote_failure(self, src: str, reason: str) -> SessionFailedError:
         """The error a receive wakes with when ``src`` reports the session failed."""
-        return SessionFailedError(self.session_id, src, reason)
+        return SessionFailedError(self.session_id, src, reason, "compensating" if self.choreography.saga else "failed")

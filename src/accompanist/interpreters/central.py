@@ -6,12 +6,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from accompanist.interpreters.common import check_args, initiator_args, maybe_sync, session_result
+from accompanist.interpreters.common import SagaLog, check_args, initiator_args, maybe_sync, session_result
 from accompanist.language.choreo import Choreo, LocalThunk
 from accompanist.language.choreography import Choreography
 from accompanist.language.located import Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
+from accompanist.language.transaction import Transaction
 
 __all__ = ["CentralRun", "CentralRunner", "TraceEvent", "run_central"]
 
@@ -52,6 +53,7 @@ def _short(value: Any, limit: int = 40) -> str:
 class _CentralState:
     choreography: Choreography
     run: CentralRun
+    saga: SagaLog = field(default_factory=lambda: SagaLog("central"))
 
 
 class CentralChoreo(Choreo):
@@ -70,6 +72,11 @@ class CentralChoreo(Choreo):
     async def _run_local(self, role: Role, kind: StepKind, name: str, thunk: LocalThunk) -> Any:
         value = await thunk()
         self._state.run.trace.append(TraceEvent(str(kind), role.name, (), name, _short(value)))
+        return value
+
+    async def _run_tx(self, role: Role, tx: Transaction, args: list[Any]) -> Any:
+        value = await self._state.saga.commit(role, tx, args)
+        self._state.run.trace.append(TraceEvent("tx", role.name, (), tx.name, _short(value)))
         return value
 
     async def _transfer(self, src: Role, dsts: tuple[Role, ...], value: Located[Any], msg_kind: str) -> Located[Any]:
@@ -95,8 +102,12 @@ class CentralRunner:
         c = self.choreography
         check_args(c, args)
         run = CentralRun()
-        ch = CentralChoreo(_CentralState(c, run), c.roles)
-        returned = await c.fn(ch, *initiator_args(c, None, args))
+        state = _CentralState(c, run)
+        ch = CentralChoreo(state, c.roles)
+        try:
+            returned = await c.fn(ch, *initiator_args(c, None, args))
+        except Exception as exc:
+            await state.saga.fail(exc, c.initiator.name)
         run.result = session_result(c, returned)
         return run
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
-from accompanist.errors import DefinitionError, ProjectionError
+from accompanist.errors import DefinitionError, ProjectionError, SessionFailedError, TransactionFailedError
 from accompanist.language.choreography import Choreography
 from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.roles import Role
+from accompanist.language.transaction import Transaction, TxContext, commit_with_retry, compensate_until_done
 
-__all__ = ["check_args", "initiator_args", "maybe_sync", "session_result"]
+__all__ = ["Committed", "SagaLog", "check_args", "initiator_args", "maybe_sync", "session_result"]
 
 
 def check_args(choreography: Choreography, args: Sequence[Any]) -> None:
@@ -63,3 +66,59 @@ def maybe_sync(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     except RuntimeError:
         return asyncio.run(factory())
     return factory()
+
+
+@dataclass
+class Committed:
+    """A committed saga transaction, kept to compensate it if the saga fails."""
+
+    tx: Transaction
+    args: list[Any]
+    result: Any
+    ctx: TxContext
+
+
+class SagaLog:
+    """The in-memory saga bookkeeping of the central and test interpreters: occurrence
+    counters and committed transactions, compensated in reverse order on failure."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.steps: dict[str, int] = {}
+        self.occurrences: dict[tuple[str, str], int] = {}
+        self.committed: list[Committed] = []
+
+    async def commit(self, role: Role, tx: Transaction, args: list[Any], step: int | None = None) -> Any:
+        """Commit ``tx`` at ``role`` (with retries) and remember it."""
+        occurrence = self.occurrences.get((role.name, tx.name), 0)
+        self.occurrences[(role.name, tx.name)] = occurrence + 1
+        if step is None:
+            step = self.steps.get(role.name, 0)
+            self.steps[role.name] = step + 1
+
+        def ctx(attempt: int) -> TxContext:
+            return TxContext(self.session_id, role.name, tx.name, occurrence, step, attempt)
+
+        result = await commit_with_retry(tx, ctx, args)
+        self.committed.append(Committed(tx, args, result, ctx(1)))
+        return result
+
+    async def compensate(self) -> None:
+        """Compensate everything committed, last first."""
+        while self.committed:
+            done = self.committed.pop()
+            base = done.ctx
+
+            def ctx(attempt: int, base: TxContext = base) -> TxContext:
+                return dataclasses.replace(base, attempt=attempt, compensating=True)
+
+            await compensate_until_done(done.tx, ctx, done.args, done.result)
+
+    async def fail(self, exc: BaseException, role: str) -> NoReturn:
+        """Compensate (if anything committed) and raise: a ``SessionFailedError`` with status
+        ``compensated`` for a saga, the original error otherwise."""
+        if not self.committed and not isinstance(exc, TransactionFailedError):
+            raise exc
+        await self.compensate()
+        where = exc.role if isinstance(exc, TransactionFailedError) else role
+        raise SessionFailedError(self.session_id, where, str(exc), "compensated") from exc

@@ -12,6 +12,7 @@ from accompanist.language.choreography import Choreography
 from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import Step, StepKind
+from accompanist.language.transaction import Transaction
 
 __all__ = ["ProjectedChoreo", "StepRunner", "project"]
 
@@ -28,6 +29,9 @@ class StepRunner(Protocol):
 
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
         """Run (or, on replay, recall) a local step."""
+
+    async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
+        """Commit (or, on replay, recall) a saga transaction."""
 
 
 class _Projection:
@@ -72,6 +76,9 @@ class ProjectedChoreo(Choreo):
 
     async def _run_local(self, role: Role, kind: StepKind, name: str, thunk: LocalThunk) -> Any:
         return await self._p.runner.local(self._p.step(kind, name), thunk)
+
+    async def _run_tx(self, role: Role, tx: Transaction, args: list[Any]) -> Any:
+        return await self._p.runner.transaction(self._p.step(StepKind.TX, tx.name), tx, args)
 
     async def _transfer(self, src: Role, dsts: tuple[Role, ...], value: Located[Any], msg_kind: str) -> Located[Any]:
         me = self._p.role

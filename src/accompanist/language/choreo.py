@@ -22,6 +22,7 @@ from accompanist.errors import DefinitionError, ProjectionError
 from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
+from accompanist.language.transaction import Transaction
 
 if TYPE_CHECKING:
     from accompanist.language.choreography import Choreography
@@ -69,6 +70,10 @@ class Choreo(abc.ABC):
     @abc.abstractmethod
     async def _transfer(self, src: Role, dsts: tuple[Role, ...], value: Located[Any], msg_kind: str) -> Located[Any]:
         """Move ``value`` from ``src`` to ``dsts`` (real roles); return it located at ``dsts``."""
+
+    @abc.abstractmethod
+    async def _run_tx(self, role: Role, tx: Transaction, args: list[Any]) -> Any:
+        """Commit ``tx`` at ``role`` (which is here) as one step; return its result."""
 
     # -- view helpers ------------------------------------------------------------------------
     @property
@@ -166,6 +171,30 @@ class Choreo(abc.ABC):
         if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "fn", None))):
             raise DefinitionError(f"enclave: {_fn_name(fn)} must be an 'async def' function")
         return await self._run_sub(members, dict(self._mapping), fn, args)
+
+    async def transaction(self, role: Role, tx: Transaction, *args: Located[Any]) -> Located[Any]:
+        """Run the saga step ``tx`` at ``role`` on the unwrapped ``args``.
+
+        The commit runs once per session even across crashes (a replay returns the recorded
+        result). If the saga fails later, anywhere, ``tx``'s compensation runs at ``role``.
+
+        Raises:
+            DefinitionError: ``tx`` is not a Transaction or ``role`` is not in the census.
+            ProjectionError: ``role`` does not own one of ``args``.
+            TransactionFailedError: the commit failed for good (the saga then compensates).
+        """
+        self._check(role, "transaction")
+        if not isinstance(tx, Transaction):
+            raise DefinitionError(
+                f"transaction: expected an ac.Transaction (a function decorated with @ac.transaction), got {tx!r}"
+            )
+        real = self._real(role)
+        for a in args:
+            self._check_located(a, "transaction")
+        if not self._here(real):
+            return make_located((real,), ABSENT)
+        values = [a._open(real, f"transaction({tx.name})") for a in args]
+        return make_located((real,), await self._run_tx(real, tx, values))
 
     # -- batteries ---------------------------------------------------------------------------
     async def select(self, src: Role, dst: Role | Sequence[Role], label: Located[T]) -> Located[T]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ class Choreography:
         roles: every role, the first being the initiator.
         fn: the ``async def`` body.
         codec: the payload codec with this choreography's registered types.
+        saga: whether it runs saga transactions; then every role that took part agrees on the
+            outcome (``completed`` or ``compensated``) before anyone forgets how to compensate.
     """
 
     name: str
@@ -42,6 +45,7 @@ class Choreography:
     roles: tuple[Role, ...]
     fn: ChoreographyFn
     codec: PayloadCodec = field(repr=False)
+    saga: bool = False
 
     @property
     def initiator(self) -> Role:
@@ -70,7 +74,12 @@ class Choreography:
 
 
 def choreography(
-    name: str, *, roles: Sequence[Role], version: int = 1, types: Iterable[type] = ()
+    name: str,
+    *,
+    roles: Sequence[Role],
+    version: int = 1,
+    types: Iterable[type] = (),
+    saga: bool | None = None,
 ) -> Callable[[ChoreographyFn], Choreography]:
     """Declare a choreography.
 
@@ -79,6 +88,8 @@ def choreography(
         roles: every role that may take part; the first is the initiator.
         version: its version; bump it when the code changes while sessions may be running.
         types: dataclasses, msgspec Structs, pydantic models or enums its messages carry.
+        saga: whether it runs ``ch.transaction``; by default detected from its code (and the
+            code of the functions it names). Say ``saga=True`` if detection cannot see them.
 
     Raises:
         DefinitionError: bad name, empty or duplicate roles, bad version, or a function that is
@@ -108,9 +119,39 @@ def choreography(
         params = list(inspect.signature(fn).parameters.values())
         if not params:
             raise DefinitionError(f"choreography {name!r}: the function must take the Choreo as first parameter")
-        return Choreography(name=name, version=version, roles=role_tuple, fn=fn, codec=codec)
+        uses = _uses_transactions(fn) if saga is None else saga
+        return Choreography(name=name, version=version, roles=role_tuple, fn=fn, codec=codec, saga=uses)
 
     return decorate
+
+
+def _uses_transactions(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn``'s code (or that of functions it names, a few levels deep) calls
+    ``.transaction`` or names a ``Transaction``."""
+    from accompanist.language.transaction import Transaction
+
+    seen: set[int] = set()
+
+    def scan(code: types.CodeType, globals_: dict[str, Any], depth: int) -> bool:
+        if id(code) in seen or depth > 4:
+            return False
+        seen.add(id(code))
+        if "transaction" in code.co_names:
+            return True
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType) and scan(const, globals_, depth):
+                return True
+        for name in code.co_names:
+            obj = globals_.get(name)
+            if isinstance(obj, Transaction):
+                return True
+            inner = getattr(obj, "fn", obj)  # a Choreography wraps its function
+            if isinstance(inner, types.FunctionType) and scan(inner.__code__, inner.__globals__, depth + 1):
+                return True
+        return False
+
+    code = getattr(fn, "__code__", None)
+    return isinstance(code, types.CodeType) and scan(code, getattr(fn, "__globals__", {}), 0)
 
 
 class App:
