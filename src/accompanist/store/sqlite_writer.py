@@ -118,9 +118,11 @@ class WriteTx:
         self.begun = False
 
     async def executemany(self, sql: str, rows: list[Row]) -> None:
+        """Buffer ``sql`` for every row; it runs with the next ``execute`` or the commit."""
         self._pending.append((sql, rows))
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run what is buffered, then ``sql``, in one hop; return the rows ``sql`` changed."""
         pending, self._pending = self._pending, []
         begin, self.begun = not self.begun, True
         return await self._writer.run(begin, pending, (sql, args), False)
