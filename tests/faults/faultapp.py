@@ -8,6 +8,7 @@ it should, with the right values, however often a step was re-run after a crash.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -76,4 +77,23 @@ async def chain(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
 EXPECTED_EFFECTS = {"a/0": 1, "b/1": 2, "c/1": 3, "a/3": 4}
 """Step key suffix -> offset from the session's input of the value that step records."""
 
-app = ac.App(chain)
+
+async def pause(value: int) -> int:
+    """A slow step at ``a``: the moment a test kills ``a`` while ``b`` waits."""
+    await asyncio.sleep(float(os.environ.get("FAULT_PAUSE", "3")))
+    return value
+
+
+@ac.choreography("pingpong", roles=(A, B, C))
+async def pingpong(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """a and b take turns; with FAULT_CHANGED=1 in b's environment, b's code has one more
+    step (a deployment that changed the choreography under running sessions)."""
+    at_b = await ch.locally(B, effect, await ch.comm(A, B, n))
+    if os.environ.get("FAULT_CHANGED") == "1":
+        at_b = await ch.locally(B, lambda v: v * 2, at_b)
+    at_a = await ch.locally(A, pause, await ch.comm(B, A, at_b))
+    again = await ch.locally(B, effect, await ch.comm(A, B, at_a))
+    return await ch.comm(B, A, again)
+
+
+app = ac.App(chain, pingpong)

@@ -35,6 +35,9 @@ def sidecar(
     max_inflight: Annotated[int | None, _opt("MAX_INFLIGHT", "Sessions run at once before 429.")] = None,
     buffer_limit: Annotated[int | None, _opt("BUFFER_LIMIT", "Early envelopes held per session.")] = None,
     replay_policy: Annotated[str | None, _opt("REPLAY_POLICY", "'journal' or 'rerun' local steps.")] = None,
+    sqlite_synchronous: Annotated[
+        str | None, _opt("SQLITE_SYNCHRONOUS", "SQLite durability: FULL (default), NORMAL or OFF.")
+    ] = None,
     hmac_key: Annotated[str | None, _opt("HMAC_KEY", "Shared secret signing frames between sidecars.")] = None,
     tls_cert: Annotated[str | None, _opt("TLS_CERT", "PEM certificate for mutual TLS.")] = None,
     tls_key: Annotated[str | None, _opt("TLS_KEY", "PEM private key for mutual TLS.")] = None,
@@ -62,6 +65,7 @@ def sidecar(
         "max_inflight": max_inflight,
         "buffer_limit": buffer_limit,
         "replay_policy": replay_policy,
+        "sqlite_synchronous": sqlite_synchronous,
         "hmac_key": hmac_key,
         "tls_cert": tls_cert,
         "tls_key": tls_key,

@@ -29,6 +29,7 @@ from accompanist.errors import (
     CodecError,
     DefinitionError,
     OverloadedError,
+    SessionError,
     UnknownChoreographyError,
 )
 from accompanist.language.choreography import Choreography
@@ -168,13 +169,12 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
 
     async def cancel_session(request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
-        cancel = getattr(engine, "cancel", None)
-        if cancel is None:
-            return _error(501, "cancellation is not supported by this engine")
         try:
-            record = await cancel(session_id)
+            record = await engine.cancel(session_id)
         except UnknownSessionError as exc:
             return _error(404, str(exc))
+        except SessionError as exc:
+            return _error(409, str(exc))
         if record.status in TERMINAL_STATUSES:
             return web.json_response(record_json(engine, record))
         return web.json_response(record_json(engine, record), status=202)
