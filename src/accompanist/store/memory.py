@@ -188,9 +188,9 @@ class MemoryStore:
         return [msgspec.structs.replace(r) for r in recs]
 
     async def inbox_load(self, session_id: str) -> list[Envelope]:
-        """The session's inbox ordered by (src, seq)."""
+        """The session's inbox ordered by (src, seq), then dst so the order is total."""
         self._check_open()
-        return sorted(self._inbox.get(session_id, {}).values(), key=lambda e: (e.src, e.seq))
+        return sorted(self._inbox.get(session_id, {}).values(), key=lambda e: (e.src, e.seq, e.dst))
 
     async def outbox_load(self, session_id: str) -> list[OutboxRow]:
         """The session's outbox rows in insertion order."""

@@ -152,7 +152,7 @@ class Statements:
             nonterminal=(
                 f"SELECT {_SESSION_COLS} FROM {s} WHERE status NOT IN ({_TERMINAL}) ORDER BY created_at, session_id"
             ),
-            inbox_load=f"SELECT {_ENV_COLS} FROM {i} WHERE session_id = ? ORDER BY src, seq",
+            inbox_load=f"SELECT {_ENV_COLS} FROM {i} WHERE session_id = ? ORDER BY src, seq, dst",
             outbox_load=f"SELECT {_ENV_COLS}, acked FROM {o} WHERE session_id = ? ORDER BY id",
             outbox_pending=f"SELECT {_ENV_COLS} FROM {o} WHERE acked = 0 ORDER BY id LIMIT ?",
             journal_load=f"SELECT {_JOURNAL_COLS} FROM {j} WHERE session_id = ? ORDER BY step",
@@ -389,7 +389,7 @@ class SQLStore(abc.ABC):
         return [self._session(r) for r in await self._fetch(self._q.nonterminal)]
 
     async def inbox_load(self, session_id: str) -> list[Envelope]:
-        """The session's inbox ordered by (src, seq)."""
+        """The session's inbox ordered by (src, seq), then dst so the order is total."""
         return [self._envelope(r) for r in await self._fetch(self._q.inbox_load, (session_id,))]
 
     async def outbox_load(self, session_id: str) -> list[OutboxRow]:

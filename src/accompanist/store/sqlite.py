@@ -218,7 +218,9 @@ class SQLiteStore(SQLStore):
             meta = {str(k): str(v) for k, v in await conn.execute_fetchall("SELECT key, value FROM acc_meta")}
             self._check_meta(meta, tables)
         except sqlite3.Error as exc:
-            raise self._corrupt(f"it cannot be read as a SQLite database ({exc})") from exc
+            # Damage ("malformed", "not a database") is StoreCorruptError; a lock or a
+            # permission problem stays a plain StoreError.
+            raise self._error(exc) from exc
         finally:
             await conn.close()
 
