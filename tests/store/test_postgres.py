@@ -120,3 +120,21 @@ async def test_unreachable_server_is_a_store_error_without_password() -> None:
         await PostgresStore(dsn, "wh", connect_timeout=1.0).open()
     assert "s3cret" not in str(info.value)
     assert redact_dsn(dsn) == "postgresql://acc:***@127.0.0.1:1/db"
+
+
+async def test_killed_connections_are_replaced_transparently(postgres_dsn: str) -> None:
+    store = PostgresStore(postgres_dsn, "wh", min_pool=2, max_pool=2)
+    await store.open()
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.commit(WriteBatch(sessions=[rec("s1")]))
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert killed >= 1
+        await store.commit(WriteBatch(sessions=[rec("s2")]))  # retried once on a fresh connection
+        assert (await store.counts()).sessions == 2
+    finally:
+        await admin.close()
+        await store.close()
