@@ -1,0 +1,271 @@
+"""Start, kill, restart and stop the warehouse saga's six processes on loopback.
+
+Three services (:mod:`.services`, each with its own SQLite database) and three sidecars
+(``python -m accompanist sidecar``, fault-tolerant mode, each with its own SQLite store), all
+in ``workdir``. A killed process is started again on the same ports, database and store.
+The demo, the integration test and the saga fault campaign all drive the saga through this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from examples.warehouse.saga import Order
+from examples.warehouse.services import SERVICES
+
+__all__ = ["ROLES", "Proc", "WarehouseCluster", "free_port"]
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ("warehouse", "payment", "loyalty")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """One child process with a fixed command line and a log file; start it again at will."""
+
+    def __init__(self, name: str, command: list[str], env: Mapping[str, str], log_path: Path, health: str) -> None:
+        self.name = name
+        self.command = command
+        self.env = dict(env)
+        self.log_path = log_path
+        self.health = health
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            log.write(f"\n--- start #{self.starts + 1} ---\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches only the driver
+            )
+        self.starts += 1
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, no flush, like a power cut."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    async def terminate(self, timeout: float = 20) -> int | None:
+        """SIGTERM, then wait (SIGKILL after ``timeout``); return the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+class WarehouseCluster:
+    """The three services and three sidecars of the warehouse saga.
+
+    Args:
+        workdir: where databases, stores and logs go.
+        receive_timeout: the sidecars' receive timeout (a receive then parks).
+        sidecar_env: extra environment for the sidecars (``ACCOMPANIST_*`` settings).
+        log_level: the sidecars' log level.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        receive_timeout: float = 2.0,
+        sidecar_env: Mapping[str, str] | None = None,
+        log_level: str = "WARNING",
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        base_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        base_env.pop("ACCOMPANIST_STORE", None)
+        self.service_ports = {s: free_port() for s in SERVICES}
+        self.peer_ports = {r: free_port() for r in ROLES}
+        self.api_ports = {r: free_port() for r in ROLES}
+        self.procs: dict[str, Proc] = {}
+        for service, port in self.service_ports.items():
+            cmd = [sys.executable, "-m", "examples.warehouse.services", service, "--port", str(port)]
+            cmd += ["--db", str(self.service_db(service)), "--seed"]
+            self.procs[f"{service}-service"] = Proc(
+                f"{service}-service", cmd, base_env, self.workdir / f"{service}-service.log", self.service_url(service)
+            )
+        sidecar_env_all = {
+            **base_env,
+            "WAREHOUSE_SERVICE_URL": self.service_url("warehouse"),
+            "PAYMENT_SERVICE_URL": self.service_url("payment"),
+            "LOYALTY_SERVICE_URL": self.service_url("loyalty"),
+            "ACCOMPANIST_HMAC_KEY": secrets.token_hex(16),  # sidecars authenticate each frame
+            "ACCOMPANIST_RETRY_MIN": "0.02",
+            "ACCOMPANIST_RETRY_MAX": "0.5",
+            "ACCOMPANIST_DELIVER_TIMEOUT": "2",
+            "ACCOMPANIST_RELAY_INTERVAL": "0.2",
+            **(sidecar_env or {}),
+        }
+        for role in ROLES:
+            cmd = [sys.executable, "-m", "accompanist", "sidecar", "--app", "examples.warehouse.saga:app"]
+            cmd += ["--role", role, "--mode", "fault-tolerant", "--store", self.store_url(role)]
+            cmd += ["--listen", f"127.0.0.1:{self.peer_ports[role]}", "--api", f"127.0.0.1:{self.api_ports[role]}"]
+            cmd += ["--receive-timeout", str(receive_timeout), "--log-level", log_level]
+            for peer in ROLES:
+                if peer != role:
+                    cmd += ["--peer", f"{peer}=127.0.0.1:{self.peer_ports[peer]}"]
+            self.procs[role] = Proc(role, cmd, sidecar_env_all, self.workdir / f"{role}-sidecar.log", self.api(role))
+        self.http: aiohttp.ClientSession | None = None
+
+    # -- addresses ---------------------------------------------------------------------------
+    def service_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.service_ports[service]}"
+
+    def service_db(self, service: str) -> Path:
+        return self.workdir / f"{service}-service.db"
+
+    def store_url(self, role: str) -> str:
+        return f"sqlite:///{self.workdir / f'{role}-sidecar.db'}"
+
+    def api(self, role: str) -> str:
+        return f"http://127.0.0.1:{self.api_ports[role]}"
+
+    @property
+    def names(self) -> list[str]:
+        """Every process: ``warehouse``, ``payment``, ``loyalty`` (sidecars) and ``*-service``."""
+        return list(self.procs)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> WarehouseCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the services, then the sidecars; return when all answer."""
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        try:
+            for name in self.procs:
+                if name.endswith("-service"):
+                    self.procs[name].start()
+            await asyncio.gather(*(self.wait_ready(n) for n in self.procs if n.endswith("-service")))
+            for role in ROLES:
+                self.procs[role].start()
+            await asyncio.gather(*(self.wait_ready(role) for role in ROLES))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> dict[str, int | None]:
+        """SIGTERM the sidecars (they finish in-flight work), then the services; exit codes."""
+        codes: dict[str, int | None] = {}
+        sidecars = await asyncio.gather(*(self.procs[r].terminate() for r in ROLES))
+        codes.update(zip(ROLES, sidecars, strict=True))
+        services = [n for n in self.procs if n.endswith("-service")]
+        codes.update(zip(services, await asyncio.gather(*(self.procs[n].terminate() for n in services)), strict=True))
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+        return codes
+
+    async def wait_ready(self, name: str, timeout: float = 30) -> None:
+        """Wait until ``name`` answers ``/healthz``.
+
+        Raises:
+            RuntimeError: the process exited.
+            TimeoutError: it did not answer within ``timeout``.
+        """
+        proc = self.procs[name]
+        assert self.http is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.proc is not None and proc.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with self.http.get(f"{proc.health}/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{name} not ready after {timeout}s:\n{proc.log_tail()}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (a sidecar by role, or ``<service>-service``)."""
+        self.procs[name].kill()
+
+    async def restart(self, name: str) -> None:
+        """Start a killed process again on the same ports, database and store."""
+        self.procs[name].kill()
+        self.procs[name].start()
+        await self.wait_ready(name)
+
+    # -- talking to it -----------------------------------------------------------------------
+    async def _get(self, url: str) -> Any:
+        assert self.http is not None
+        async with self.http.get(url) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def place(self, order: Order, *, wait: bool = False, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+        """Start an ``order`` session at the warehouse sidecar: ``(HTTP status, answer)``.
+
+        Raises:
+            aiohttp.ClientError: the sidecar is down (the session may or may not exist).
+        """
+        assert self.http is not None
+        query = f"?wait=true&timeout={timeout:g}" if wait else ""
+        body = {"choreography": "order", "args": [msgspec.to_builtins(order)]}
+        async with self.http.post(f"{self.api('warehouse')}/sessions{query}", json=body) as r:
+            return r.status, dict(await r.json())
+
+    async def session(self, role: str, session_id: str) -> dict[str, Any] | None:
+        """The session's record at ``role``'s sidecar, or None if it does not know it."""
+        assert self.http is not None
+        async with self.http.get(f"{self.api(role)}/sessions/{session_id}") as r:
+            return dict(await r.json()) if r.status == 200 else None
+
+    async def sessions(self, role: str) -> dict[str, dict[str, Any]]:
+        """Every session ``role``'s sidecar knows, by id."""
+        listing = await self._get(f"{self.api(role)}/sessions?limit=10000")
+        return {s["session_id"]: s for s in listing["sessions"]}
+
+    async def state(self, service: str) -> dict[str, Any]:
+        """``GET /state`` of a service."""
+        return dict(await self._get(f"{self.service_url(service)}/state"))
