@@ -56,7 +56,11 @@ RETRY = ac.Retry(attempts=30, initial=0.05, maximum=1.0)
 """Commits retry about 25 s of connection errors: a killed service restarts well within it."""
 
 _URL_ENV = {"warehouse": "WAREHOUSE_SERVICE_URL", "payment": "PAYMENT_SERVICE_URL", "loyalty": "LOYALTY_SERVICE_URL"}
-_DEFAULT_URL = {"warehouse": "http://127.0.0.1:8101", "payment": "http://127.0.0.1:8102", "loyalty": "http://127.0.0.1:8103"}
+_DEFAULT_URL = {
+    "warehouse": "http://127.0.0.1:8101",
+    "payment": "http://127.0.0.1:8102",
+    "loyalty": "http://127.0.0.1:8103",
+}
 
 
 class _Client:
