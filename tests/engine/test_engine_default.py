@@ -171,3 +171,10 @@ async def test_start_errors_are_clear() -> None:
         await c["a"].start_session("waits-forever", [0])
         with pytest.raises(OverloadedError):
             await c["a"].start_session("burst", [1])
+
+
+async def test_thousands_of_concurrent_sessions() -> None:
+    async with cluster(APP, ["buyer", "seller"]) as c:
+        titles = ["SICP" if i % 2 else "HtDP" for i in range(5000)]
+        results = await asyncio.gather(*(c["buyer"].run("bookseller", t, timeout=120) for t in titles))
+        assert results == ["bought at 30" if t == "SICP" else "too expensive" for t in titles]

@@ -210,3 +210,17 @@ async def test_random_restarts_of_every_role() -> None:
         records = [await c["a"].wait(s, 60) for s in sids]
         assert all(r.status == SessionStatus.COMPLETED for r in records)
         assert all(v == 1 for v in effects.calls.values())
+
+
+async def test_retention_keeps_a_long_running_store_bounded() -> None:
+    effects = Effects()
+    config = EngineConfig(**{**FT.__dict__, "retention": 0.0, "prune_interval": 0.2})
+    async with cluster(make_app(effects), "abc", config=config) as c:
+        for wave in range(5):  # a soak: 3000 sessions in waves, pruning as it goes
+            results = await asyncio.gather(*(c["a"].run("relay3", i, timeout=60) for i in range(600)))
+            assert results == [i + 2 for i in range(600)], f"wave {wave}"
+        await asyncio.sleep(1.0)  # the last acknowledgements, then one more pruning pass
+        for role in "abc":
+            counts = await c.stores[role].counts()
+            assert counts.sessions == 3000, "ended sessions stay as tombstones"
+            assert (counts.inbox, counts.outbox, counts.journal) == (0, 0, 0), (role, counts)

@@ -116,15 +116,19 @@ async def test_garbage_frames_do_not_stop_a_sidecar(sidecars: ProcessCluster) ->
                 s.recv(1024)
     # A correctly framed, unsigned envelope must be refused too (the cluster has an HMAC key).
     from accompanist.envelope import Envelope
-    from accompanist.transport.frames import Frame, FrameType, encode_frame
+    from accompanist.transport.frames import Frame, FrameType, KeyRing, encode_frame
 
     envelope = Envelope(
         "0190f0f0-0000-7000-8000-0000000000aa", "bookseller", 1, "buyer", "seller", 1, "value", b"\xa4SICP"
     )
     unsigned = encode_frame(Frame(FrameType.ENVELOPE, 1, envelope))
-    with socket.create_connection(("127.0.0.1", seller.peer_port), timeout=5) as s:
-        s.sendall(unsigned)
-        s.recv(4096)
+    wrongly_signed = encode_frame(
+        Frame(FrameType.ENVELOPE, 2, envelope), ring=KeyRing({"k1": b"not-the-shared-secret"})
+    )
+    for frame in (unsigned, wrongly_signed):
+        with socket.create_connection(("127.0.0.1", seller.peer_port), timeout=5) as s:
+            s.sendall(frame)
+            s.recv(4096)
     status, listing = await sidecars.request("GET", "seller", "/sessions")
     assert envelope.session_id not in [x["session_id"] for x in listing["sessions"]], "unsigned envelope was accepted"
     status, metrics = await sidecars.request("GET", "seller", "/metrics")
@@ -134,6 +138,6 @@ async def test_garbage_frames_do_not_stop_a_sidecar(sidecars: ProcessCluster) ->
         for line in metrics.splitlines()
         if line.startswith("accompanist_frames_rejected_total{")
     )
-    assert rejected >= 4, metrics
+    assert rejected >= 6, metrics
     body = await sidecars.start_session("buyer", "bookseller", "SICP")
     assert body["result"] == "bought at 30"
