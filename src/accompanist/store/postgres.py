@@ -36,10 +36,13 @@ _LOST = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
+    # What asyncpg raises when the server's "terminating connection" notice lands while a
+    # query starts: the connection is broken, not the statement.
+    asyncpg.exceptions.InternalClientError,
     OSError,
     TimeoutError,
 )
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, *_LOST)
+_DB_ERRORS = (asyncpg.PostgresError, *_LOST)
 _MARK = re.compile(r"\?")
 
 
@@ -272,10 +275,17 @@ class PostgresStore(SQLStore):
         return self._pool
 
     async def _retry_once(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn``; after a lost connection, once more (the pool reconnects)."""
+        """Run ``fn``; after a lost connection, once more on fresh connections.
+
+        One dead connection usually means all pooled ones died (a server restart), so the
+        pool is told to replace every connection before the retry.
+        """
         try:
             return await fn()
         except _ConnectionLostError:
+            if self._pool is not None:
+                with contextlib.suppress(Exception):
+                    await self._pool.expire_connections()
             return await fn()
 
     async def _apply(self, batches: list[WriteBatch]) -> None:
