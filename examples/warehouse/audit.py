@@ -10,7 +10,8 @@ services; :func:`audit` checks, for every session:
 - a compensated session left nothing live (every row it committed was undone) and never
   committed the step its order failed at;
 - an order that names ``fail_at`` was compensated at that step; one that does not completed,
-  unless a service stayed down longer than the commit's retries (counted apart);
+  unless a service declined it for its own reason (out of stock, insufficient funds) or stayed
+  down longer than the commit's retries (both counted apart);
 
 and over the whole run: no compensation arrived for a step that never committed (orphans),
 no service row belongs to an unknown session, and per item and per customer the change of
@@ -34,6 +35,7 @@ __all__ = ["Audit", "Snapshot", "audit", "collect", "settle"]
 TERMINAL = {"completed", "compensated", "failed", "diverged", "cancelled"}
 _STEP_OF_ROW = {"reservation": "reserve", "shipment": "ship", "charge": "charge", "award": "award"}
 _ORDER_IN_REASON = re.compile(r"order (\S+?):")
+_OWN_REASONS = ("out of stock", "insufficient funds", "unknown item", "unknown customer")
 _STEP_IN_REASON = re.compile(r"\(transaction (\w+)\)")
 
 
@@ -72,6 +74,7 @@ class Audit:
     compensated: int = 0
     compensated_by_step: Counter[str] = field(default_factory=Counter)
     gave_up: int = 0
+    declined: int = 0
     duplicates: int = 0
     unattributed: int = 0
     repeats: int = 0
@@ -185,9 +188,11 @@ def _check_session(
     result.compensated_by_step[step] += 1
     gave_up = "gave up after" in error
     result.gave_up += gave_up
+    declined = order is not None and order.fail_at is None and any(d in error for d in _OWN_REASONS)
+    result.declined += declined
     if order is None:
         return
-    if order.fail_at is None and not gave_up:
+    if order.fail_at is None and not gave_up and not declined:
         problems.append(f"session {sid}: order {order.order_id} has no fail_at but was compensated: {error}")
     if order.fail_at is not None:
         if not gave_up and step != order.fail_at:

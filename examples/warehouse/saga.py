@@ -52,8 +52,9 @@ class ServiceError(Exception):
     """A service answered 5xx: an infrastructure error, retried."""
 
 
-RETRY = ac.Retry(attempts=30, initial=0.05, maximum=1.0)
-"""Commits retry about 25 s of connection errors: a killed service restarts well within it."""
+RETRY = ac.Retry(attempts=int(os.environ.get("WAREHOUSE_COMMIT_ATTEMPTS", "30")), initial=0.05, maximum=1.0)
+"""Commits retry about 25 s of connection errors (30 tries; ``WAREHOUSE_COMMIT_ATTEMPTS``
+changes it): a killed service restarts well within it."""
 
 _URL_ENV = {"warehouse": "WAREHOUSE_SERVICE_URL", "payment": "PAYMENT_SERVICE_URL", "loyalty": "LOYALTY_SERVICE_URL"}
 _DEFAULT_URL = {
