@@ -303,6 +303,8 @@ class Engine:
             )
         if envelope.kind in MESSAGE_KINDS and envelope.seq < 1:
             raise DefinitionError(f"message envelope with invalid seq {envelope.seq}")
+        if envelope.kind == EnvelopeKind.OUTCOME and envelope.payload != SessionStatus.COMPLETED.encode():
+            raise DefinitionError(f"outcome envelope with unknown outcome {envelope.payload[:40]!r}")
         self.metrics.messages_received.inc()
         run = self._live.get(envelope.session_id)
         if run is not None and self.durable:
