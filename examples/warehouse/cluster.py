@@ -103,6 +103,7 @@ class WarehouseCluster:
         receive_timeout: the sidecars' receive timeout (a receive then parks).
         sidecar_env: extra environment for the sidecars (``ACCOMPANIST_*`` settings).
         log_level: the sidecars' log level.
+        service_delay: the most seconds a service waits between committing and answering.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class WarehouseCluster:
         receive_timeout: float = 2.0,
         sidecar_env: Mapping[str, str] | None = None,
         log_level: str = "WARNING",
+        service_delay: float = 0.0,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ class WarehouseCluster:
         self.procs: dict[str, Proc] = {}
         for service, port in self.service_ports.items():
             cmd = [sys.executable, "-m", "examples.warehouse.services", service, "--port", str(port)]
-            cmd += ["--db", str(self.service_db(service)), "--seed"]
+            cmd += ["--db", str(self.service_db(service)), "--seed", "--delay", str(service_delay)]
             self.procs[f"{service}-service"] = Proc(
                 f"{service}-service", cmd, base_env, self.workdir / f"{service}-service.log", self.service_url(service)
             )

@@ -2,7 +2,7 @@
 
 Run one with::
 
-    python -m examples.warehouse.services {warehouse|payment|loyalty} --port P --db PATH [--seed]
+    python -m examples.warehouse.services {warehouse|payment|loyalty} --port P --db PATH [--seed] [--delay S]
 
 These stand for the existing services a team already runs; the sidecars call them through
 their ordinary HTTP APIs. Every commit and compensation carries a ``key`` (the runtime's
@@ -33,7 +33,9 @@ Each also serves ``GET /state`` (balances, initial balances, every row, orphans)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import random
 import sqlite3
 import sys
 import time
@@ -214,7 +216,7 @@ def _field(body: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def _endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _endpoint(fn: Handler, delay: float) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -223,15 +225,19 @@ def _endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
         if not isinstance(body, dict):
             return web.json_response({"reason": "the body must be a JSON object"}, status=400)
         try:
-            return web.json_response(fn(body))
+            answer = web.json_response(fn(body))
         except Declined as exc:
-            return web.json_response({"reason": exc.reason}, status=exc.status)
+            answer = web.json_response({"reason": exc.reason}, status=exc.status)
+        if delay:  # committed, not yet answered: a crash now loses the answer, not the write
+            await asyncio.sleep(random.uniform(0, delay))
+        return answer
 
     return handle
 
 
-def build_app(service: str, ledger: Ledger) -> web.Application:
-    """The aiohttp application of ``service`` over ``ledger``."""
+def build_app(service: str, ledger: Ledger, *, delay: float = 0.0) -> web.Application:
+    """The aiohttp application of ``service`` over ``ledger``; ``delay`` is the most seconds
+    it waits between committing a request and answering it (network and service latency)."""
     app = web.Application()
 
     def fail(body: dict[str, Any]) -> bool:
@@ -311,7 +317,7 @@ def build_app(service: str, ledger: Ledger) -> web.Application:
     else:
         raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     for path, fn in routes.items():
-        app.router.add_post(f"/{path}", _endpoint(fn))
+        app.router.add_post(f"/{path}", _endpoint(fn, delay))
 
     async def state(request: web.Request) -> web.Response:
         return web.json_response(ledger.state())
@@ -336,12 +342,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--db", required=True, help="the service's own SQLite database file")
     parser.add_argument("--seed", action="store_true", help="fill an empty database with SEED")
+    parser.add_argument("--delay", type=float, default=0.0, help="answer up to this many seconds after committing")
     args = parser.parse_args(argv)
     ledger = Ledger(args.db, args.service)
     if args.seed:
         ledger.seed(SEED[args.service])
     print(f"{args.service} service on http://{args.host}:{args.port} db={args.db}", flush=True)
-    web.run_app(build_app(args.service, ledger), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(
+        build_app(args.service, ledger, delay=args.delay), host=args.host, port=args.port, print=None, access_log=None
+    )
 
 
 if __name__ == "__main__":
