@@ -17,11 +17,18 @@ from accompanist.transport.memory import FaultPlan, MemoryNetwork
 class Cluster:
     """Engines by role, their stores, and the network between them."""
 
-    def __init__(self, app: App, roles: Iterable[str], config: EngineConfig, network: MemoryNetwork) -> None:
+    def __init__(
+        self,
+        app: App,
+        roles: Iterable[str],
+        config: EngineConfig,
+        network: MemoryNetwork,
+        stores: dict[str, Store] | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.network = network
-        self.stores: dict[str, Store] = {r: MemoryStore(r) for r in roles}
+        self.stores: dict[str, Store] = {r: (stores or {}).get(r) or MemoryStore(r) for r in roles}
         self.engines: dict[str, Engine] = {}
 
     async def start(self, role: str, config: EngineConfig | None = None) -> Engine:
@@ -45,10 +52,15 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def cluster(
-    app: App, roles: Iterable[str], config: EngineConfig | None = None, plan: FaultPlan | None = None, **net: Any
+    app: App,
+    roles: Iterable[str],
+    config: EngineConfig | None = None,
+    plan: FaultPlan | None = None,
+    stores: dict[str, Store] | None = None,
+    **net: Any,
 ) -> AsyncIterator[Cluster]:
     roles = list(roles)
-    c = Cluster(app, roles, config or EngineConfig(receive_timeout=5), MemoryNetwork(plan, **net))
+    c = Cluster(app, roles, config or EngineConfig(receive_timeout=5), MemoryNetwork(plan, **net), stores)
     for role in roles:
         await c.start(role)
     try:

@@ -36,7 +36,7 @@ from accompanist.errors import (
     SessionFailedError,
     TransactionFailedError,
 )
-from accompanist.interpreters.common import check_args, session_result
+from accompanist.interpreters.common import Committed, check_args, session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreography import App, Choreography
 from accompanist.language.transaction import TxContext, compensate_until_done
@@ -566,38 +566,49 @@ class Engine:
         """Undo what this role committed in the session, last first, each until it succeeds."""
         for item in reversed(run.committed):
             key = item.ctx.idempotency_key
-            if key in run.compensated:
-                continue
-            base = item.ctx
+            if key not in run.compensated:
+                await self._compensate_one(run, item, key)
+                run.compensated.add(key)
 
-            def ctx(attempt: int, base: TxContext = base) -> TxContext:
-                return dataclasses.replace(base, attempt=attempt, compensating=True)
+    async def _compensate_one(self, run: SessionRun, item: Committed, key: str) -> None:
+        logged = run.txlog.get(key)
+        mark = TxRecord(
+            session_id=run.session_id,
+            key=key,
+            name=item.tx.name,
+            step=item.ctx.step,
+            status="compensated",
+            result=logged.result if logged is not None else None,
+            updated_at=time.time(),
+        )
+        atomic = getattr(self.store, "atomic", None) if item.tx.atomic and self.durable else None
 
-            def complain(attempt: int, exc: BaseException, key: str = key) -> None:
-                if attempt in (1, 10) or attempt % 100 == 0:
-                    self.log.warning("compensation %s failed (try %d), retrying: %s", key, attempt, exc)
+        def ctx(attempt: int) -> TxContext:
+            return dataclasses.replace(item.ctx, attempt=attempt, compensating=True)
 
-            await compensate_until_done(
-                item.tx, ctx, item.args, item.result, on_error=complain, max_delay=self.config.retry_max
-            )
-            if self.durable:
-                entry = run.txlog.get(key)
-                await self.store.commit(
-                    WriteBatch(
-                        txlog=[
-                            TxRecord(
-                                session_id=run.session_id,
-                                key=key,
-                                name=item.tx.name,
-                                step=item.ctx.step,
-                                status="compensated",
-                                result=entry.result if entry is not None else None,
-                                updated_at=time.time(),
-                            )
-                        ]
-                    )
-                )
-            run.compensated.add(key)
+        def complain(attempt: int, exc: BaseException) -> None:
+            if attempt in (1, 10) or attempt % 100 == 0:
+                self.log.warning("compensation %s failed (try %d), retrying: %s", key, attempt, exc)
+
+        async def undo_atomically(attempt_ctx: TxContext) -> None:
+            # The service's undo and the 'compensated' mark commit together.
+            assert atomic is not None and item.tx.compensate is not None
+            async with atomic() as scope:
+                lent = dataclasses.replace(attempt_ctx, connection=scope.connection)
+                await item.tx.compensate(lent, *item.args, item.result)
+                scope.batch.txlog.append(mark)
+
+        await compensate_until_done(
+            item.tx,
+            ctx,
+            item.args,
+            item.result,
+            on_error=complain,
+            max_delay=self.config.retry_max,
+            call=undo_atomically if atomic is not None else None,
+        )
+        if self.durable and atomic is None:
+            await self.store.commit(WriteBatch(txlog=[mark]))
 
     def _failure_of(self, run: SessionRun, exc: BaseException) -> tuple[str, bool]:
         """Why the session failed, and whether this role must tell the others."""

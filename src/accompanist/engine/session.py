@@ -11,6 +11,7 @@ end, so journaling costs no extra fsync.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
 from accompanist.envelope import Envelope
 from accompanist.errors import (
+    Abort,
     CodecError,
     NondeterminismError,
     ReceiveTimeoutError,
@@ -179,12 +181,15 @@ class SessionRun:
         self.replayed_steps = step.index + 1
         return entry
 
+    def _entry(self, step: Step, value: bytes | None = None) -> JournalEntry:
+        return JournalEntry(
+            session_id=self.session_id, step=step.index, kind=str(step.kind), name=journal_name(step), value=value
+        )
+
     def _note(self, step: Step, value: bytes | None = None) -> JournalEntry | None:
         if not self.durable:
             return None
-        entry = JournalEntry(
-            session_id=self.session_id, step=step.index, kind=str(step.kind), name=journal_name(step), value=value
-        )
+        entry = self._entry(step, value)
         self.pending.append(entry)
         return entry
 
@@ -286,26 +291,49 @@ class SessionRun:
         if recorded is not None and recorded.value is not None:
             reason = self.codec.decode(recorded.value).get("failed", "the commit failed")
             raise TransactionFailedError(role, tx.name, step.index, str(reason))
-        try:
-            result = await commit_with_retry(tx, ctx, args)
-        except TransactionFailedError as exc:
-            if recorded is None:
-                self._note(step, self.codec.encode({"failed": exc.reason}))
-            raise
-        self.committed.append(Committed(tx, args, result, ctx(1)))  # before encoding: compensable anyway
-        if self.durable:
-            encoded = self.codec.encode(result)
-            if recorded is None:
-                self._note(step)
-            entry = TxRecord(
+        atomic = getattr(self.engine.store, "atomic", None) if tx.atomic and self.durable else None
+
+        def record(result: Any) -> TxRecord:
+            return TxRecord(
                 session_id=session_id,
                 key=key,
                 name=tx.name,
                 step=step.index,
                 status="committed",
-                result=encoded,
+                result=self.codec.encode(result),
                 updated_at=time.time(),
             )
+
+        async def commit_atomically(attempt_ctx: TxContext) -> Any:
+            # The service writes through the store's connection; the log entry, and the
+            # journal up to this step, commit in the same transaction or not at all.
+            assert atomic is not None
+            async with atomic() as scope:
+                result = await tx.commit(dataclasses.replace(attempt_ctx, connection=scope.connection), *args)
+                if result is False:
+                    raise Abort("the commit returned False")
+                entry = record(result)
+                scope.batch.txlog.append(entry)
+                scope.batch.journal.extend(self.pending)
+                if recorded is None:
+                    scope.batch.journal.append(self._entry(step))
+            self.take_pending()
+            if recorded is None:
+                self.journal.append(self._entry(step))
+            self.txlog[key] = entry
+            return result
+
+        try:
+            result = await commit_with_retry(tx, ctx, args, commit_atomically if atomic is not None else None)
+        except TransactionFailedError as exc:
+            if recorded is None:
+                self._note(step, self.codec.encode({"failed": exc.reason}))
+            raise
+        self.committed.append(Committed(tx, args, result, ctx(1)))  # before encoding: compensable anyway
+        if self.durable and atomic is None:
+            entry = record(result)
+            if recorded is None:
+                self._note(step)
             await self.engine.store.commit(WriteBatch(txlog=[entry], journal=self.take_pending()))
             self.txlog[key] = entry
         return result

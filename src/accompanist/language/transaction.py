@@ -95,6 +95,10 @@ class Transaction:
         compensate: ``async (ctx, *args, result) -> None``; retried until it succeeds.
         retry: how infrastructure errors of the commit are retried.
         business_errors: exception types that mean "fail the saga", like ``Abort``.
+        atomic: with a SQL store in fault-tolerant mode, run the commit and the compensation
+            inside a store transaction and lend its connection as ``ctx.connection``, so the
+            service's own write and the runtime's record of the step commit together (the
+            service's tables then live in the sidecar's database).
 
     Raises:
         DefinitionError: a commit or compensation that is not ``async def``.
@@ -108,6 +112,7 @@ class Transaction:
         *,
         retry: Retry | None = None,
         business_errors: tuple[type[BaseException], ...] = (),
+        atomic: bool = False,
     ) -> None:
         if not inspect.iscoroutinefunction(commit):
             raise DefinitionError(f"transaction {name!r}: the commit must be an 'async def' function")
@@ -118,6 +123,7 @@ class Transaction:
         self.compensate = compensate
         self.retry = retry or Retry()
         self.business_errors: tuple[type[BaseException], ...] = (Abort, *business_errors)
+        self.atomic = atomic
         self.__doc__ = commit.__doc__
 
     def __repr__(self) -> str:
@@ -135,6 +141,7 @@ def transaction(
     name: str | None = None,
     retry: Retry | None = None,
     business_errors: tuple[type[BaseException], ...] = (),
+    atomic: bool = False,
 ) -> Any:
     """Make an ``async def`` commit a :class:`Transaction`: ``@ac.transaction(compensate=undo)``.
 
@@ -144,6 +151,7 @@ def transaction(
         name: the logged name (default: the function's qualified name).
         retry: retry policy for infrastructure errors of the commit.
         business_errors: exception types that fail the saga instead of being retried.
+        atomic: commit with the store's connection as ``ctx.connection`` (see :class:`Transaction`).
     """
 
     def wrap(commit: Commit) -> Transaction:
@@ -153,6 +161,7 @@ def transaction(
             compensate,
             retry=retry,
             business_errors=business_errors,
+            atomic=atomic,
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -164,8 +173,16 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def commit_with_retry(tx: Transaction, make_ctx: Callable[[int], TxContext], args: Sequence[Any]) -> Any:
+async def commit_with_retry(
+    tx: Transaction,
+    make_ctx: Callable[[int], TxContext],
+    args: Sequence[Any],
+    call: Callable[[TxContext], Awaitable[Any]] | None = None,
+) -> Any:
     """Run ``tx``'s commit, retrying infrastructure errors by its retry policy.
+
+    ``call(ctx)`` runs one attempt (default: the commit itself); the runtime passes one that
+    wraps the commit in a store transaction for atomic transactions.
 
     Raises:
         TransactionFailedError: a business failure (``Abort``, a listed type, ``False``) or the
@@ -175,7 +192,7 @@ async def commit_with_retry(tx: Transaction, make_ctx: Callable[[int], TxContext
     while True:
         ctx = make_ctx(attempt)
         try:
-            result = await tx.commit(ctx, *args)
+            result = await (call(ctx) if call is not None else tx.commit(ctx, *args))
         except tx.business_errors as exc:
             raise TransactionFailedError(ctx.role, tx.name, ctx.step, _reason(exc)) from exc
         except Exception as exc:
@@ -199,18 +216,21 @@ async def compensate_until_done(
     *,
     on_error: Callable[[int, BaseException], None] | None = None,
     max_delay: float = 5.0,
+    call: Callable[[TxContext], Awaitable[Any]] | None = None,
 ) -> None:
     """Run ``tx``'s compensation until it succeeds (backing off up to ``max_delay`` seconds).
 
     A compensation must eventually succeed: the saga's outcome depends on it, so giving up is
-    not an option. ``on_error`` hears about every failed try.
+    not an option. ``on_error`` hears about every failed try; ``call(ctx)`` runs one try
+    (default: the compensation itself).
     """
     if tx.compensate is None:
         return
     attempt = 1
     while True:
         try:
-            await tx.compensate(make_ctx(attempt), *args, result)
+            ctx = make_ctx(attempt)
+            await (call(ctx) if call is not None else tx.compensate(ctx, *args, result))
             return
         except Exception as exc:
             if on_error is not None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from accompanist.envelope import Envelope
 
 __all__ = [
+    "AtomicScope",
     "JournalEntry",
     "OutboxRow",
     "SessionRecord",
@@ -134,6 +135,24 @@ class WriteBatch:
         self.acks.extend(other.acks)
         self.journal.extend(other.journal)
         self.txlog.extend(other.txlog)
+
+
+@dataclass
+class AtomicScope:
+    """An open store transaction lent to a saga transaction (``atomic=True``).
+
+    The service writes through ``connection``; the runtime adds its rows (the transaction log
+    entry, journal) to ``batch``; both commit together when the scope ends without an error,
+    and both roll back otherwise.
+
+    Attributes:
+        connection: an :class:`AtomicConnection` on the store's database (None for the memory
+            store, which has no database to share).
+        batch: the runtime's writes, committed in the same transaction.
+    """
+
+    connection: Any
+    batch: WriteBatch = field(default_factory=WriteBatch)
 
 
 @dataclass(frozen=True)

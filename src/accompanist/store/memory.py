@@ -9,9 +9,10 @@ committing it cannot change what is stored.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import msgspec
@@ -20,6 +21,7 @@ from accompanist.envelope import Envelope
 from accompanist.errors import StoreError
 from accompanist.store.base import (
     TERMINAL_STATUSES,
+    AtomicScope,
     JournalEntry,
     OutboxRow,
     SessionRecord,
@@ -80,6 +82,14 @@ class MemoryStore:
     def _check_open(self) -> None:
         if not self._open:
             raise StoreError(f"memory store of role '{self.role}' is not open")
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[AtomicScope]:
+        """An atomic scope without a database: ``scope.batch`` commits when it ends well."""
+        self._check_open()
+        scope = AtomicScope(None)
+        yield scope
+        await self.commit(scope.batch)
 
     async def commit(self, batch: WriteBatch) -> None:
         """Apply ``batch`` all or nothing.

@@ -125,6 +125,10 @@ class _Tx:
     async def executemany(self, sql: str, rows: list[Row]) -> None:
         await self._conn.executemany(sql, rows)
 
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        """Run the query ``sql`` in the transaction; return its rows."""
+        return [tuple(r) for r in await self._conn.fetch(sql, *args)]
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         status = await self._conn.execute(sql, *args)
         tail = str(status).rsplit(" ", 1)[-1]
@@ -147,6 +151,8 @@ class PostgresStore(SQLStore):
     Raises:
         ConfigError: bad pool sizes or group commit settings.
     """
+
+    _exclusive_atomic = False  # each atomic scope gets its own pooled connection
 
     def __init__(
         self,

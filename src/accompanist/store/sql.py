@@ -9,8 +9,10 @@ fields are stored as columns and headers as JSON text: nothing is pickled.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +23,7 @@ from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, StoreCorruptError, StoreError
 from accompanist.store.base import (
     TERMINAL_STATUSES,
+    AtomicScope,
     JournalEntry,
     OutboxRow,
     SessionRecord,
@@ -49,6 +52,10 @@ _TERMINAL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _HEADERS = msgspec.json.Decoder(dict[str, str])
 
 
+class _RolledBack(Exception):  # noqa: N818 - internal signal
+    """The atomic scope ended with an error: roll its transaction back."""
+
+
 class SQLTx(Protocol):
     """One open write transaction, as the subclasses expose it."""
 
@@ -57,6 +64,47 @@ class SQLTx(Protocol):
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run ``sql`` once; return the number of rows it changed."""
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        """Run the query ``sql``; return its rows."""
+
+
+class AtomicConnection:
+    """The store's database connection as lent to a service inside a saga transaction.
+
+    Statements run inside the transaction that also records the saga step, so the service's
+    write and the runtime's record commit (or roll back) together. Use the database's own
+    placeholders: ``?`` for SQLite, ``$1`` for PostgreSQL. After a statement fails, the
+    transaction is rolled back and every further statement is refused.
+    """
+
+    def __init__(self, tx: SQLTx, store: str) -> None:
+        self._tx = tx
+        self._store = store
+        self._broken: BaseException | None = None
+
+    async def _guard(self, op: Callable[[], Any]) -> Any:
+        if self._broken is not None:
+            raise StoreError(f"{self._store}: the transaction was rolled back after: {self._broken}")
+        try:
+            return await op()
+        except BaseException as exc:
+            self._broken = exc
+            raise
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; return how many rows it changed."""
+        result: int = await self._guard(lambda: self._tx.execute(sql, args))
+        return result
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run one statement per row."""
+        await self._guard(lambda: self._tx.executemany(sql, rows))
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run a query; return its rows as tuples."""
+        rows: list[tuple[Any, ...]] = await self._guard(lambda: self._tx.fetch(sql, args))
+        return rows
 
 
 def check_meta(
@@ -273,18 +321,70 @@ class SQLStore(abc.ABC):
         if batch:
             await writer.commit(batch)
 
+    #: Whether an atomic scope must hold the single writer (SQLite) or may run beside it.
+    _exclusive_atomic = True
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[AtomicScope]:
+        """A transaction the caller writes in; ``scope.batch`` commits with it.
+
+        SQLite has one writer, so the scope holds it (group commits wait meanwhile): keep the
+        work inside short and local. PostgreSQL runs the scope on its own pooled connection.
+
+        Raises:
+            StoreError: the store failed; nothing of the scope was committed.
+        """
+        if not self._exclusive_atomic:
+            async with self._transaction() as tx:
+                scope = AtomicScope(AtomicConnection(tx, self._name))
+                yield scope
+                validate_batch(scope.batch, store=self._name)
+                await self._write_batch(tx, scope.batch)
+            return
+        loop = asyncio.get_running_loop()
+        entered: asyncio.Future[AtomicScope] = loop.create_future()
+        release: asyncio.Future[bool] = loop.create_future()
+
+        async def hold_the_writer() -> None:
+            async with self._transaction() as tx:
+                entered.set_result(AtomicScope(AtomicConnection(tx, self._name)))
+                if not await release:
+                    raise _RolledBack
+                scope = entered.result()
+                validate_batch(scope.batch, store=self._name)
+                await self._write_batch(tx, scope.batch)
+
+        job = asyncio.ensure_future(self._writer().run_exclusive(hold_the_writer))
+        waiting: list[asyncio.Future[Any]] = [entered, job]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not entered.done():
+            await job  # it failed before the transaction opened: raise why
+            raise StoreError(f"{self._name}: could not open a transaction")  # pragma: no cover
+        try:
+            yield entered.result()
+        except BaseException:
+            release.set_result(False)
+            with contextlib.suppress(_RolledBack, StoreError):
+                await job
+            raise
+        release.set_result(True)
+        await job
+
     async def _apply(self, batches: list[WriteBatch]) -> None:
         merged = WriteBatch()
         for batch in batches:
             merged.extend(batch)
         async with self._transaction() as tx:
-            now = time.time()
-            await self._write_sessions(tx, merged.sessions)
-            await self._write_inbox(tx, merged.inbox, now)
-            await self._write_outbox(tx, merged.outbox, now)
-            await self._write_acks(tx, merged.acks)
-            await self._write_journal(tx, merged.journal)
-            await self._write_txlog(tx, merged.txlog)
+            await self._write_batch(tx, merged)
+
+    async def _write_batch(self, tx: SQLTx, merged: WriteBatch) -> None:
+        now = time.time()
+        await self._write_sessions(tx, merged.sessions)
+        await self._write_inbox(tx, merged.inbox, now)
+        await self._write_outbox(tx, merged.outbox, now)
+        await self._write_acks(tx, merged.acks)
+        await self._write_journal(tx, merged.journal)
+        await self._write_txlog(tx, merged.txlog)
 
     async def _write_sessions(self, tx: SQLTx, rows: list[SessionRecord]) -> None:
         if rows:

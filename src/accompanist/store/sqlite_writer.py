@@ -46,6 +46,20 @@ def _run(
         raise
 
 
+def _query(db: sqlite3.Connection, begin: bool, pending: list[Statement], sql: str, args: Sequence[Any]) -> list[Row]:
+    """Like :func:`_run`, but the last statement is a query whose rows are returned."""
+    try:
+        if begin:
+            db.execute("BEGIN IMMEDIATE")
+        for statement, rows in pending:
+            db.executemany(statement, rows)
+        return [tuple(r) for r in db.execute(sql, tuple(args)).fetchall()]
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     if db.in_transaction:
         db.execute("ROLLBACK")
@@ -90,6 +104,10 @@ class SQLiteWriter:
         """Run buffered statements (and one more whose row count is returned) in one hop."""
         return await self.call(_run, self._conn(), begin, pending, single, commit)
 
+    async def query(self, begin: bool, pending: list[Statement], sql: str, args: Sequence[Any]) -> list[Row]:
+        """Run buffered statements and one query in one hop; return the query's rows."""
+        return await self.call(_query, self._conn(), begin, pending, sql, args)
+
     async def rollback(self) -> None:
         """Roll back an open transaction, if any."""
         if self._db is not None:
@@ -126,6 +144,12 @@ class WriteTx:
         pending, self._pending = self._pending, []
         begin, self.begun = not self.begun, True
         return await self._writer.run(begin, pending, (sql, args), False)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        """Run what is buffered, then the query ``sql``, in one hop; return its rows."""
+        pending, self._pending = self._pending, []
+        begin, self.begun = not self.begun, True
+        return await self._writer.query(begin, pending, sql, args)
 
     async def commit(self) -> None:
         """Run what is buffered and COMMIT (BEGIN first if nothing ran yet)."""
