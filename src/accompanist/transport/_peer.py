@@ -105,6 +105,10 @@ class PeerLink:
     def _where(self) -> str:
         return f"peer '{self.peer}' at {self.address[0]}:{self.address[1]}"
 
+    def unreachable(self, why: str) -> TransportError:
+        """The error for a peer that could not be reached, with the last connect error."""
+        return TransportError(f"cannot reach {self._where}: {self._last_error or 'connecting'} ({why})")
+
     async def connection(self, deadline: float) -> _Connection:
         """The live connection, opening one if needed; waits out backoff only within ``deadline``.
 

@@ -310,8 +310,11 @@ class TcpTransport:
         try:
             conn = link.live()
             if conn is None:
-                async with asyncio.timeout_at(deadline):
-                    conn = await link.connection(deadline)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        conn = await link.connection(deadline)
+                except TimeoutError:  # still connecting at the deadline: say why, not "no answer"
+                    raise link.unreachable(f"no connection within {limit:g}s") from None
             if not wait:
                 if link.write(conn, data):
                     async with asyncio.timeout_at(deadline):
