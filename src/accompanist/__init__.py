@@ -29,6 +29,7 @@ from accompanist.errors import (
     TransactionFailedError,
     TransportError,
     UnknownChoreographyError,
+    UnknownSessionError,
 )
 from accompanist.interpreters import CentralRunner, run_central
 from accompanist.language import App, Choreo, Choreography, Located, Role, Step, StepKind, choreography, roles
@@ -71,6 +72,7 @@ __all__ = [
     "TransportError",
     "TxContext",
     "UnknownChoreographyError",
+    "UnknownSessionError",
     "__version__",
     "choreography",
     "current_step",

@@ -17,6 +17,7 @@ Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer
     │   ├── ReceiveTimeoutError    an awaited envelope did not arrive in time
     │   ├── BufferOverflowError    too many early envelopes waited for one session
     │   ├── UnknownChoreographyError  no choreography of that name and version is registered
+    │   ├── UnknownSessionError    no session with that id is known at this role
     │   ├── SessionCancelledError  an operator cancelled the session
     │   └── OverloadedError       the sidecar runs as many sessions as it may; try again later
     └── TransactionError           a saga step failed
@@ -52,6 +53,7 @@ __all__ = [
     "TransactionFailedError",
     "TransportError",
     "UnknownChoreographyError",
+    "UnknownSessionError",
 ]
 
 
@@ -175,6 +177,10 @@ class UnknownChoreographyError(SessionError):
         listing = ", ".join(f"{n} v{','.join(map(str, vs))}" for n, vs in sorted(known.items())) or "none"
         which = f"'{name}'" if version is None else f"'{name}' version {version}"
         super().__init__(f"unknown choreography {which}; registered: {listing}")
+
+
+class UnknownSessionError(SessionError):
+    """No session with that id is known at this role."""
 
 
 class SessionCancelledError(SessionError):

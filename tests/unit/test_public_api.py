@@ -54,6 +54,7 @@ EXPECTED_ALL = [
     "TransportError",
     "TxContext",
     "UnknownChoreographyError",
+    "UnknownSessionError",
     "__version__",
     "choreography",
     "current_step",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,12 +17,13 @@ from typing import Any
 
 import msgspec
 
+from accompanist.engine import saga
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.ids import new_session_id
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.relay import Relay
 from accompanist.engine.session import Park, SessionRun
-from accompanist.envelope import CONTROL_SEQ, MESSAGE_KINDS, Envelope, EnvelopeKind
+from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind
 from accompanist.errors import (
     AccompanistError,
     BufferOverflowError,
@@ -31,23 +31,16 @@ from accompanist.errors import (
     DefinitionError,
     NondeterminismError,
     OverloadedError,
-    SessionCancelledError,
-    SessionError,
     SessionFailedError,
-    TransactionFailedError,
+    UnknownSessionError,
 )
-from accompanist.interpreters.common import Committed, check_args, session_result
+from accompanist.interpreters.common import check_args, session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreography import App, Choreography
-from accompanist.language.transaction import TxContext, compensate_until_done
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, Store, TxRecord, WriteBatch
 from accompanist.transport.base import Transport
 
 __all__ = ["Engine", "UnknownSessionError"]
-
-
-class UnknownSessionError(SessionError):
-    """No session with that id is known at this role."""
 
 
 _KNOWN_KINDS = frozenset(k.value for k in EnvelopeKind)
@@ -106,7 +99,7 @@ class Engine:
         if self.relay is not None:
             await self.relay.start()
             for record in await self.store.nonterminal_sessions():
-                await self._activate(record.session_id, record)
+                await self.activate(record.session_id, record)
             self._announce()
         self._accepting = True
         self._spawn_background(self._prune_loop(), "accompanist-prune")
@@ -139,6 +132,10 @@ class Engine:
     def live_sessions(self) -> int:
         """Sessions running now."""
         return len(self._live)
+
+    def live_run(self, session_id: str) -> SessionRun | None:
+        """The running session's run at this role, if it runs now."""
+        return self._live.get(session_id)
 
     @property
     def started_at(self) -> float:
@@ -240,42 +237,7 @@ class Engine:
             SessionError: this role finished its part of a saga; only the initiator, which
                 decides the outcome, can still cancel it.
         """
-        record = await self.store.get_session(session_id)
-        if record is None:
-            raise UnknownSessionError(f"no session {session_id} at role '{self.role}'", session_id=session_id)
-        if record.status in TERMINAL_STATUSES:
-            return record
-        choreography = self.app.get(record.choreography, record.version)
-        run = self._live.get(session_id)
-        status = run.record.status if run is not None else record.status
-        if status == SessionStatus.FINISHED and choreography.initiator.name != self.role:
-            raise SessionError(
-                f"session {session_id} finished its part at role '{self.role}'; cancel it at the "
-                f"initiator '{choreography.initiator.name}', which decides the outcome",
-                session_id=session_id,
-            )
-        exc = SessionCancelledError(f"cancelled by an operator at role '{self.role}'", session_id=session_id)
-        if run is not None:
-            # Tell everyone now (durably), not when this role's current step ends: the run
-            # itself stops at its next step and compensates.
-            reason = str(exc)
-            run.record.status = SessionStatus.COMPENSATING if choreography.saga else SessionStatus.FAILED
-            run.record.error = reason
-            await self._write(run, self._failure_envelopes(run, reason))
-            run.fail_from_peer(exc, remote=True, reason=reason)
-            return await self.get(session_id) or record
-        record.error = str(exc)
-        record.updated_at = time.time()
-        if not self.durable or not choreography.saga:
-            record.status = SessionStatus.FAILED
-            stub = SessionRun(self, record, choreography)
-            await self._write(stub, self._failure_envelopes(stub, str(exc)))
-            await self._ended(record)
-            return record
-        record.status = SessionStatus.COMPENSATING
-        stub = SessionRun(self, record, choreography)
-        await self._write(stub, self._failure_envelopes(stub, str(exc)))
-        await self._activate(session_id, record)
+        record: SessionRecord = await saga.cancel(self, session_id)
         return record
 
     # -- peer-facing -------------------------------------------------------------------------
@@ -387,13 +349,13 @@ class Engine:
                 record.status = SessionStatus.COMPENSATED if choreography.saga else SessionStatus.FAILED
                 record.error = _text(envelope.payload)
                 await self.store.commit(WriteBatch(sessions=[record], inbox=inbox))
-                await self._ended(record)
+                await self.ended(record)
                 return None
-            return await self._activate(session_id, record, WriteBatch(sessions=[record], inbox=inbox))
+            return await self.activate(session_id, record, WriteBatch(sessions=[record], inbox=inbox))
         if kind == EnvelopeKind.OUTCOME and record.status == SessionStatus.FINISHED:
             record.status, record.updated_at = SessionStatus(_text(envelope.payload)), time.time()
             await self.store.commit(WriteBatch(sessions=[record], inbox=inbox))
-            await self._ended(record)
+            await self.ended(record)
             return None
         if not self.durable:
             # Default mode keeps no journal: a session whose task ended cannot be resumed.
@@ -402,12 +364,12 @@ class Engine:
                 record.error = f"{_text(envelope.payload)} (not compensated here: default mode lost its state)"
                 record.updated_at = time.time()
                 await self.store.commit(WriteBatch(sessions=[record]))
-                await self._ended(record)
+                await self.ended(record)
             return None
         await self.store.commit(WriteBatch(inbox=inbox))
-        return await self._activate(session_id, record)
+        return await self.activate(session_id, record)
 
-    async def _activate(
+    async def activate(
         self, session_id: str, record: SessionRecord, first_write: WriteBatch | None = None
     ) -> SessionRun | None:
         """Start (fresh, or by replay) the run of a session, exactly once."""
@@ -485,21 +447,21 @@ class Engine:
                 if initiator:
                     record.result = choreography.codec.encode(session_result(choreography, returned))
                 if choreography.saga:
-                    await self._agree(run, initiator)
+                    await saga.agree(self, run, initiator)
                 else:
                     record.status, record.error = SessionStatus.COMPLETED, None
             except (Park, NondeterminismError):
                 raise
             except Exception as exc:
-                reason, tell = self._failure_of(run, exc)
-                failures = self._failure_envelopes(run, reason) if tell else []
+                reason, tell = saga.failure_of(self, run, exc)
+                failures = saga.failure_envelopes(self, run, reason) if tell else []
                 if not isinstance(exc, (AccompanistError, asyncio.TimeoutError)):
                     self.log.warning("session %s failed at '%s'", record.session_id, self.role, exc_info=exc)
                 if choreography.saga:
                     record.status, record.error = SessionStatus.COMPENSATING, reason
-                    await self._write(run, failures)
+                    await self.write(run, failures)
                     failures = []
-                    await self._compensate(run)
+                    await saga.compensate(self, run)
                     record.status = SessionStatus.COMPENSATED
                 else:
                     record.status, record.error = SessionStatus.FAILED, reason
@@ -524,101 +486,7 @@ class Engine:
         record.updated_at = time.time()
         await self._finish(run, [], time.monotonic() - started)
 
-    async def _agree(self, run: SessionRun, initiator: bool) -> None:
-        """The outcome round of a saga: finished roles report ``done`` to the initiator; once it
-        holds ``done`` from every participant it declares ``completed`` and tells them. Until
-        then a failure anywhere still compensates everywhere."""
-        record = run.record
-        choreography = run.choreography
-        record.status, record.error = SessionStatus.FINISHED, None
-        timeout = self.config.receive_timeout
-        if initiator:
-            if self.durable:
-                await self._write(run, [])
-            try:
-                await run.wait_for(run.all_done, timeout)
-            except TimeoutError:
-                missing = sorted(r for r in run.participants() if r not in run.dones and r != self.role)
-                if self.durable:
-                    raise Park(f"waiting for 'done' from {', '.join(missing)}", finished=True) from None
-                raise SessionError(
-                    f"no 'done' from {', '.join(missing)} within {timeout:g}s", session_id=run.session_id
-                ) from None
-            record.status = SessionStatus.COMPLETED
-            outcome = [
-                self._control(run, role, EnvelopeKind.OUTCOME, SessionStatus.COMPLETED.encode())
-                for role in sorted(run.participants() - {self.role})
-            ]
-            await self._write(run, outcome)
-            return
-        done = self._control(
-            run, choreography.initiator.name, EnvelopeKind.DONE, msgspec.json.encode(sorted(run.contacts))
-        )
-        await self._write(run, [done])
-        wait = timeout if self.durable else max(60.0, 10 * timeout)
-        try:
-            await run.wait_for(lambda: run.outcome is not None, wait)
-        except TimeoutError:
-            raise Park("finished its part; waiting for the initiator's outcome", finished=True) from None
-        record.status = SessionStatus(run.outcome or SessionStatus.COMPLETED)
-
-    async def _compensate(self, run: SessionRun) -> None:
-        """Undo what this role committed in the session, last first, each until it succeeds."""
-        for item in reversed(run.committed):
-            key = item.ctx.idempotency_key
-            if key not in run.compensated:
-                await self._compensate_one(run, item, key)
-                run.compensated.add(key)
-
-    async def _compensate_one(self, run: SessionRun, item: Committed, key: str) -> None:
-        logged = run.txlog.get(key)
-        mark = TxRecord(
-            session_id=run.session_id,
-            key=key,
-            name=item.tx.name,
-            step=item.ctx.step,
-            status="compensated",
-            result=logged.result if logged is not None else None,
-            updated_at=time.time(),
-        )
-        atomic = getattr(self.store, "atomic", None) if item.tx.atomic and self.durable else None
-
-        def ctx(attempt: int) -> TxContext:
-            return dataclasses.replace(item.ctx, attempt=attempt, compensating=True)
-
-        def complain(attempt: int, exc: BaseException) -> None:
-            if attempt in (1, 10) or attempt % 100 == 0:
-                self.log.warning("compensation %s failed (try %d), retrying: %s", key, attempt, exc)
-
-        async def undo_atomically(attempt_ctx: TxContext) -> None:
-            # The service's undo and the 'compensated' mark commit together.
-            assert atomic is not None and item.tx.compensate is not None
-            async with atomic() as scope:
-                lent = dataclasses.replace(attempt_ctx, connection=scope.connection)
-                await item.tx.compensate(lent, *item.args, item.result)
-                scope.batch.txlog.append(mark)
-
-        await compensate_until_done(
-            item.tx,
-            ctx,
-            item.args,
-            item.result,
-            on_error=complain,
-            max_delay=self.config.retry_max,
-            call=undo_atomically if atomic is not None else None,
-        )
-        if self.durable and atomic is None:
-            await self.store.commit(WriteBatch(txlog=[mark]))
-
-    def _failure_of(self, run: SessionRun, exc: BaseException) -> tuple[str, bool]:
-        """Why the session failed, and whether this role must tell the others."""
-        if run.failure is not None and (run.failure_remote or exc is not run.failure):
-            return run.failure_reason, False
-        if isinstance(exc, (TransactionFailedError, SessionCancelledError)):
-            return str(exc), True
-        return f"failed at role '{self.role}', step {run.current_step}: {type(exc).__name__}: {exc}", True
-
-    async def _write(self, run: SessionRun, envelopes: list[Envelope]) -> None:
+    async def write(self, run: SessionRun, envelopes: list[Envelope]) -> None:
         """Store the session's row and pending journal (and, durably, ``envelopes`` in the
         outbox) in one transaction, then send ``envelopes``."""
         run.record.updated_at = time.time()
@@ -636,7 +504,7 @@ class Engine:
     async def _finish(self, run: SessionRun, failures: list[Envelope], seconds: float) -> None:
         record = run.record
         try:
-            await self._write(run, failures)
+            await self.write(run, failures)
         except AccompanistError as exc:
             self.log.error("could not record the end of session %s: %s", record.session_id, exc)
             self._forget(run)
@@ -646,12 +514,12 @@ class Engine:
             # What arrived while the task was parking would find no task: go on by replay.
             arrived = run.mailbox.buffered or run.failure is not None or run.outcome is not None
             if self.durable and (arrived or (run.dones and run.all_done())):
-                await self._activate(record.session_id, record)
+                await self.activate(record.session_id, record)
             return
         self.metrics.session_seconds.observe(seconds)
-        await self._ended(record)
+        await self.ended(record)
 
-    async def _ended(self, record: SessionRecord) -> None:
+    async def ended(self, record: SessionRecord) -> None:
         """A session reached a terminal status here: wake waiters, count, run hooks."""
         self.metrics.sessions_ended.labels(status=record.status).inc()
         for waiter in self._waiters.pop(record.session_id, []):
@@ -666,26 +534,6 @@ class Engine:
         if self._live.get(run.session_id) is run:
             del self._live[run.session_id]
         self.metrics.sessions_live.set(len(self._live))
-
-    def _control(self, run: SessionRun, dst: str, kind: EnvelopeKind, payload: bytes) -> Envelope:
-        c = run.choreography
-        return Envelope(
-            session_id=run.session_id,
-            choreography=c.name,
-            version=c.version,
-            src=self.role,
-            dst=dst,
-            seq=CONTROL_SEQ[kind],
-            kind=kind,
-            payload=payload,
-        )
-
-    def _failure_envelopes(self, run: SessionRun, reason: str) -> list[Envelope]:
-        return [
-            self._control(run, r.name, EnvelopeKind.FAILURE, reason.encode())
-            for r in run.choreography.roles
-            if r.name != self.role
-        ]
 
     def _announce(self) -> None:
         """Tell every peer this sidecar (re)started, so their relays retry at once."""

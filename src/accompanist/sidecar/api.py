@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from accompanist.engine.engine import Engine, UnknownSessionError
+from accompanist.engine.engine import Engine
 from accompanist.errors import (
     AccompanistError,
     CodecError,
@@ -31,6 +31,7 @@ from accompanist.errors import (
     OverloadedError,
     SessionError,
     UnknownChoreographyError,
+    UnknownSessionError,
 )
 from accompanist.language.choreography import Choreography
 from accompanist.language.located import Located
