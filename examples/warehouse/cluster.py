@@ -117,7 +117,10 @@ class WarehouseCluster:
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        base_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        # The children import this checkout's examples (and its src, for a checkout that is
+        # not the installed one), whatever the working directory of the caller.
+        path = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        base_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
         base_env.pop("ACCOMPANIST_STORE", None)
         self.service_ports = {s: free_port() for s in SERVICES}
         self.peer_ports = {r: free_port() for r in ROLES}
