@@ -104,6 +104,7 @@ class WarehouseCluster:
         sidecar_env: extra environment for the sidecars (``ACCOMPANIST_*`` settings).
         log_level: the sidecars' log level.
         service_delay: the most seconds a service waits between committing and answering.
+        mode: the sidecars' mode; ``default`` keeps their state in memory (no store files).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class WarehouseCluster:
         sidecar_env: Mapping[str, str] | None = None,
         log_level: str = "WARNING",
         service_delay: float = 0.0,
+        mode: str = "fault-tolerant",
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,8 @@ class WarehouseCluster:
         }
         for role in ROLES:
             cmd = [sys.executable, "-m", "accompanist", "sidecar", "--app", "examples.warehouse.saga:app"]
-            cmd += ["--role", role, "--mode", "fault-tolerant", "--store", self.store_url(role)]
+            store = self.store_url(role) if mode == "fault-tolerant" else "memory:"
+            cmd += ["--role", role, "--mode", mode, "--store", store]
             cmd += ["--listen", f"127.0.0.1:{self.peer_ports[role]}", "--api", f"127.0.0.1:{self.api_ports[role]}"]
             cmd += ["--receive-timeout", str(receive_timeout), "--log-level", log_level]
             for peer in ROLES:

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m examples.warehouse.demo [--orders 50] [--workdir DIR]
+    python -m examples.warehouse.demo [--orders 50] [--workdir DIR] [--chaos]
 
 starts the warehouse, payment and loyalty services (each with its own SQLite database) and
 their three sidecars in fault-tolerant mode (each with its own SQLite store), places the
@@ -10,7 +10,8 @@ orders through the warehouse sidecar's HTTP API, and checks what happened: every
 is declined on purpose at a rotating step (reserve, charge, award, ship), so its saga
 compensates everywhere. The summary shows the outcomes, the latencies, and the final stock,
 balances and points, which must add up to the live reservations, charges and awards. The exit
-status is 0 only if every invariant holds.
+status is 0 only if every invariant holds. ``--chaos`` SIGKILLs the payment sidecar and the
+loyalty service halfway through and starts them again: the orders in flight still finish.
 """
 
 from __future__ import annotations
@@ -55,8 +56,16 @@ def make_orders(n: int, *, fail_every: int = 5, seed: int = 7) -> list[Order]:
     return orders
 
 
-async def run(n: int, workdir: Path, console: Console, *, concurrency: int = 8) -> int:
-    """Run the demo in ``workdir``; return the exit status."""
+CHAOS_VICTIMS = ("payment", "loyalty-service")
+"""What ``--chaos`` kills halfway through: the payment sidecar and the loyalty service."""
+
+
+async def run(n: int, workdir: Path, console: Console, *, concurrency: int = 8, chaos: bool = False) -> int:
+    """Run the demo in ``workdir``; return the exit status.
+
+    With ``chaos``, the payment sidecar and the loyalty service are SIGKILLed when half the
+    orders are placed and started again a second later; the orders in flight still finish.
+    """
     orders = make_orders(n)
     by_id = {o.order_id: o for o in orders}
     placed: dict[str, str] = {}
@@ -82,9 +91,22 @@ async def run(n: int, workdir: Path, console: Console, *, concurrency: int = 8) 
             for order in orders:
                 queue.put_nowait(order)
 
+            halfway = asyncio.Event()
+
+            async def killer() -> None:
+                await halfway.wait()
+                for name in CHAOS_VICTIMS:
+                    cluster.kill(name)
+                progress.console.print(f"[red]SIGKILL[/] {' and '.join(CHAOS_VICTIMS)} (orders in flight wait)")
+                await asyncio.sleep(1.0)
+                await asyncio.gather(*(cluster.restart(name) for name in CHAOS_VICTIMS))
+                progress.console.print(f"[green]restarted[/] {' and '.join(CHAOS_VICTIMS)} on the same stores")
+
             async def worker() -> None:
                 while not queue.empty():
                     order = queue.get_nowait()
+                    if queue.qsize() <= n // 2:
+                        halfway.set()
                     t0 = time.monotonic()
                     try:
                         status, answer = await cluster.place(order, wait=True, timeout=60)
@@ -102,7 +124,7 @@ async def run(n: int, workdir: Path, console: Console, *, concurrency: int = 8) 
                         task, advance=1, n_completed=answers["completed"], n_compensated=answers["compensated"]
                     )
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker() for _ in range(concurrency)), *([killer()] if chaos and n > 1 else []))
         seconds = time.monotonic() - began
         with console.status("waiting for every sidecar to finish and reading the services' books"):
             snap = await settle(cluster, timeout=60)
@@ -174,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=50, help="how many orders to place (default 50)")
     parser.add_argument("--workdir", type=Path, help="keep databases, stores and logs here (default: a temp dir)")
     parser.add_argument("--concurrency", type=int, default=8, help="orders in flight at once (default 8)")
+    parser.add_argument(
+        "--chaos", action="store_true", help="SIGKILL the payment sidecar and the loyalty service halfway through"
+    )
     args = parser.parse_args(argv)
     console = Console()
     if args.workdir is not None:
-        return asyncio.run(run(args.orders, args.workdir, console, concurrency=args.concurrency))
+        return asyncio.run(run(args.orders, args.workdir, console, concurrency=args.concurrency, chaos=args.chaos))
     with tempfile.TemporaryDirectory(prefix="warehouse-demo-") as tmp:
-        return asyncio.run(run(args.orders, Path(tmp), console, concurrency=args.concurrency))
+        return asyncio.run(run(args.orders, Path(tmp), console, concurrency=args.concurrency, chaos=args.chaos))
 
 
 if __name__ == "__main__":
