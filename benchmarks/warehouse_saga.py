@@ -192,9 +192,9 @@ async def _run(n: int, rounds: int, levels: list[int], workdir: Path) -> dict[st
             for variant in VARIANTS:  # warm-up: connections, imports, SQLite caches
                 await _measure(targets[variant], [_order(counter + i) for i in range(WARMUP)], 4)
                 counter += WARMUP
-            for r in range(rounds):
+            for round_ in range(rounds):
                 for concurrency in levels:
-                    for variant in VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS)):
+                    for variant in VARIANTS if round_ % 2 == 0 else tuple(reversed(VARIANTS)):
                         orders = [_order(counter + i) for i in range(n)]
                         counter += n
                         lat, wall, failed = await _measure(targets[variant], orders, concurrency)
@@ -202,7 +202,7 @@ async def _run(n: int, rounds: int, levels: list[int], workdir: Path) -> dict[st
                         walls[variant][concurrency] += wall
                         failures[variant] += failed
                         print(
-                            f"round {r + 1}/{rounds} c={concurrency:<3} {variant:<15} "
+                            f"round {round_ + 1}/{rounds} c={concurrency:<3} {variant:<15} "
                             f"median {statistics.median(lat) * 1000:7.2f} ms  {n / wall:7.1f} orders/s",
                             file=sys.stderr,
                         )

@@ -200,7 +200,11 @@ async def run_saga_campaign(
                 # (a host with a service and a sidecar), and now and then for long enough
                 # that receives park and relays back off.
                 threshold = orders * (k + rng.uniform(0.3, 1.0)) / (len(victims) + 1)
-                await _until(lambda t=threshold: submitted >= t)
+
+                def reached(t: float = threshold) -> bool:
+                    return submitted >= t
+
+                await _until(reached)
                 group = [victims[k]]
                 k += 1
                 if k < len(victims) and victims[k] != group[0] and rng.random() < double_faults:
