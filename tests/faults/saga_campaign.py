@@ -123,6 +123,7 @@ async def run_saga_campaign(
     max_down: float = 1.0,
     double_faults: float = 0.25,
     service_delay: float = 0.02,
+    stuck_after: float = 120.0,
 ) -> SagaCampaignReport:
     """Run the campaign in ``workdir`` and return its report (``problems`` empty when all holds)."""
     rng = random.Random(seed)
@@ -173,7 +174,8 @@ async def run_saga_campaign(
                 await asyncio.sleep(0.2)  # 503 while the sidecar starts, 429 when overloaded
 
         async def follow(sid: str) -> str:
-            while True:
+            deadline = time.monotonic() + stuck_after
+            while time.monotonic() < deadline:
                 try:
                     record = await cluster.session("warehouse", sid)
                 except (aiohttp.ClientError, TimeoutError):
@@ -181,6 +183,8 @@ async def run_saga_campaign(
                 if record is not None and record["status"] in TERMINAL:
                     return str(record["status"])
                 await asyncio.sleep(0.25)
+            report.problems.append(f"session {sid} not finished at the initiator after {stuck_after:g}s")
+            return "stuck"
 
         async def worker() -> None:
             while not queue.empty():
@@ -224,7 +228,7 @@ async def run_saga_campaign(
 
         await asyncio.gather(workers(), killer())
         _progress(f"{orders} orders done, {sum(report.kills.values())} kills; waiting for every sidecar to settle")
-        snap = await settle(cluster, timeout=180)
+        snap = await settle(cluster, timeout=60 if report.problems else 180)
         verdict = audit(snap, by_id, placed)
         report.problems += verdict.problems
         report.sessions = verdict.sessions
