@@ -258,7 +258,8 @@ class WarehouseCluster:
         """
         assert self.http is not None
         query = f"?wait=true&timeout={timeout:g}" if wait else ""
-        body = {"choreography": "order", "args": [msgspec.to_builtins(order)]}
+        # The order id is the session id: a POST retried after a lost answer starts nothing new.
+        body = {"choreography": "order", "args": [msgspec.to_builtins(order)], "session_id": order.order_id}
         async with self.http.post(f"{self.api('warehouse')}/sessions{query}", json=body) as r:
             return r.status, dict(await r.json())
 

@@ -216,11 +216,14 @@ class TransactionFailedError(TransactionError):
         name: the transaction's name.
         step: its step index at that role.
         reason: why (the business error's message, or the last infrastructure error).
+        uncertain: the retries were used up, so the commit may have taken effect; it is
+            compensated like a committed one (with result None).
     """
 
-    def __init__(self, role: str, name: str, step: int, reason: str) -> None:
+    def __init__(self, role: str, name: str, step: int, reason: str, *, uncertain: bool = False) -> None:
         self.role = role
         self.name = name
         self.step = step
         self.reason = reason
+        self.uncertain = uncertain
         super().__init__(f"failed at role '{role}', step {step} (transaction {name}): {reason}")

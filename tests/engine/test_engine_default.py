@@ -178,3 +178,16 @@ async def test_thousands_of_concurrent_sessions() -> None:
         titles = ["SICP" if i % 2 else "HtDP" for i in range(5000)]
         results = await asyncio.gather(*(c["buyer"].run("bookseller", t, timeout=120) for t in titles))
         assert results == ["bought at 30" if t == "SICP" else "too expensive" for t in titles]
+
+
+async def test_a_start_with_a_chosen_session_id_is_idempotent() -> None:
+    async with cluster(APP, ["a", "b", "c"]) as c:
+        first = await c["a"].start_session("pair", [4], session_id="order-17")
+        again = await asyncio.gather(*(c["a"].start_session("pair", [4], session_id="order-17") for _ in range(5)))
+        assert first == "order-17" and set(again) == {"order-17"}
+        assert (await c["a"].wait("order-17", 5)).status == SessionStatus.COMPLETED
+        assert len(await c.stores["a"].list_sessions()) == 1 and len(await c.stores["b"].list_sessions()) == 1
+        with pytest.raises(ac.SessionError, match="taken by a session of 'pair'"):
+            await c["a"].start_session("burst", [1], session_id="order-17")
+        with pytest.raises(ac.DefinitionError, match="invalid session_id"):
+            await c["a"].start_session("pair", [1], session_id="no spaces/allowed")

@@ -223,3 +223,37 @@ async def test_central_and_projected_interpreters_compensate_too() -> None:
 
 async def _plain(ch: ac.Choreo) -> None:
     return None
+
+
+async def test_a_commit_that_ran_out_of_retries_is_compensated_too() -> None:
+    applied: dict[str, str] = {}
+
+    async def undo(ctx: ac.TxContext, value: int, result: object) -> None:
+        assert result is None, "an uncertain commit has no result"
+        applied[ctx.idempotency_key] = "undone"
+
+    @ac.transaction(compensate=undo, retry=ac.Retry(attempts=2, initial=0.01))
+    async def reserve(ctx: ac.TxContext, value: int) -> int:
+        applied[ctx.idempotency_key] = "reserved"  # the service applied it...
+        raise ConnectionError("...but the answer never came back")
+
+    @ac.choreography("uncertain", roles=(A, B))
+    async def uncertain(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+        r = await ch.transaction(B, reserve, await ch.comm(A, B, x))
+        return await ch.comm(B, A, r)
+
+    for config in (DEFAULT, FT):
+        applied.clear()
+        async with cluster(ac.App(uncertain), "ab", config=config) as c:
+            with pytest.raises(ac.SessionFailedError) as info:
+                await c["a"].run("uncertain", 1, timeout=10)
+            assert info.value.status == "compensated" and "gave up after 2 attempts" in str(info.value)
+            assert sid_state(applied) == ["undone"], "the possibly-applied reservation was undone"
+    applied.clear()
+    with pytest.raises(ac.SessionFailedError):
+        await ac.run_central(uncertain, 1)
+    assert sid_state(applied) == ["undone"]
+
+
+def sid_state(applied: dict[str, str]) -> list[str]:
+    return sorted(applied.values())

@@ -7,9 +7,9 @@ to fail at a random step (``fail_at``). A killer SIGKILLs a random process (a qu
 time two at once) at evenly spread points of the run, keeps it down a random moment (one
 time in five for seconds, so receives park and relays back off), and starts it again on the
 same port, database and store. The driver survives the initiator's sidecar being down: it retries a
-POST on connection errors (so a POST whose answer was lost in a kill may start a second
-session for the same order, counted as a duplicate) and reads the full list of sessions at
-the end.
+POST on connection errors, with the order id as the session id, so a POST whose answer was
+lost in a kill does not start a second session for the same order (the audit would count it
+as a duplicate), and reads the full list of sessions at the end.
 
 At the end ``examples.warehouse.audit`` checks every session and the services' books, the
 sidecars are stopped with SIGTERM once their outboxes are empty, and every store is opened to

@@ -22,5 +22,6 @@ async def test_saga_campaign_sqlite(tmp_path: Path) -> None:
     assert set(report.kills) >= {"warehouse", "payment", "loyalty"}, "every sidecar was killed"
     assert {"warehouse-service", "payment-service", "loyalty-service"} <= set(report.kills), "and every service"
     assert report.sessions >= 500
+    assert report.duplicates == 0, "a retried POST must not start a second saga for an order"
     assert report.completed + report.compensated == report.sessions
     assert report.compensated >= report.on_purpose

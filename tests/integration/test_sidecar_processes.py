@@ -89,6 +89,16 @@ async def test_api_answers_bad_requests_clearly(sidecars: ProcessCluster) -> Non
     assert seen is not None and seen["result"] == "bought at 30" and seen["created_at"]
     status, listing = await sidecars.request("GET", "buyer", "/sessions?status=completed")
     assert status == 200 and started["session_id"] in [s["session_id"] for s in listing["sessions"]]
+    body = {"choreography": "bookseller", "args": ["SICP"], "session_id": "order-1042"}
+    answers = [await sidecars.request("POST", "buyer", "/sessions?wait=true", json=body) for _ in range(3)]
+    assert [(s, b["session_id"], b["result"]) for s, b in answers] == [(200, "order-1042", "bought at 30")] * 3
+    status, listing = await sidecars.request("GET", "buyer", "/sessions?limit=1000")
+    assert [s["session_id"] for s in listing["sessions"]].count("order-1042") == 1
+    taken = {"choreography": "merge-sort", "args": [[1]], "session_id": "order-1042"}
+    status, body = await sidecars.request("POST", "buyer", "/sessions", json=taken)
+    assert status == 409 and "taken by a session of 'bookseller'" in body["error"]
+    status, body = await sidecars.request("POST", "buyer", "/sessions", json={**taken, "choreography": "bookseller"})
+    assert status == 202  # same choreography, same id: the existing session
     status, health = await sidecars.request("GET", "buyer", "/healthz")
     assert status == 200 and health["role"] == "buyer" and health["mode"] == "default"
     status, metrics = await sidecars.request("GET", "buyer", "/metrics")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from accompanist.errors import (
     DefinitionError,
     NondeterminismError,
     OverloadedError,
+    SessionError,
     SessionFailedError,
     UnknownSessionError,
 )
@@ -44,6 +46,7 @@ __all__ = ["Engine", "UnknownSessionError"]
 
 
 _KNOWN_KINDS = frozenset(k.value for k in EnvelopeKind)
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class Engine:
@@ -79,6 +82,7 @@ class Engine:
         self.relay = Relay(store, transport, self.config, self.metrics, self.log) if self.durable else None
         self._live: dict[str, SessionRun] = {}
         self._opening: dict[str, asyncio.Future[SessionRun | None]] = {}
+        self._starting: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._accepting = False
@@ -143,17 +147,39 @@ class Engine:
         return self._started_at
 
     # -- service-facing ----------------------------------------------------------------------
-    async def start_session(self, name: str, args: Sequence[Any] = (), version: int | None = None) -> str:
+    async def start_session(
+        self, name: str, args: Sequence[Any] = (), version: int | None = None, session_id: str | None = None
+    ) -> str:
         """Start a session as the initiator; return its id once its record is stored.
+
+        Args:
+            name: the choreography.
+            args: its plain arguments.
+            version: its version (default: the latest).
+            session_id: an id chosen by the caller, making the start idempotent: if a session
+                with this id exists already, nothing new starts and its id is returned. A
+                client that retries a start whose answer it lost then cannot start a second
+                saga for the same order.
 
         Raises:
             UnknownChoreographyError: no such choreography or version.
-            DefinitionError: this role is not the initiator, or the argument count is wrong.
+            DefinitionError: this role is not the initiator, the argument count is wrong, or
+                ``session_id`` is malformed.
+            SessionError: ``session_id`` is taken by a session of another choreography.
             CodecError: an argument cannot be stored.
             OverloadedError: too many sessions run already.
         """
         if not self._accepting:
             raise OverloadedError("the sidecar is not accepting sessions (starting or shutting down)")
+        if session_id is not None:
+            if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+                raise DefinitionError(
+                    f"invalid session_id {session_id!r}: use 1-128 letters, digits and '._:-', starting with "
+                    "a letter or digit"
+                )
+            existing = await self._existing(session_id, name)
+            if existing is not None:
+                return existing
         choreography = self.app.get(name, version)
         if choreography.initiator.name != self.role:
             raise DefinitionError(
@@ -165,7 +191,7 @@ class Engine:
             raise OverloadedError(f"{len(self._live)} sessions are running (max_inflight={self.config.max_inflight})")
         now = time.time()
         record = SessionRecord(
-            session_id=new_session_id(),
+            session_id=session_id or new_session_id(),
             choreography=choreography.name,
             version=choreography.version,
             role=self.role,
@@ -174,9 +200,31 @@ class Engine:
             created_at=now,
             updated_at=now,
         )
-        await self.store.commit(WriteBatch(sessions=[record]))
-        self._spawn(record, choreography)
+        if session_id is not None:
+            if session_id in self._starting:  # the same id raced itself: one start wins
+                return session_id
+            self._starting.add(session_id)
+        try:
+            if session_id is not None and await self._existing(session_id, name) is not None:
+                return session_id
+            await self.store.commit(WriteBatch(sessions=[record]))
+            self._spawn(record, choreography)
+        finally:
+            if session_id is not None:
+                self._starting.discard(session_id)
         return record.session_id
+
+    async def _existing(self, session_id: str, name: str) -> str | None:
+        record = await self.store.get_session(session_id)
+        if record is None:
+            return None
+        if record.choreography != name or record.role != self.role:
+            raise SessionError(
+                f"session_id {session_id!r} is taken by a session of {record.choreography!r} at role "
+                f"'{record.role}'",
+                session_id=session_id,
+            )
+        return session_id
 
     async def wait(self, session_id: str, timeout: float | None = None) -> SessionRecord:
         """Wait until the session ends at this role and return its record.
@@ -482,6 +530,10 @@ class Engine:
         except AccompanistError as exc:  # the store failed while the session ended
             self.log.error("session %s at '%s' could not be recorded: %s", record.session_id, self.role, exc)
             self._forget(run)
+            return
+        except Exception:  # a bug here must not leave a silent, stuck session behind
+            self.log.exception("internal error running session %s at '%s'", record.session_id, self.role)
+            self._forget(run)  # it stays unfinished in the store: a restart replays it
             return
         record.updated_at = time.time()
         await self._finish(run, [], time.monotonic() - started)

@@ -289,8 +289,13 @@ class SessionRun:
             self.committed.append(Committed(tx, args, result, ctx(1)))
             return result
         if recorded is not None and recorded.value is not None:
-            reason = self.codec.decode(recorded.value).get("failed", "the commit failed")
-            raise TransactionFailedError(role, tx.name, step.index, str(reason))
+            failed = self.codec.decode(recorded.value)
+            uncertain = bool(failed.get("uncertain"))
+            if uncertain:
+                self.committed.append(Committed(tx, args, None, ctx(1)))
+            raise TransactionFailedError(
+                role, tx.name, step.index, str(failed.get("failed", "the commit failed")), uncertain=uncertain
+            )
         atomic = getattr(self.engine.store, "atomic", None) if tx.atomic and self.durable else None
 
         def record(result: Any) -> TxRecord:
@@ -326,8 +331,10 @@ class SessionRun:
         try:
             result = await commit_with_retry(tx, ctx, args, commit_atomically if atomic is not None else None)
         except TransactionFailedError as exc:
+            if exc.uncertain:  # the retries ran out: it may have taken effect, so undo it too
+                self.committed.append(Committed(tx, args, None, ctx(1)))
             if recorded is None:
-                self._note(step, self.codec.encode({"failed": exc.reason}))
+                self._note(step, self.codec.encode({"failed": exc.reason, "uncertain": exc.uncertain}))
             raise
         self.committed.append(Committed(tx, args, result, ctx(1)))  # before encoding: compensable anyway
         if self.durable and atomic is None:

@@ -99,7 +99,12 @@ class SagaLog:
         def ctx(attempt: int) -> TxContext:
             return TxContext(self.session_id, role.name, tx.name, occurrence, step, attempt)
 
-        result = await commit_with_retry(tx, ctx, args)
+        try:
+            result = await commit_with_retry(tx, ctx, args)
+        except TransactionFailedError as exc:
+            if exc.uncertain:  # it may have taken effect: undo it too
+                self.committed.append(Committed(tx, args, None, ctx(1)))
+            raise
         self.committed.append(Committed(tx, args, result, ctx(1)))
         return result
 

@@ -21,7 +21,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from accompanist.errors import Abort, DefinitionError, TransactionFailedError
 
@@ -134,15 +134,33 @@ class Transaction:
         return await self.commit(ctx, *args)
 
 
+@overload
+def transaction(fn: Commit, /) -> Transaction: ...
+
+
+@overload
 def transaction(
-    fn: Commit | None = None,
+    fn: None = None,
+    /,
     *,
     compensate: Compensate | None = None,
     name: str | None = None,
     retry: Retry | None = None,
     business_errors: tuple[type[BaseException], ...] = (),
     atomic: bool = False,
-) -> Any:
+) -> Callable[[Commit], Transaction]: ...
+
+
+def transaction(
+    fn: Commit | None = None,
+    /,
+    *,
+    compensate: Compensate | None = None,
+    name: str | None = None,
+    retry: Retry | None = None,
+    business_errors: tuple[type[BaseException], ...] = (),
+    atomic: bool = False,
+) -> Transaction | Callable[[Commit], Transaction]:
     """Make an ``async def`` commit a :class:`Transaction`: ``@ac.transaction(compensate=undo)``.
 
     Args:
@@ -186,7 +204,7 @@ async def commit_with_retry(
 
     Raises:
         TransactionFailedError: a business failure (``Abort``, a listed type, ``False``) or the
-            retries were used up.
+            retries were used up (then ``uncertain``: the commit may have taken effect).
     """
     attempt = 1
     while True:
@@ -198,7 +216,7 @@ async def commit_with_retry(
         except Exception as exc:
             if attempt >= tx.retry.attempts:
                 raise TransactionFailedError(
-                    ctx.role, tx.name, ctx.step, f"gave up after {attempt} attempts: {_reason(exc)}"
+                    ctx.role, tx.name, ctx.step, f"gave up after {attempt} attempts: {_reason(exc)}", uncertain=True
                 ) from exc
             await asyncio.sleep(tx.retry.delay(attempt))
             attempt += 1

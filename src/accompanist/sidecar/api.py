@@ -2,7 +2,8 @@
 
 A service in any language starts sessions and reads their state here::
 
-    POST /sessions[?wait=true&timeout=S]   {"choreography": "order", "version": 1, "args": [...]}
+    POST /sessions[?wait=true&timeout=S]   {"choreography": "order", "version": 1, "args": [...],
+                                            "session_id": "order-1042" (optional: idempotent start)}
     GET  /sessions/{id}
     GET  /sessions?status=failed&limit=100
     POST /sessions/{id}/cancel
@@ -121,7 +122,10 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
             return _error(400, "field 'version' must be an integer")
         if not isinstance(args, list):
             return _error(400, "field 'args' must be a JSON array")
-        unknown = sorted(set(body) - {"choreography", "version", "args"})
+        session_id = body.get("session_id")
+        if session_id is not None and not isinstance(session_id, str):
+            return _error(400, "field 'session_id' must be a string")
+        unknown = sorted(set(body) - {"choreography", "version", "args", "session_id"})
         if unknown:
             return _error(400, f"unknown field(s): {', '.join(unknown)}")
         wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
@@ -131,7 +135,7 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
             return _error(400, "query parameter 'timeout' must be a number of seconds")
         try:
             choreography = engine.app.get(name, version)
-            session_id = await engine.start_session(name, convert_args(choreography, args), version)
+            session_id = await engine.start_session(name, convert_args(choreography, args), version, session_id)
         except UnknownChoreographyError as exc:
             return _error(404, str(exc))
         except (DefinitionError, CodecError) as exc:
@@ -139,6 +143,8 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
         except OverloadedError as exc:
             status = 429 if engine.live_sessions else 503
             return web.json_response({"error": str(exc)}, status=status, headers={"Retry-After": "1"})
+        except SessionError as exc:  # a session_id taken by another choreography
+            return _error(409, str(exc))
         if not wait:
             return web.json_response(
                 {"session_id": session_id, "status": SessionStatus.RUNNING},

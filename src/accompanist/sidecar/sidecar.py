@@ -151,9 +151,11 @@ class Sidecar:
         """
         return await self._engine().run(choreography, *args, version=version, timeout=timeout)
 
-    async def start_session(self, choreography: str, *args: Any, version: int | None = None) -> str:
-        """Start a session as the initiator; return its id at once."""
-        return await self._engine().start_session(choreography, args, version)
+    async def start_session(
+        self, choreography: str, *args: Any, version: int | None = None, session_id: str | None = None
+    ) -> str:
+        """Start a session as the initiator; return its id at once (``session_id``: idempotent)."""
+        return await self._engine().start_session(choreography, args, version, session_id)
 
     async def wait(self, session_id: str, timeout: float | None = None) -> SessionRecord:
         """Wait for a session to end at this role; return its record."""
