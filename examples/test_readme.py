@@ -46,7 +46,9 @@ def test_python_snippets_run_in_order() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b for lang, b in BLOCKS if lang == "python" and b.startswith(EXCERPT)], ids=lambda b: b.splitlines()[0]
+    "body",
+    [b for lang, b in FENCE.findall(README) if lang == "python" and b.startswith(EXCERPT)],
+    ids=lambda b: b.splitlines()[0],
 )
 def test_excerpts_match_the_examples(body: str) -> None:
     first, _, excerpt = body.partition("\n")
@@ -77,8 +79,15 @@ def test_error_tree_names_real_errors() -> None:
         assert getattr(ac, name).__bases__ == (ac.AccompanistError,), name
 
 
-def test_quick_start_demo_command_works() -> None:
-    commands = re.findall(r"&& (accompanist [^\n`]+)", section("Quick start"))
-    assert commands == ["accompanist check examples.bookseller:bookseller SICP"]
-    result = run_cli(commands[0])
+def test_quick_start_commands_are_the_ones_we_test() -> None:
+    quick = section("Quick start")
+    installs = re.findall(r"^pip install (.+?) && (.+)$", quick, re.MULTILINE)
+    assert installs == [
+        ("-e .", "python -m examples.warehouse.demo"),  # run by tests/integration/test_warehouse.py
+        ("-e '.[test]'", "python -m pytest"),  # what .ci/run runs
+        ("-e .", "accompanist check examples.bookseller:bookseller SICP"),
+    ]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "python -m pip install -q -e '.[test]' && python -m pytest" in ci
+    result = run_cli(installs[2][1])
     assert result.exit_code == 0 and "bought at 30" in result.stdout
