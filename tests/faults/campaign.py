@@ -19,8 +19,8 @@ from typing import Any
 
 import aiohttp
 
-from accompanist.store.url import open_store
 from tests.faults.faultapp import EXPECTED_EFFECTS, read_effects
+from tests.faults.stores import store_problems
 from tests.integration.procs import ProcessCluster
 
 ROLES = ["a", "b", "c"]
@@ -164,18 +164,7 @@ async def run_campaign(
     if per_session != len(records) * len(EXPECTED_EFFECTS):
         report.problems.append(f"{per_session} effects for {len(records)} sessions (extra step keys?)")
 
-    for role in ROLES:
-        store = open_store(store_url(role), role)
-        await store.open()
-        try:
-            counts = await store.counts()
-            if counts.outbox_unacked:
-                report.problems.append(f"{role}: {counts.outbox_unacked} outbox rows unacknowledged")
-            nonterminal = await store.nonterminal_sessions()
-            if nonterminal:
-                report.problems.append(f"{role}: {len(nonterminal)} sessions not terminal")
-        finally:
-            await store.close()
+    report.problems += await store_problems({role: store_url(role) for role in ROLES})
     report.seconds = time.monotonic() - started_at
     print(file=sys.stderr)
     return report

@@ -34,7 +34,7 @@ from examples.warehouse.cluster import ROLES, WarehouseCluster
 from examples.warehouse.demo import CUSTOMERS, PRICES
 from examples.warehouse.saga import STEPS, Order
 
-from accompanist.store.url import open_store
+from tests.faults.stores import store_problems
 
 __all__ = ["SagaCampaignReport", "make_orders", "run_saga_campaign"]
 
@@ -247,18 +247,7 @@ async def run_saga_campaign(
     unclean = {name: code for name, code in codes.items() if code not in (0, None)}
     if unclean:
         report.problems.append(f"processes exited uncleanly on SIGTERM: {unclean}")
-    for role in ROLES:
-        store = open_store(cluster.store_url(role), role)
-        await store.open()
-        try:
-            counts = await store.counts()
-            if counts.outbox_unacked:
-                report.problems.append(f"{role}: {counts.outbox_unacked} outbox rows unacknowledged")
-            nonterminal = await store.nonterminal_sessions()
-            if nonterminal:
-                report.problems.append(f"{role}: {len(nonterminal)} sessions not terminal: {nonterminal[:3]}")
-        finally:
-            await store.close()
+    report.problems += await store_problems({role: cluster.store_url(role) for role in ROLES})
     report.seconds = time.monotonic() - began
     print(file=sys.stderr)
     return report
