@@ -224,3 +224,22 @@ async def test_retention_keeps_a_long_running_store_bounded() -> None:
             counts = await c.stores[role].counts()
             assert counts.sessions == 3000, "ended sessions stay as tombstones"
             assert (counts.inbox, counts.outbox, counts.journal) == (0, 0, 0), (role, counts)
+
+
+async def test_a_restarted_peer_says_hello_and_retries_resume_at_once() -> None:
+    effects = Effects()
+    slow_retries = EngineConfig(**{**FT.__dict__, "retry_min": 20.0, "retry_max": 60.0, "relay_interval": 30.0})
+    async with cluster(make_app(effects), "abc", config=slow_retries) as c:
+        await c.stop("b")  # b is down: a's first delivery fails and backs off for ~10-20 s
+        sid = await c["a"].start_session("relay3", [1])
+        for _ in range(100):
+            if c["a"].metrics.retries._value.get() >= 1:
+                break
+            await asyncio.sleep(0.02)
+        assert c["a"].metrics.retries._value.get() >= 1
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await c.start("b")  # b announces itself; a's relay forgets its backoff towards b
+        record = await c["a"].wait(sid, 10)
+        assert record.status == SessionStatus.COMPLETED
+        assert loop.time() - began < 5, "delivery resumed at b's hello, not after the backoff"
