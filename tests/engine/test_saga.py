@@ -9,6 +9,7 @@ import pytest
 
 import accompanist as ac
 from accompanist.engine.config import EngineConfig, Mode
+from accompanist.engine.session import DONE_HEADER
 from accompanist.store.base import SessionStatus
 from tests.engine.harness import cluster
 
@@ -104,6 +105,12 @@ async def test_success_completes_everywhere(config: EngineConfig) -> None:
         statuses = [(await c[r].wait(sid, 10)).status for r in "abc"]
         assert statuses == [SessionStatus.COMPLETED] * 3
         assert len(svc.committed()) == 4 and svc.committed("undo") == []
+        if config.mode is Mode.FAULT_TOLERANT:
+            # b's and c's last envelopes to a carried their 'done': no separate one was sent.
+            inbox = await c.stores["a"].inbox_load(sid)
+            assert [e.kind for e in inbox if e.kind == "done"] == []
+            carried = {e.src: e.headers[DONE_HEADER] for e in inbox if DONE_HEADER in e.headers}
+            assert carried == {"b": '["a"]', "c": '["a"]'}
 
 
 @pytest.mark.parametrize("config", [DEFAULT, FT], ids=["default", "fault-tolerant"])

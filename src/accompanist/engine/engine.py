@@ -23,7 +23,7 @@ from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.ids import new_session_id
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.relay import Relay
-from accompanist.engine.session import Park, SessionRun
+from accompanist.engine.session import DONE_HEADER, Park, SessionRun
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind
 from accompanist.errors import (
     AccompanistError,
@@ -342,6 +342,9 @@ class Engine:
     def _dispatch(self, run: SessionRun, envelope: Envelope) -> None:
         kind = envelope.kind
         if kind in MESSAGE_KINDS:
+            done = envelope.headers.get(DONE_HEADER)
+            if done is not None:  # the sender's last envelope to us: it finished its part
+                self._note_done(run, envelope.src, done.encode())
             try:
                 if not run.mailbox.offer(envelope):
                     self.metrics.duplicates.inc()
@@ -351,16 +354,19 @@ class Engine:
             reason = _text(envelope.payload)
             run.fail_from_peer(run.remote_failure(envelope.src, reason), reason=reason)
         elif kind == EnvelopeKind.DONE:
-            try:
-                contacts = msgspec.json.decode(envelope.payload, type=list[str])
-            except msgspec.DecodeError:
-                self.log.warning("ignoring malformed 'done' from '%s' for %s", envelope.src, envelope.session_id)
-                return
-            run.dones[envelope.src] = contacts
-            run.signal.set()
+            self._note_done(run, envelope.src, envelope.payload)
         elif kind == EnvelopeKind.OUTCOME:
             run.outcome = _text(envelope.payload)
             run.signal.set()
+
+    def _note_done(self, run: SessionRun, src: str, contacts_json: bytes) -> None:
+        try:
+            contacts = msgspec.json.decode(contacts_json, type=list[str])
+        except msgspec.DecodeError:
+            self.log.warning("ignoring malformed 'done' from '%s' for %s", src, run.session_id)
+            return
+        run.dones[src] = contacts
+        run.signal.set()
 
     async def _open_for(self, envelope: Envelope, choreography: Choreography) -> SessionRun | None:
         """The session an envelope belongs to: started lazily, resumed, or None if it ended."""

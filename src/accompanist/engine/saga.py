@@ -52,7 +52,7 @@ async def agree(engine: Engine, run: SessionRun, initiator: bool) -> None:
         ]
         await engine.write(run, outcome)
         return
-    done = control(
+    done = run.last_envelope_with_done() or control(
         engine, run, choreography.initiator.name, EnvelopeKind.DONE, msgspec.json.encode(sorted(run.contacts))
     )
     await engine.write(run, [done])

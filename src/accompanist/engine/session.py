@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from accompanist.engine.config import Mode, ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
@@ -39,7 +41,11 @@ from accompanist.store.base import JournalEntry, SessionRecord, TxRecord, WriteB
 if TYPE_CHECKING:
     from accompanist.engine.engine import Engine
 
-__all__ = ["Park", "SessionRun", "journal_name"]
+__all__ = ["DONE_HEADER", "Park", "SessionRun", "journal_name"]
+
+DONE_HEADER = "accompanist-done"
+"""Header on a role's last envelope to the initiator: the role finished its part of the saga
+(its value: the roles it sent to, as a JSON list), so no separate ``done`` envelope is sent."""
 
 
 class Park(Exception):  # noqa: N818 - a signal, not an error
@@ -106,6 +112,9 @@ class SessionRun:
         self.outcome: str | None = None
         self.signal = asyncio.Event()
         self.current_step = 0
+        initiator = choreography.initiator.name
+        self._defer_to = initiator if choreography.saga and record.role != initiator else None
+        self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
         self._traceparent = _traceparent(record.session_id)
 
@@ -202,6 +211,7 @@ class SessionRun:
     # -- StepRunner --------------------------------------------------------------------------
     async def send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
+        await self.flush()
         self._check_failed(step)
         recorded = self._recorded(step)
         assert step.dst is not None and step.seq is not None
@@ -219,17 +229,47 @@ class SessionRun:
             payload=self.codec.encode(value),
             headers={"traceparent": self._traceparent},
         )
+        if step.dst == self._defer_to:
+            # Held until this role's next step starts (microseconds): if there is none, the
+            # envelope carries this role's 'done' to the initiator instead of a message of its own.
+            self._deferred = (step, envelope, recorded is None)
+            return
+        await self._emit(step, envelope, recorded is None)
+
+    async def _emit(self, step: Step, envelope: Envelope, new: bool) -> None:
         if not self.durable:
             await self.engine.deliver_now(envelope)
             return
-        if recorded is None:
+        if new:
             self._note(step)
         await self.engine.store.commit(WriteBatch(outbox=[envelope], journal=self.take_pending()))
-        self.sent.add((step.dst, step.seq))
+        self.sent.add((envelope.dst, envelope.seq))
         self.engine.relay_kick(envelope)
+
+    async def flush(self) -> None:
+        """Send the held envelope to the initiator: this role has a next step after all."""
+        if self._deferred is not None:
+            step, envelope, new = self._deferred
+            self._deferred = None
+            await self._emit(step, envelope, new)
+
+    def last_envelope_with_done(self) -> Envelope | None:
+        """The held last envelope to the initiator, now carrying this role's ``done`` (with
+        its contacts), for the caller to write with the ``finished`` record; None if this
+        role's last step was not a send to the initiator."""
+        if self._deferred is None:
+            return None
+        step, envelope, new = self._deferred
+        self._deferred = None
+        if new:
+            self._note(step)
+        self.sent.add((envelope.dst, envelope.seq))
+        done = msgspec.json.encode(sorted(self.contacts)).decode()
+        return msgspec.structs.replace(envelope, headers={**envelope.headers, DONE_HEADER: done})
 
     async def recv(self, step: Step) -> Any:
         """Receive one message: from the mailbox, fed by the transport and (on replay) the inbox."""
+        await self.flush()
         self._check_failed(step)
         recorded = self._recorded(step)
         assert step.src is not None and step.seq is not None
@@ -250,6 +290,7 @@ class SessionRun:
 
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
         """Run a local step, or return its recorded result when replaying (journal policy)."""
+        await self.flush()
         self._check_failed(step)
         recorded = self._recorded(step)
         use_record = step.kind is not StepKind.LOCAL or self.engine.config.replay_policy is ReplayPolicy.JOURNAL
@@ -273,6 +314,7 @@ class SessionRun:
     async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
         and a commit that failed before fails again without running."""
+        await self.flush()
         self._check_failed(step)
         recorded = self._recorded(step)
         occurrence = self.occurrences.get(tx.name, 0)
