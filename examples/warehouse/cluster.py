@@ -34,11 +34,20 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("warehouse", "payment", "loyalty")
 
 
+_HANDED_OUT: set[int] = set()  # ports given to this test run's sidecars: never twice
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on right now (bound and released), not handed out before in
+    this test run: the kernel may offer a just-released port again, and two sidecars of one
+    cluster must not be given the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Proc:

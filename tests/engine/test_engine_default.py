@@ -13,7 +13,8 @@ import accompanist as ac
 from accompanist.engine.config import EngineConfig
 from accompanist.envelope import Envelope
 from accompanist.errors import OverloadedError, ReceiveTimeoutError, UnknownChoreographyError
-from accompanist.store.base import SessionStatus
+from accompanist.store.base import SessionRecord, SessionStatus
+from accompanist.store.memory import MemoryStore
 from accompanist.transport.memory import FaultPlan
 from tests.engine.harness import cluster
 
@@ -191,3 +192,30 @@ async def test_a_start_with_a_chosen_session_id_is_idempotent() -> None:
             await c["a"].start_session("burst", [1], session_id="order-17")
         with pytest.raises(ac.DefinitionError, match="invalid session_id"):
             await c["a"].start_session("pair", [1], session_id="no spaces/allowed")
+
+
+class SlowReadStore(MemoryStore):
+    """A store whose reads take a while, so that concurrent envelopes interleave."""
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        record = await super().get_session(session_id)
+        await asyncio.sleep(0.02)  # the answer is already stale when it arrives
+        return record
+
+
+async def test_a_failure_racing_the_first_message_is_not_lost() -> None:
+    async with cluster(APP, ["a", "b", "c"], stores={"b": SlowReadStore("b")}) as c:
+        sid = "0190f0f0-0000-7000-8000-00000000beef"
+        value = Envelope(sid, "pair", 1, "a", "b", 1, "value", ac.PayloadCodec().encode(5))
+        failure = Envelope(sid, "pair", 1, "a", "b", -1, "failure", b"failed at role 'a': boom")
+        # Both look the session up before either writes: the failure's tombstone must win.
+        await asyncio.gather(c["b"].handle(failure), c["b"].handle(value))
+        record = await c["b"].wait(sid, 5)
+        assert record.status == SessionStatus.FAILED and "boom" in (record.error or "")
+
+
+async def test_a_message_for_a_session_the_initiator_never_started_is_dropped() -> None:
+    async with cluster(APP, ["a", "b", "c"]) as c:
+        stray = Envelope("0190f0f0-0000-7000-8000-00000000f00d", "pair", 1, "b", "a", 1, "value", b"\x05")
+        await c["a"].handle(stray)
+        assert await c.stores["a"].list_sessions() == []

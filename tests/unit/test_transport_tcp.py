@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from examples.warehouse.cluster import free_port
 
 from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, FrameError, TransportError
@@ -73,12 +73,6 @@ async def serving(make: Callable[..., TcpTransport], handler: Inbox, **kw: objec
     await b.start(handler)
     a = make("a", peers={"b": b.address}, **kw)
     return a, b
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_it_is_a_transport() -> None:

@@ -21,6 +21,7 @@ import msgspec
 from accompanist.engine import saga
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.ids import new_session_id
+from accompanist.engine.locks import KeyedLocks
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.relay import Relay
 from accompanist.engine.session import DONE_HEADER, Park, SessionRun
@@ -83,6 +84,7 @@ class Engine:
         self._live: dict[str, SessionRun] = {}
         self._opening: dict[str, asyncio.Future[SessionRun | None]] = {}
         self._starting: set[str] = set()
+        self._open_locks = KeyedLocks()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._accepting = False
@@ -369,25 +371,33 @@ class Engine:
         run.signal.set()
 
     async def _open_for(self, envelope: Envelope, choreography: Choreography) -> SessionRun | None:
-        """The session an envelope belongs to: started lazily, resumed, or None if it ended."""
+        """The session an envelope belongs to: started lazily, resumed, or None if it ended.
+
+        Envelopes of one session are opened one at a time: a ``failure`` and the first message
+        of an unknown session may arrive together, and must not both decide "unknown" (a
+        tombstone then overwritten by a fresh run that never hears of the failure).
+        """
+        async with self._open_locks.hold(envelope.session_id):
+            return await self._open_alone(envelope, choreography)
+
+    async def _open_alone(self, envelope: Envelope, choreography: Choreography) -> SessionRun | None:
         session_id = envelope.session_id
-        opening = self._opening.get(session_id)
-        if opening is not None:
-            run = await asyncio.shield(opening)
-            if run is not None and self.durable:
+        run = self._live.get(session_id)
+        if run is not None:  # opened by the envelope before this one
+            if self.durable:
                 await self.store.commit(WriteBatch(inbox=[envelope]))
             return run
         record = await self.store.get_session(session_id)
-        if session_id in self._live or session_id in self._opening:  # raced with another envelope
-            return await self._open_for(envelope, choreography)
         if record is not None and record.status in TERMINAL_STATUSES:
             self.metrics.ignored.inc()
             return None
         kind = envelope.kind
         inbox = [envelope] if self.durable else []
         if record is None:
-            if kind in (EnvelopeKind.DONE, EnvelopeKind.OUTCOME):
-                self.metrics.ignored.inc()  # control for a session we never took part in
+            if kind in (EnvelopeKind.DONE, EnvelopeKind.OUTCOME) or self.role == choreography.initiator.name:
+                # Control for a session we never took part in, or a message for a session the
+                # initiator never started (sessions start there only through its API): drop it.
+                self.metrics.ignored.inc()
                 return None
             now = time.time()
             record = SessionRecord(
