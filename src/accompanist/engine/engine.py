@@ -139,6 +139,10 @@ class Engine:
         """Sessions running now."""
         return len(self._live)
 
+    def session_lock(self, session_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held while a session is looked up and opened (or cancelled): one at a time."""
+        return self._open_locks.hold(session_id)
+
     def live_run(self, session_id: str) -> SessionRun | None:
         """The running session's run at this role, if it runs now."""
         return self._live.get(session_id)
@@ -377,7 +381,7 @@ class Engine:
         of an unknown session may arrive together, and must not both decide "unknown" (a
         tombstone then overwritten by a fresh run that never hears of the failure).
         """
-        async with self._open_locks.hold(envelope.session_id):
+        async with self.session_lock(envelope.session_id):
             return await self._open_alone(envelope, choreography)
 
     async def _open_alone(self, envelope: Envelope, choreography: Choreography) -> SessionRun | None:

@@ -150,7 +150,16 @@ def failure_envelopes(engine: Engine, run: SessionRun, reason: str) -> list[Enve
 
 
 async def cancel(engine: Engine, session_id: str) -> SessionRecord:
-    """Operator cancellation (see :meth:`Engine.cancel`)."""
+    """Operator cancellation (see :meth:`Engine.cancel`).
+
+    Holds the session's open lock, like an arriving envelope does: an envelope must not resume
+    the session from the record as it was before the cancellation.
+    """
+    async with engine.session_lock(session_id):
+        return await _cancel(engine, session_id)
+
+
+async def _cancel(engine: Engine, session_id: str) -> SessionRecord:
     record = await engine.store.get_session(session_id)
     if record is None:
         raise UnknownSessionError(f"no session {session_id} at role '{engine.role}'", session_id=session_id)
