@@ -28,7 +28,7 @@ import msgspec
 from examples.warehouse.saga import Order
 from examples.warehouse.services import SERVICES
 
-__all__ = ["ROLES", "Proc", "WarehouseCluster", "free_port"]
+__all__ = ["ROLES", "Proc", "WarehouseCluster", "free_port", "wait_healthy"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("warehouse", "payment", "loyalty")
@@ -53,12 +53,15 @@ def free_port() -> int:
 class Proc:
     """One child process with a fixed command line and a log file; start it again at will."""
 
-    def __init__(self, name: str, command: list[str], env: Mapping[str, str], log_path: Path, health: str) -> None:
+    def __init__(
+        self, name: str, command: list[str], env: Mapping[str, str], log_path: Path, health: str, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.command = command
         self.env = dict(env)
         self.log_path = log_path
         self.health = health
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -68,7 +71,7 @@ class Proc:
             log.flush()
             self.proc = subprocess.Popen(
                 self.command,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -102,6 +105,25 @@ class Proc:
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+async def wait_healthy(http: aiohttp.ClientSession, proc: Proc, timeout: float = 30) -> None:
+    """Wait until ``proc`` answers ``GET {health}/healthz`` with 200.
+
+    Raises:
+        RuntimeError: the process exited.
+        TimeoutError: it did not answer within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with http.get(f"{proc.health}/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                if r.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{proc.name} not ready after {timeout}s:\n{proc.log_tail()}")
 
 
 class WarehouseCluster:
@@ -229,18 +251,8 @@ class WarehouseCluster:
             RuntimeError: the process exited.
             TimeoutError: it did not answer within ``timeout``.
         """
-        proc = self.procs[name]
         assert self.http is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.proc is not None and proc.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with self.http.get(f"{proc.health}/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
-                    if r.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"{name} not ready after {timeout}s:\n{proc.log_tail()}")
+        await wait_healthy(self.http, self.procs[name], timeout)
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (a sidecar by role, or ``<service>-service``)."""

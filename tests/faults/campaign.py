@@ -138,7 +138,7 @@ async def run_campaign(
                     report.problems.append(f"{sid} at {role}: {seen and seen['status']}")
         await asyncio.sleep(1.0)  # let relays record the last acknowledgements
         for role in ROLES:
-            cluster[role].terminate()
+            await cluster[role].terminate()
         for role in ROLES:
             code = cluster[role].proc.returncode if cluster[role].proc else None
             if code not in (0, None):

@@ -51,7 +51,7 @@ async def test_sigterm_lets_in_flight_sessions_finish(tmp_path: Path) -> None:
         assert proc is not None
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
-        assert code == 0, cluster["a"].log()[-2000:]
+        assert code == 0, cluster["a"].log_tail(2000)
     store = open_store(f"sqlite:///{tmp_path}/a.db", "a")
     await store.open()
     try:
