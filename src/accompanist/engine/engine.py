@@ -533,7 +533,6 @@ class Engine:
                     record.status = SessionStatus.COMPENSATED
                 else:
                     record.status, record.error = SessionStatus.FAILED, reason
-                record.updated_at = time.time()
                 await self._finish(run, failures, time.monotonic() - started)
                 return
         except Park as park:
@@ -555,7 +554,6 @@ class Engine:
             self.log.exception("internal error running session %s at '%s'", record.session_id, self.role)
             self._forget(run)  # it stays unfinished in the store: a restart replays it
             return
-        record.updated_at = time.time()
         await self._finish(run, [], time.monotonic() - started)
 
     async def write(self, run: SessionRun, envelopes: list[Envelope]) -> None:

@@ -184,16 +184,15 @@ async def _cancel(engine: Engine, session_id: str) -> SessionRecord:
         await engine.write(run, failure_envelopes(engine, run, reason))
         run.fail_from_peer(exc, remote=True, reason=reason)
         return await engine.get(session_id) or record
+    # Not running here: record the failure and tell everyone; a durable saga then resumes by
+    # replay to compensate, anything else simply ends.
+    compensate = engine.durable and choreography.saga
+    record.status = SessionStatus.COMPENSATING if compensate else SessionStatus.FAILED
     record.error = str(exc)
-    record.updated_at = time.time()
-    if not engine.durable or not choreography.saga:
-        record.status = SessionStatus.FAILED
-        stub = SessionRun(engine, record, choreography)
-        await engine.write(stub, failure_envelopes(engine, stub, str(exc)))
-        await engine.ended(record)
-        return record
-    record.status = SessionStatus.COMPENSATING
     stub = SessionRun(engine, record, choreography)
-    await engine.write(stub, failure_envelopes(engine, stub, str(exc)))
-    await engine.activate(session_id, record)
+    await engine.write(stub, failure_envelopes(engine, stub, record.error))
+    if compensate:
+        await engine.activate(session_id, record)
+    else:
+        await engine.ended(record)
     return record

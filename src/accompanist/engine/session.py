@@ -324,17 +324,20 @@ class SessionRun:
         def ctx(attempt: int) -> TxContext:
             return TxContext(session_id, role, tx.name, occurrence, step.index, attempt)
 
+        def remember(result: Any) -> None:  # to compensate it if the saga fails
+            self.committed.append(Committed(tx, args, result, ctx(1)))
+
         key = ctx(1).idempotency_key
         logged = self.txlog.get(key)
         if logged is not None:
             result = self.codec.decode(logged.result) if logged.result is not None else None
-            self.committed.append(Committed(tx, args, result, ctx(1)))
+            remember(result)
             return result
         if recorded is not None and recorded.value is not None:
             failed = self.codec.decode(recorded.value)
             uncertain = bool(failed.get("uncertain"))
             if uncertain:
-                self.committed.append(Committed(tx, args, None, ctx(1)))
+                remember(None)
             raise TransactionFailedError(
                 role, tx.name, step.index, str(failed.get("failed", "the commit failed")), uncertain=uncertain
             )
@@ -374,11 +377,11 @@ class SessionRun:
             result = await commit_with_retry(tx, ctx, args, commit_atomically if atomic is not None else None)
         except TransactionFailedError as exc:
             if exc.uncertain:  # the retries ran out: it may have taken effect, so undo it too
-                self.committed.append(Committed(tx, args, None, ctx(1)))
+                remember(None)
             if recorded is None:
                 self._note(step, self.codec.encode({"failed": exc.reason, "uncertain": exc.uncertain}))
             raise
-        self.committed.append(Committed(tx, args, result, ctx(1)))  # before encoding: compensable anyway
+        remember(result)  # before encoding the result: compensable even if that fails
         if self.durable and atomic is None:
             entry = record(result)
             if recorded is None:
