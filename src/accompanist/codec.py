@@ -36,6 +36,8 @@ _TIME: Final = 9
 _TIMEDELTA: Final = 10
 _BYTEARRAY: Final = 11
 _BIGINT: Final = 12
+_DATETIME_TZ: Final = 13
+_TIME_TZ: Final = 14
 
 _SCALARS: Final = (str, int, float, bool, type(None), bytes)
 _MAX_DEPTH: Final = 64
@@ -156,12 +158,10 @@ class PayloadCodec:
         if cls is set or cls is frozenset:
             items = [self._to_wire(v, f"{path}{{}}", d) for v in value]
             return self._ext(_SET if cls is set else _FROZENSET, items)
-        if isinstance(value, dt.datetime):
-            return msgspec.msgpack.Ext(_DATETIME, value.isoformat().encode())
+        if isinstance(value, (dt.datetime, dt.time)):
+            return self._clock_to_wire(value)
         if isinstance(value, dt.date):
             return msgspec.msgpack.Ext(_DATE, value.isoformat().encode())
-        if isinstance(value, dt.time):
-            return msgspec.msgpack.Ext(_TIME, value.isoformat().encode())
         if isinstance(value, dt.timedelta):
             return self._ext(_TIMEDELTA, [value.days, value.seconds, value.microseconds])
         if cls is bytearray:
@@ -170,6 +170,16 @@ class PayloadCodec:
         if dataclasses.is_dataclass(value) or isinstance(value, (msgspec.Struct, enum.Enum)) or _is_pydantic(cls):
             hint = "; register it with the choreography: @ac.choreography(..., types=[" + cls.__qualname__ + "])"
         raise CodecError(f"cannot send a value of type {cls.__module__}.{cls.__qualname__} at {path}{hint}")
+
+    def _clock_to_wire(self, value: dt.datetime | dt.time) -> msgspec.msgpack.Ext:
+        offset = value.utcoffset()
+        is_datetime = isinstance(value, dt.datetime)
+        if offset is None or not offset.microseconds:
+            return msgspec.msgpack.Ext(_DATETIME if is_datetime else _TIME, value.isoformat().encode())
+        # fromisoformat drops the microseconds of a UTC offset: send the offset apart.
+        naive = value.replace(tzinfo=None).isoformat()
+        code = _DATETIME_TZ if is_datetime else _TIME_TZ
+        return self._ext(code, [naive, offset.days, offset.seconds, offset.microseconds])
 
     def _fields_to_wire(self, value: Any, path: str, depth: int) -> Any:
         if isinstance(value, enum.Enum):
@@ -208,6 +218,11 @@ class PayloadCodec:
             return dt.date.fromisoformat(raw.decode())
         if code == _TIME:
             return dt.time.fromisoformat(raw.decode())
+        if code in (_DATETIME_TZ, _TIME_TZ):
+            naive, days, seconds, micros = self._decoder.decode(raw)
+            zone = dt.timezone(dt.timedelta(days=days, seconds=seconds, microseconds=micros))
+            parse = dt.datetime.fromisoformat if code == _DATETIME_TZ else dt.time.fromisoformat
+            return parse(naive).replace(tzinfo=zone)
         if code == _TIMEDELTA:
             days, seconds, micros = self._decoder.decode(raw)
             return dt.timedelta(days=days, seconds=seconds, microseconds=micros)

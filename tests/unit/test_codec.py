@@ -82,6 +82,9 @@ VALUES: list[Any] = [
     dt.date(1999, 12, 31),
     dt.time(23, 59, 59, 999999),
     dt.time(8, 0, tzinfo=dt.UTC),
+    # UTC offsets with microseconds, which datetime.fromisoformat would drop
+    dt.time(0, 0, tzinfo=dt.timezone(dt.timedelta(microseconds=1))),
+    dt.datetime(2024, 1, 1, 3, 4, 5, 6, tzinfo=dt.timezone(-dt.timedelta(hours=3, microseconds=7))),
     dt.timedelta(days=-3, seconds=5, microseconds=7),
     {"nested": [(1, {2: frozenset({(3, "x")})}), {"when": dt.date(2020, 1, 1), "ids": {uuid.UUID(int=7)}}]},
 ]
@@ -196,6 +199,8 @@ def _ext(code: int, raw: bytes) -> bytes:
         _ext(3, b"short"),  # UUID of the wrong length
         _ext(4, b"not a number"),  # Decimal
         _ext(7, b"yesterday"),  # datetime
+        _ext(13, msgspec.msgpack.encode(["2024-01-01T00:00:00", 2, 0, 1])),  # offset beyond a day
+        _ext(14, msgspec.msgpack.encode(["noon", 0, 0, 1])),  # time with offset
         _ext(10, msgspec.msgpack.encode([10**9, 0, 0])),  # timedelta out of range
         _ext(10, msgspec.msgpack.encode("x")),
         _ext(2, msgspec.msgpack.encode(42)),  # object without name and fields
