@@ -367,7 +367,7 @@ class Engine:
 
     def _note_done(self, run: SessionRun, src: str, contacts_json: bytes) -> None:
         try:
-            contacts = msgspec.json.decode(contacts_json, type=list[str])
+            contacts: list[str] = msgspec.json.decode(contacts_json, type=list[str])
         except msgspec.DecodeError:
             self.log.warning("ignoring malformed 'done' from '%s' for %s", src, run.session_id)
             return

@@ -49,7 +49,7 @@ _ENV_COLS = "session_id, choreography, version, src, dst, seq, kind, payload, he
 _JOURNAL_COLS = "session_id, step, kind, name, value"
 _TX_COLS = "key, session_id, name, step, status, result, updated_at"
 _TERMINAL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
-_HEADERS = msgspec.json.Decoder(dict[str, str])
+_HEADERS: msgspec.json.Decoder[dict[str, str]] = msgspec.json.Decoder(dict[str, str])
 
 
 class _RolledBack(Exception):  # noqa: N818 - internal signal

@@ -123,7 +123,7 @@ class Frame(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=
     mac: bytes = b""
 
 
-_DECODER: Final = msgspec.msgpack.Decoder(Frame)
+_DECODER: Final[msgspec.msgpack.Decoder[Frame]] = msgspec.msgpack.Decoder(Frame)
 
 
 class KeyRing:
