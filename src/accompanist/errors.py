@@ -8,18 +8,24 @@ Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer
     ├── CodecError                 a value cannot cross a process boundary (unregistered type, bad bytes)
     ├── ConfigError                a sidecar option is missing or malformed
     ├── NondeterminismError        a replay produced a different step than the journal
+    │   └── PayloadTooLargeError   an envelope would exceed the frame limit (known before it is stored)
     ├── TransportError             a peer cannot be reached, or a frame is malformed or unauthenticated
-    │   └── FrameError             one frame was rejected (bad length, bad signature, bad body)
-    ├── StoreError                 the durable store failed or holds something unreadable
-    │   └── StoreCorruptError      the store file/schema is damaged; refuse to start
+    │   ├── FrameError             one frame was rejected (bad length, bad signature, bad body)
+    │   └── EnvelopeRejectedError  the peer refused an envelope, saying why (``code``, ``permanent``)
+    ├── StoreError                 the durable store failed or holds something unreadable (retried)
+    │   ├── StoreCorruptError      the store file/schema is damaged; refuse to start
+    │   └── StoreInputError        a write batch is invalid: a bug or bad input, never retried
     ├── SessionError               one session cannot go on (others are unaffected)
-    │   ├── SessionFailedError     a session ended in failure; carries the remote reason
+    │   ├── SessionFailedError     a session ended in failure; carries the structured failure
     │   ├── ReceiveTimeoutError    an awaited envelope did not arrive in time
     │   ├── BufferOverflowError    too many early envelopes waited for one session
     │   ├── UnknownChoreographyError  no choreography of that name and version is registered
     │   ├── UnknownSessionError    no session with that id is known at this role
+    │   ├── SessionConflictError   the session id is taken by a session of another choreography
     │   ├── SessionCancelledError  an operator cancelled the session
-    │   └── OverloadedError       the sidecar runs as many sessions as it may; try again later
+    │   ├── OutcomeDecidedError    a cancel came after the initiator had declared the outcome
+    │   ├── TransitionRefusedError a status change the session's state does not allow (a lost race)
+    │   └── OverloadedError        the sidecar runs as many sessions as it may; try again later
     └── TransactionError           a saga step failed
         ├── Abort                  raised by a commit to fail the saga on purpose (a business failure)
         └── TransactionFailedError a commit failed for good (business failure or retries used up)
@@ -39,18 +45,24 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "DefinitionError",
+    "EnvelopeRejectedError",
     "FrameError",
     "NondeterminismError",
+    "OutcomeDecidedError",
     "OverloadedError",
+    "PayloadTooLargeError",
     "ProjectionError",
     "ReceiveTimeoutError",
     "SessionCancelledError",
+    "SessionConflictError",
     "SessionError",
     "SessionFailedError",
     "StoreCorruptError",
     "StoreError",
+    "StoreInputError",
     "TransactionError",
     "TransactionFailedError",
+    "TransitionRefusedError",
     "TransportError",
     "UnknownChoreographyError",
     "UnknownSessionError",
@@ -89,6 +101,23 @@ class CodecError(AccompanistError):
     """A value cannot be encoded for the wire, or received bytes cannot be decoded."""
 
 
+class PayloadTooLargeError(CodecError):
+    """An envelope would be larger than the frame limit, so no peer could ever accept it.
+
+    Raised at the send, before anything is stored: the session fails with this reason instead
+    of leaving an undeliverable envelope in the outbox.
+
+    Attributes:
+        size: the encoded size in bytes.
+        limit: the largest size allowed.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message)
+
+
 class ConfigError(AccompanistError):
     """A sidecar option is missing or malformed."""
 
@@ -118,12 +147,36 @@ class FrameError(TransportError):
     """One frame was rejected: oversized, truncated, badly signed or not decodable."""
 
 
+class EnvelopeRejectedError(TransportError):
+    """The peer received an envelope and refused it, saying why.
+
+    Attributes:
+        code: a short stable word for why (``session-conflict``, ``unknown-choreography``,
+            ``store-unavailable`` ...), or ``""`` when the peer gave none.
+        permanent: the envelope can never be accepted (resending it is pointless): its session
+            fails instead of retrying forever. Only an authenticated answer can be permanent.
+    """
+
+    def __init__(self, message: str, *, code: str = "", permanent: bool = False) -> None:
+        self.code = code
+        self.permanent = permanent
+        super().__init__(message)
+
+
 class StoreError(AccompanistError):
     """The durable store failed or holds something unreadable."""
 
 
 class StoreCorruptError(StoreError):
     """The store is damaged or is not an Accompanist store; the sidecar refuses to start."""
+
+
+class StoreInputError(StoreError):
+    """A write batch is invalid (a bug or bad input): nothing of it was written.
+
+    Unlike other store errors (a lost connection, a full disk), retrying cannot help, so the
+    engine never retries it.
+    """
 
 
 class SessionError(AccompanistError):
@@ -139,15 +192,21 @@ class SessionFailedError(SessionError):
 
     Attributes:
         session_id: the failed session.
-        role: the role where it failed.
-        reason: the failure's message, as recorded by that role.
+        role: the role where it failed (where the transaction aborted or the step raised).
+        reason: the failure's message.
         status: the terminal status (``failed``, ``compensated``, ``diverged``...).
+        failure: the structured failure (an :class:`accompanist.failure.Failure`: role, step,
+            transaction, error type, message), the same at every role and in every
+            interpreter; None when unknown.
     """
 
-    def __init__(self, session_id: str, role: str, reason: str, status: str = "failed") -> None:
+    def __init__(
+        self, session_id: str, role: str, reason: str, status: str = "failed", *, failure: Any = None
+    ) -> None:
         self.role = role
         self.reason = reason
         self.status = status
+        self.failure = failure
         super().__init__(f"session {session_id} {status} at role '{role}': {reason}", session_id=session_id)
 
 
@@ -183,8 +242,39 @@ class UnknownSessionError(SessionError):
     """No session with that id is known at this role."""
 
 
+class SessionConflictError(SessionError):
+    """The session id is taken at this role by a session of another choreography or version."""
+
+
 class SessionCancelledError(SessionError):
     """An operator cancelled the session."""
+
+
+class OutcomeDecidedError(SessionError):
+    """A cancel came too late: the initiator had already declared the outcome.
+
+    Attributes:
+        status: the outcome that stands (``completed``).
+    """
+
+    def __init__(self, message: str, *, session_id: str, status: str) -> None:
+        self.status = status
+        super().__init__(message, session_id=session_id)
+
+
+class TransitionRefusedError(SessionError):
+    """A session's status may not change that way now (another change won the race).
+
+    Attributes:
+        current: the status the session has.
+        wanted: the status that was refused.
+    """
+
+    def __init__(self, session_id: str, current: str, wanted: str, why: str = "") -> None:
+        self.current = current
+        self.wanted = wanted
+        detail = f": {why}" if why else ""
+        super().__init__(f"session {session_id}: {current} -> {wanted} is not allowed{detail}", session_id=session_id)
 
 
 class OverloadedError(SessionError):
@@ -216,14 +306,29 @@ class TransactionFailedError(TransactionError):
         name: the transaction's name.
         step: its step index at that role.
         reason: why (the business error's message, or the last infrastructure error).
+        error_type: the type name of the error behind it (``Abort``, a business error type, or
+            the last infrastructure error's type).
+        detail: that error's own message (``Abort``'s reason).
         uncertain: the retries were used up, so the commit may have taken effect; it is
             compensated like a committed one (with result None).
     """
 
-    def __init__(self, role: str, name: str, step: int, reason: str, *, uncertain: bool = False) -> None:
+    def __init__(
+        self,
+        role: str,
+        name: str,
+        step: int,
+        reason: str,
+        *,
+        uncertain: bool = False,
+        error_type: str = "",
+        detail: str = "",
+    ) -> None:
         self.role = role
         self.name = name
         self.step = step
         self.reason = reason
         self.uncertain = uncertain
+        self.error_type = error_type or "TransactionFailedError"
+        self.detail = detail or reason
         super().__init__(f"failed at role '{role}', step {step} (transaction {name}): {reason}")
