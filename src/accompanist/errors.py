@@ -6,9 +6,9 @@ Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer
     ├── DefinitionError            a choreography is written wrongly (found before or while it runs)
     ├── ProjectionError            a located value was opened at a role that does not own it
     ├── CodecError                 a value cannot cross a process boundary (unregistered type, bad bytes)
+    │   └── PayloadTooLargeError   an envelope would exceed the frame limit (known before it is stored)
     ├── ConfigError                a sidecar option is missing or malformed
     ├── NondeterminismError        a replay produced a different step than the journal
-    │   └── PayloadTooLargeError   an envelope would exceed the frame limit (known before it is stored)
     ├── TransportError             a peer cannot be reached, or a frame is malformed or unauthenticated
     │   ├── FrameError             one frame was rejected (bad length, bad signature, bad body)
     │   └── EnvelopeRejectedError  the peer refused an envelope, saying why (``code``, ``permanent``)
@@ -200,9 +200,7 @@ class SessionFailedError(SessionError):
             interpreter; None when unknown.
     """
 
-    def __init__(
-        self, session_id: str, role: str, reason: str, status: str = "failed", *, failure: Any = None
-    ) -> None:
+    def __init__(self, session_id: str, role: str, reason: str, status: str = "failed", *, failure: Any = None) -> None:
         self.role = role
         self.reason = reason
         self.status = status

@@ -30,6 +30,7 @@ class _QueueRunner:
         self._channels = channels
         self._role = role
         self._saga = saga
+        self.failed_at: int | None = None  # the step of this role that raised, if one did
 
     def _queue(self, src: str | None, dst: str | None) -> asyncio.Queue[tuple[int, bytes]]:
         assert src is not None and dst is not None
@@ -37,7 +38,12 @@ class _QueueRunner:
 
     async def send(self, step: Step, value: Any) -> None:
         assert step.seq is not None
-        self._queue(step.src, step.dst).put_nowait((step.seq, self._codec.encode(value)))
+        try:
+            data = self._codec.encode(value)
+        except Exception:
+            self.failed_at = step.index
+            raise
+        self._queue(step.src, step.dst).put_nowait((step.seq, data))
 
     async def recv(self, step: Step) -> Any:
         seq, data = await self._queue(step.src, step.dst).get()
@@ -46,19 +52,27 @@ class _QueueRunner:
         return self._codec.decode(data)
 
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
-        return await thunk()
+        try:
+            return await thunk()
+        except Exception:
+            self.failed_at = step.index
+            raise
 
     async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
-        return await self._saga.commit(self._role, tx, args, step.index)
+        try:
+            return await self._saga.commit(self._role, tx, args, step.index)
+        except Exception:
+            self.failed_at = step.index
+            raise
 
 
 async def _run_all(choreography: Choreography, args: tuple[Any, ...], timeout: float | None) -> Any:
     check_args(choreography, args)
     channels: dict[tuple[str, str], asyncio.Queue[tuple[int, bytes]]] = {}
     saga = SagaLog("projected")
+    runners = {role: _QueueRunner(choreography, channels, role, saga) for role in choreography.roles}
     tasks: dict[Role, asyncio.Task[Any]] = {
-        role: asyncio.create_task(project(choreography, role, _QueueRunner(choreography, channels, role, saga), args))
-        for role in choreography.roles
+        role: asyncio.create_task(project(choreography, role, runners[role], args)) for role in choreography.roles
     }
     failure: tuple[BaseException, str] | None = None
     try:
@@ -76,7 +90,10 @@ async def _run_all(choreography: Choreography, args: tuple[Any, ...], timeout: f
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
     if failure is not None:
-        await saga.fail(failure[0], failure[1])
+        exc, role_name = failure
+        step = next(r.failed_at for ro, r in runners.items() if ro.name == role_name)
+        saga.failed_at = (role_name, step)
+        await saga.fail(exc, role_name)
     return session_result(choreography, tasks[choreography.initiator].result())
 
 

@@ -54,6 +54,13 @@ class _CentralState:
     choreography: Choreography
     run: CentralRun
     saga: SagaLog = field(default_factory=lambda: SagaLog("central"))
+    steps: dict[str, int] = field(default_factory=dict)
+
+    def step(self, role: Role) -> int:
+        """The next step index at ``role``, counted as that role's projection counts them."""
+        index = self.steps.get(role.name, 0)
+        self.steps[role.name] = index + 1
+        return index
 
 
 class CentralChoreo(Choreo):
@@ -69,20 +76,44 @@ class CentralChoreo(Choreo):
     def _derive(self, census: Sequence[Role], mapping: Mapping[Role, Role]) -> Choreo:
         return CentralChoreo(self._state, census, mapping)
 
+    def _failing_at(self, role: Role, step: int) -> None:
+        if self._state.saga.failed_at is None:
+            self._state.saga.failed_at = (role.name, step)
+
     async def _run_local(self, role: Role, kind: StepKind, name: str, thunk: LocalThunk) -> Any:
-        value = await thunk()
+        step = self._state.step(role)
+        try:
+            value = await thunk()
+        except Exception:
+            self._failing_at(role, step)
+            raise
         self._state.run.trace.append(TraceEvent(str(kind), role.name, (), name, _short(value)))
         return value
 
     async def _run_tx(self, role: Role, tx: Transaction, args: list[Any]) -> Any:
-        value = await self._state.saga.commit(role, tx, args)
+        step = self._state.step(role)
+        try:
+            value = await self._state.saga.commit(role, tx, args, step)
+        except Exception:
+            self._failing_at(role, step)
+            raise
         self._state.run.trace.append(TraceEvent("tx", role.name, (), tx.name, _short(value)))
         return value
 
     async def _transfer(self, src: Role, dsts: tuple[Role, ...], value: Located[Any], msg_kind: str) -> Located[Any]:
         opened = value._open(src, "comm" if msg_kind == "value" else msg_kind)
-        received = self._state.choreography.codec.roundtrip(opened)
-        self._state.run.trace.append(TraceEvent(msg_kind, src.name, tuple(d.name for d in dsts), "", _short(received)))
+        state = self._state
+        first = state.step(src)  # the send to the first receiver encodes the value
+        try:
+            received = state.choreography.codec.roundtrip(opened)
+        except Exception:
+            self._failing_at(src, first)
+            raise
+        for _ in dsts[1:]:
+            state.step(src)
+        for d in dsts:
+            state.step(d)
+        state.run.trace.append(TraceEvent(msg_kind, src.name, tuple(d.name for d in dsts), "", _short(received)))
         return make_located(dsts, received)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from accompanist.errors import DefinitionError, ProjectionError, SessionFailedError, TransactionFailedError
+from accompanist.failure import Failure
 from accompanist.language.choreography import Choreography
 from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.roles import Role
@@ -70,31 +71,38 @@ def maybe_sync(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 @dataclass
 class Committed:
-    """A committed saga transaction, kept to compensate it if the saga fails."""
+    """A committed saga transaction, kept to compensate it if the saga fails.
+
+    ``clock`` is the commit's Lamport time at its role: a commit that causally follows another
+    (through messages) has a larger clock, so compensating in decreasing clock order undoes
+    the saga in reverse causal order.
+    """
 
     tx: Transaction
     args: list[Any]
     result: Any
     ctx: TxContext
+    clock: int = 0
 
 
 class SagaLog:
     """The in-memory saga bookkeeping of the central and test interpreters: occurrence
-    counters and committed transactions, compensated in reverse order on failure."""
+    counters and committed transactions, compensated in reverse order on failure.
+
+    ``failed_at`` is where the failing step ran (role, step index), recorded by the
+    interpreter, so that the failure names the same role and step as the sidecars do.
+    """
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
-        self.steps: dict[str, int] = {}
         self.occurrences: dict[tuple[str, str], int] = {}
         self.committed: list[Committed] = []
+        self.failed_at: tuple[str, int | None] | None = None
 
-    async def commit(self, role: Role, tx: Transaction, args: list[Any], step: int | None = None) -> Any:
-        """Commit ``tx`` at ``role`` (with retries) and remember it."""
+    async def commit(self, role: Role, tx: Transaction, args: list[Any], step: int) -> Any:
+        """Commit ``tx`` at ``role``'s ``step`` (with retries) and remember it."""
         occurrence = self.occurrences.get((role.name, tx.name), 0)
         self.occurrences[(role.name, tx.name)] = occurrence + 1
-        if step is None:
-            step = self.steps.get(role.name, 0)
-            self.steps[role.name] = step + 1
 
         def ctx(attempt: int) -> TxContext:
             return TxContext(self.session_id, role.name, tx.name, occurrence, step, attempt)
@@ -103,9 +111,9 @@ class SagaLog:
             result = await commit_with_retry(tx, ctx, args)
         except TransactionFailedError as exc:
             if exc.uncertain:  # it may have taken effect: undo it too
-                self.committed.append(Committed(tx, args, None, ctx(1)))
+                self.committed.append(Committed(tx, args, None, ctx(1), len(self.committed)))
             raise
-        self.committed.append(Committed(tx, args, result, ctx(1)))
+        self.committed.append(Committed(tx, args, result, ctx(1), len(self.committed)))
         return result
 
     async def compensate(self) -> None:
@@ -119,11 +127,19 @@ class SagaLog:
 
             await compensate_until_done(done.tx, ctx, done.args, done.result)
 
+    def failure(self, exc: BaseException, role: str) -> Failure:
+        """The structured failure of ``exc``: where the failing step ran, or ``role`` (the
+        initiator) when it came from no step."""
+        where, step = self.failed_at if self.failed_at is not None else (role, None)
+        return Failure.of(exc, where, step)
+
     async def fail(self, exc: BaseException, role: str) -> NoReturn:
         """Compensate (if anything committed) and raise: a ``SessionFailedError`` with status
         ``compensated`` for a saga, the original error otherwise."""
         if not self.committed and not isinstance(exc, TransactionFailedError):
             raise exc
         await self.compensate()
-        where = exc.role if isinstance(exc, TransactionFailedError) else role
-        raise SessionFailedError(self.session_id, where, str(exc), "compensated") from exc
+        failure = self.failure(exc, role)
+        raise SessionFailedError(
+            self.session_id, failure.role, failure.describe(), "compensated", failure=failure
+        ) from exc

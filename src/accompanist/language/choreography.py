@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import inspect
 import re
-import types
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from accompanist.codec import PayloadCodec
 from accompanist.errors import DefinitionError, UnknownChoreographyError
+from accompanist.language.reach import reach
 from accompanist.language.roles import Role
+from accompanist.language.transaction import Transaction
 
 if TYPE_CHECKING:
     from accompanist.language.choreo import Choreo
@@ -36,8 +37,10 @@ class Choreography:
         roles: every role, the first being the initiator.
         fn: the ``async def`` body.
         codec: the payload codec with this choreography's registered types.
-        saga: whether it runs saga transactions; then every role that took part agrees on the
-            outcome (``completed`` or ``compensated``) before anyone forgets how to compensate.
+        saga: whether its code runs saga transactions (detected, or declared). Every session
+            agrees on its outcome either way; this says only whether compensations are expected.
+        transactions: the transactions found in its code, so a restarted sidecar can
+            compensate a logged commit before any session replays.
     """
 
     name: str
@@ -46,6 +49,7 @@ class Choreography:
     fn: ChoreographyFn
     codec: PayloadCodec = field(repr=False)
     saga: bool = False
+    transactions: tuple[Transaction, ...] = field(default=(), repr=False)
 
     @property
     def initiator(self) -> Role:
@@ -88,8 +92,9 @@ def choreography(
         roles: every role that may take part; the first is the initiator.
         version: its version; bump it when the code changes while sessions may be running.
         types: dataclasses, msgspec Structs, pydantic models or enums its messages carry.
-        saga: whether it runs ``ch.transaction``; by default detected from its code (and the
-            code of the functions it names). Say ``saga=True`` if detection cannot see them.
+        saga: whether it runs ``ch.transaction``; by default detected from its code (see
+            :mod:`accompanist.language.reach`). Informational: every session agrees on its
+            outcome, and every commit is compensable, whatever this says.
 
     Raises:
         DefinitionError: bad name, empty or duplicate roles, bad version, or a function that is
@@ -119,39 +124,19 @@ def choreography(
         params = list(inspect.signature(fn).parameters.values())
         if not params:
             raise DefinitionError(f"choreography {name!r}: the function must take the Choreo as first parameter")
-        uses = _uses_transactions(fn) if saga is None else saga
-        return Choreography(name=name, version=version, roles=role_tuple, fn=fn, codec=codec, saga=uses)
+        found = reach(fn)
+        uses = found.saga if saga is None else saga
+        return Choreography(
+            name=name,
+            version=version,
+            roles=role_tuple,
+            fn=fn,
+            codec=codec,
+            saga=uses,
+            transactions=tuple(found.transactions.values()),
+        )
 
     return decorate
-
-
-def _uses_transactions(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn``'s code (or that of functions it names, a few levels deep) calls
-    ``.transaction`` or names a ``Transaction``."""
-    from accompanist.language.transaction import Transaction
-
-    seen: set[int] = set()
-
-    def scan(code: types.CodeType, globals_: dict[str, Any], depth: int) -> bool:
-        if id(code) in seen or depth > 4:
-            return False
-        seen.add(id(code))
-        if "transaction" in code.co_names:
-            return True
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType) and scan(const, globals_, depth):
-                return True
-        for name in code.co_names:
-            obj = globals_.get(name)
-            if isinstance(obj, Transaction):
-                return True
-            inner = getattr(obj, "fn", obj)  # a Choreography wraps its function
-            if isinstance(inner, types.FunctionType) and scan(inner.__code__, inner.__globals__, depth + 1):
-                return True
-        return False
-
-    code = getattr(fn, "__code__", None)
-    return isinstance(code, types.CodeType) and scan(code, getattr(fn, "__globals__", {}), 0)
 
 
 class App:

@@ -191,6 +191,10 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _detail(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, Abort) else str(exc)
+
+
 async def commit_with_retry(
     tx: Transaction,
     make_ctx: Callable[[int], TxContext],
@@ -212,17 +216,32 @@ async def commit_with_retry(
         try:
             result = await (call(ctx) if call is not None else tx.commit(ctx, *args))
         except tx.business_errors as exc:
-            raise TransactionFailedError(ctx.role, tx.name, ctx.step, _reason(exc)) from exc
+            raise TransactionFailedError(
+                ctx.role, tx.name, ctx.step, _reason(exc), error_type=type(exc).__name__, detail=_detail(exc)
+            ) from exc
         except Exception as exc:
             if attempt >= tx.retry.attempts:
                 raise TransactionFailedError(
-                    ctx.role, tx.name, ctx.step, f"gave up after {attempt} attempts: {_reason(exc)}", uncertain=True
+                    ctx.role,
+                    tx.name,
+                    ctx.step,
+                    f"gave up after {attempt} attempts: {_reason(exc)}",
+                    uncertain=True,
+                    error_type=type(exc).__name__,
+                    detail=f"gave up after {attempt} attempts: {exc}",
                 ) from exc
             await asyncio.sleep(tx.retry.delay(attempt))
             attempt += 1
             continue
         if result is False:
-            raise TransactionFailedError(ctx.role, tx.name, ctx.step, "the commit returned False")
+            raise TransactionFailedError(
+                ctx.role,
+                tx.name,
+                ctx.step,
+                "the commit returned False",
+                error_type="Abort",
+                detail="the commit returned False",
+            )
         return result
 
 

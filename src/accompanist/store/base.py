@@ -48,7 +48,6 @@ TERMINAL_STATUSES = frozenset(
         SessionStatus.COMPLETED,
         SessionStatus.FAILED,
         SessionStatus.COMPENSATED,
-        SessionStatus.DIVERGED,
         SessionStatus.CANCELLED,
     }
 )
@@ -72,6 +71,9 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     attempts: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    failure: bytes | None = None
+    seed: bytes = b""
+    state: bytes | None = None
 
 
 class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,9 +97,11 @@ class TxRecord(msgspec.Struct, kw_only=True):
     key: str  # session_id/role/name/occurrence
     name: str
     step: int
-    status: str  # "committed" | "compensated"
+    status: str  # "committed" | "uncertain" | "compensated"
     result: bytes | None = None
     updated_at: float = 0.0
+    args: bytes | None = None
+    clock: int = 0
 
 
 class OutboxRow(msgspec.Struct, frozen=True):
