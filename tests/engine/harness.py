@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from accompanist import App
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.engine import Engine
-from accompanist.store.base import Store
+from accompanist.store.base import SessionRecord, Store
 from accompanist.store.memory import MemoryStore
 from accompanist.transport.memory import FaultPlan, MemoryNetwork
 
@@ -48,6 +49,29 @@ class Cluster:
 
     def __getitem__(self, role: str) -> Engine:
         return self.engines[role]
+
+
+async def wait_status(engine: Engine, session_id: str, status: str, timeout: float = 10.0) -> SessionRecord:
+    """Poll until the session has ``status`` at ``engine`` (also for non-terminal statuses)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    record = None
+    while loop.time() < deadline:
+        record = await engine.get(session_id)
+        if record is not None and record.status == status:
+            return record
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"session {session_id} at '{engine.role}' is {record and record.status}, not {status}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``check`` until it holds (for what the system reaches in its own time)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:g}s")
+        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

@@ -110,15 +110,22 @@ async def test_receive_timeout_fails_the_session_naming_src_and_seq() -> None:
     async with cluster(APP, ["a", "b"], config=config) as c:
         c.network.partition("a", "b")
         sid = await c["a"].start_session("waits-forever", [0])
-        # b never started (nothing reached it): the initiator times out waiting for b.
+        # b never started (nothing reached it): the initiator times out waiting for b, and in
+        # default mode does not wait for an unreachable role to confirm it compensated.
         record = await c["a"].wait(sid, 15)
         assert record.status == SessionStatus.FAILED
+        assert "not confirmed by b" in (record.error or "")
         assert await c["b"].get(sid) is None
-    async with cluster(APP, ["a", "b"], config=config) as c:
+    async with cluster(APP, ["a", "b"], config=EngineConfig(receive_timeout=0.2, outcome_query_after=0.1)) as c:
         c.network.partition("a", "b")
         # b starts lazily from an envelope of ours, then waits for #1 from a that never comes.
         env = Envelope("0190f0f0-0000-7000-8000-000000000001", "waits-forever", 1, "a", "b", 2, "value", b"\x01")
         await c["b"].handle(env)
+        await asyncio.sleep(0.5)
+        record = await c["b"].get(env.session_id)
+        assert record is not None and record.status == SessionStatus.COMPENSATING  # only the initiator decides
+        c.network.heal("a", "b")
+        # b asks the initiator, which never started this session: presumed abort, with b's reason.
         record = await c["b"].wait(env.session_id, 5)
         assert record.status == SessionStatus.FAILED
         assert ReceiveTimeoutError.__name__ in (record.error or "")
@@ -149,13 +156,15 @@ async def test_roles_that_receive_nothing_never_start() -> None:
 
 async def test_unknown_choreography_and_bad_envelopes_are_rejected() -> None:
     async with cluster(APP, ["a", "b", "c"]) as c:
-        with pytest.raises(UnknownChoreographyError, match="nope"):
+        with pytest.raises(ac.EnvelopeRejectedError, match="nope") as info:
             await c["b"].handle(Envelope("s", "nope", 1, "a", "b", 1, "value"))
-        with pytest.raises(UnknownChoreographyError, match="version 9"):
+        assert (info.value.code, info.value.permanent) == ("unknown-choreography", False)  # may be deployed later
+        with pytest.raises(ac.EnvelopeRejectedError, match="version 9"):
             await c["b"].handle(Envelope("s", "burst", 9, "a", "b", 1, "value"))
-        with pytest.raises(ac.DefinitionError, match="does not fit"):
+        with pytest.raises(ac.EnvelopeRejectedError, match="does not fit") as info:
             await c["b"].handle(Envelope("s", "burst", 1, "zed", "b", 1, "value"))
-        with pytest.raises(ac.DefinitionError, match="kind"):
+        assert (info.value.code, info.value.permanent) == ("invalid", True)
+        with pytest.raises(ac.EnvelopeRejectedError, match="kind"):
             await c["b"].handle(Envelope("s", "burst", 1, "a", "b", 1, "bogus"))
         assert await c.stores["b"].list_sessions() == []
         assert await c["a"].run("burst", 2) == 1
@@ -204,14 +213,18 @@ class SlowReadStore(MemoryStore):
 
 
 async def test_a_failure_racing_the_first_message_is_not_lost() -> None:
-    async with cluster(APP, ["a", "b", "c"], stores={"b": SlowReadStore("b")}) as c:
+    config = EngineConfig(receive_timeout=5, outcome_query_after=0.1)
+    async with cluster(APP, ["a", "b", "c"], config=config, stores={"b": SlowReadStore("b")}) as c:
         sid = "0190f0f0-0000-7000-8000-00000000beef"
         value = Envelope(sid, "pair", 1, "a", "b", 1, "value", ac.PayloadCodec().encode(5))
         failure = Envelope(sid, "pair", 1, "a", "b", -1, "failure", b"failed at role 'a': boom")
         # Both look the session up before either writes: the failure's tombstone must win.
         await asyncio.gather(c["b"].handle(failure), c["b"].handle(value))
+        # b never took part: it acknowledges the failure at once and, the initiator being silent
+        # (it never started this session), asks it for the outcome: failed, with that reason.
         record = await c["b"].wait(sid, 5)
         assert record.status == SessionStatus.FAILED and "boom" in (record.error or "")
+        assert c["b"].live_sessions == 0
 
 
 async def test_a_message_for_a_session_the_initiator_never_started_is_dropped() -> None:

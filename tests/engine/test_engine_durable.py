@@ -12,7 +12,7 @@ from accompanist.engine.config import EngineConfig, Mode, ReplayPolicy
 from accompanist.engine.stepkey import current_step
 from accompanist.store.base import SessionStatus
 from accompanist.transport.memory import FaultPlan
-from tests.engine.harness import Cluster, cluster
+from tests.engine.harness import Cluster, cluster, eventually, wait_status
 
 A, B, C = ac.roles("a", "b", "c")
 
@@ -83,10 +83,12 @@ async def test_lossy_network_every_session_completes_exactly_once() -> None:
         for role in "abc":
             for record in await c.stores[role].list_sessions(limit=1000):
                 assert (await c[role].wait(record.session_id, 30)).status == SessionStatus.COMPLETED
-        await asyncio.sleep(0.3)  # let the relays record the last acknowledgements
-        for role in "abc":
-            counts = await c.stores[role].counts()
-            assert counts.outbox_unacked == 0, f"{role} has unacknowledged envelopes"
+        for role in "abc":  # the relays record the last acknowledgements (some are lost, and retried)
+
+            async def acked(role: str = role) -> bool:
+                return (await c.stores[role].counts()).outbox_unacked == 0
+
+            await eventually(acked, 10, f"every envelope of {role} acknowledged")
         assert c.network.stats.dropped > 0 and c.network.stats.duplicated > 0
 
 
@@ -102,7 +104,7 @@ async def test_restart_delivers_what_the_outbox_holds() -> None:
         records = [await c["a"].wait(s, 30) for s in sids]
         assert [r.status for r in records] == [SessionStatus.COMPLETED] * 20
         assert [c["a"].result_of(r) for r in records] == [i + 2 for i in range(20)]
-        at_b = [await c["b"].get(s) for s in sids]
+        at_b = [await c["b"].wait(s, 5) for s in sids]  # the outcome reaches b after a ends
         # b's part ended before it stopped (its sends were durable in the outbox); after the
         # restart the relay delivered those rows, and nothing ran twice.
         assert all(r is not None and r.status == SessionStatus.COMPLETED for r in at_b)
@@ -144,12 +146,52 @@ async def test_changed_choreography_is_reported_as_diverged() -> None:
         c.app = make_app(effects, changed=True)  # b restarts with different code, same version
         c.network.heal()
         await c.start("b")
-        record = await c["b"].wait(sid, 10)
-        assert record.status == SessionStatus.DIVERGED
+        record = await wait_status(c["b"], sid, SessionStatus.DIVERGED)
         assert "diverged at step 2" in (record.error or ""), record.error
         assert "send(b->a#1/value)" in (record.error or "") and "local(" in (record.error or "")
         listed = await c.stores["b"].list_sessions(SessionStatus.DIVERGED)
         assert [r.session_id for r in listed] == [sid]
+        # Every participant is told, and shows the session as needing an operator.
+        at_a = await wait_status(c["a"], sid, SessionStatus.DIVERGED)
+        assert at_a.failure is not None and ac.Failure.decode(at_a.failure).role == "b"
+        # The operator deploys the fixed code (the old one) and resumes it: it completes.
+        await c.stop("b")
+        c.app = make_app(effects)
+        await c.start("b")
+        done = await c["a"].wait(sid, 10)
+        assert done.status == SessionStatus.COMPLETED and c["a"].result_of(done) == 10
+        assert (await c["b"].wait(sid, 10)).status == SessionStatus.COMPLETED
+
+
+async def test_a_diverged_session_is_cancelled_by_an_operator_everywhere() -> None:
+    effects = Effects()
+    async with cluster(make_app(effects), "ab", config=FT) as c:
+        sid = await c["a"].start_session("quote", [5])
+        await _wait_for_outbox(c, "b", sid)
+        c.network.partition("a", "b")
+        await c.stop("b")
+        c.app = make_app(effects, changed=True)
+        c.network.heal()
+        await c.start("b")
+        await wait_status(c["a"], sid, SessionStatus.DIVERGED)
+        await c["a"].cancel(sid)
+        assert (await c["a"].wait(sid, 10)).status == SessionStatus.FAILED  # nothing had committed
+        at_b = await c["b"].wait(sid, 10)
+        assert at_b.status == SessionStatus.FAILED and "cancelled by an operator" in (at_b.error or "")
+
+
+async def test_fewer_steps_than_the_journal_is_a_divergence_too() -> None:
+    effects = Effects()
+    async with cluster(make_app(effects, changed=True), "ab", config=FT) as c:
+        sid = await c["a"].start_session("quote", [5])
+        await _wait_for_outbox(c, "b", sid)  # b journaled quote, the changed step, its send
+        c.network.partition("a", "b")
+        await c.stop("b")
+        c.app = make_app(effects)  # the new code has one step fewer before the send
+        c.network.heal()
+        await c.start("b")
+        record = await wait_status(c["b"], sid, SessionStatus.DIVERGED)
+        assert "diverged at step 2" in (record.error or "")
 
 
 async def _quote_then_restart(policy: ReplayPolicy) -> tuple[int, Counter[str]]:
@@ -219,11 +261,14 @@ async def test_retention_keeps_a_long_running_store_bounded() -> None:
         for wave in range(5):  # a soak: 3000 sessions in waves, pruning as it goes
             results = await asyncio.gather(*(c["a"].run("relay3", i, timeout=60) for i in range(600)))
             assert results == [i + 2 for i in range(600)], f"wave {wave}"
-        await asyncio.sleep(1.0)  # the last acknowledgements, then one more pruning pass
-        for role in "abc":
-            counts = await c.stores[role].counts()
-            assert counts.sessions == 3000, "ended sessions stay as tombstones"
-            assert (counts.inbox, counts.outbox, counts.journal) == (0, 0, 0), (role, counts)
+        for role in "abc":  # the last outcomes and acknowledgements arrive, then a pruning pass
+
+            async def pruned(role: str = role) -> bool:
+                counts = await c.stores[role].counts()
+                return (counts.inbox, counts.outbox, counts.journal) == (0, 0, 0)
+
+            await eventually(pruned, 10, f"{role}'s rows of ended sessions pruned")
+            assert (await c.stores[role].counts()).sessions == 3000, "ended sessions stay as tombstones"
 
 
 async def test_a_restarted_peer_says_hello_and_retries_resume_at_once() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["EngineConfig", "Mode", "ReplayPolicy"]
+__all__ = ["CompensationOrder", "EngineConfig", "Mode", "ReplayPolicy"]
 
 
 class Mode(enum.StrEnum):
@@ -13,6 +13,13 @@ class Mode(enum.StrEnum):
 
     DEFAULT = "default"  # in memory, at-most-once, lowest latency
     FAULT_TOLERANT = "fault-tolerant"  # durable inbox/outbox, replay after crashes
+
+
+class CompensationOrder(enum.StrEnum):
+    """In which order the roles of a failed saga compensate."""
+
+    ORDERED = "ordered"  # global reverse causal order, as an orchestrator would undo the saga
+    PARALLEL = "parallel"  # every role at once, each in its own reverse order (faster)
 
 
 class ReplayPolicy(enum.StrEnum):
@@ -42,6 +49,14 @@ class EngineConfig:
         tombstone_retention: seconds terminal session rows are kept (to ignore late duplicates).
         prune_interval: how often retention runs.
         grace: seconds in-flight sessions get to finish on shutdown.
+        compensation: the order in which the roles of a failed saga compensate (see
+            :class:`CompensationOrder`).
+        outcome_query_after: seconds a role waits for the outcome (or the initiator for an
+            answer) before it asks again; also how often it keeps asking.
+        max_payload: the largest message payload in bytes; a larger one fails its session at
+            the send, before it is stored (it could never cross the peer's frame limit).
+        store_retry_max: the longest pause between two tries of a store write that failed
+            (a lost connection, a full disk): writes are retried until they succeed.
     """
 
     mode: Mode = Mode.DEFAULT
@@ -58,3 +73,7 @@ class EngineConfig:
     tombstone_retention: float = 7 * 24 * 3600.0
     prune_interval: float = 60.0
     grace: float = 10.0
+    compensation: CompensationOrder = CompensationOrder.ORDERED
+    outcome_query_after: float = 5.0
+    max_payload: int = 4 * 1024 * 1024 - 64 * 1024
+    store_retry_max: float = 2.0

@@ -29,6 +29,7 @@ class Mailbox:
         self._buffer: dict[tuple[str, int], Envelope] = {}
         self._consumed: dict[str, int] = {}
         self._waiters: dict[tuple[str, int], asyncio.Future[Envelope]] = {}
+        self._history: set[tuple[str, int]] = set()  # buffered from the inbox, not early arrivals
         self.duplicates = 0
 
     def offer(self, envelope: Envelope) -> bool:
@@ -46,7 +47,7 @@ class Mailbox:
             self._consumed[envelope.src] = max(self._consumed.get(envelope.src, 0), envelope.seq)
             waiter.set_result(envelope)
             return True
-        if len(self._buffer) >= self._limit:
+        if len(self._buffer) - len(self._history) >= self._limit:
             raise BufferOverflowError(
                 f"session {self._session_id}: more than {self._limit} early envelopes are waiting "
                 f"(last from '{envelope.src}' #{envelope.seq}); raise the buffer limit if this is expected",
@@ -54,6 +55,14 @@ class Mailbox:
             )
         self._buffer[key] = envelope
         return True
+
+    def preload(self, envelope: Envelope) -> None:
+        """Put an envelope from the inbox back (a replay): the session's history, however
+        long, is not bounded by the limit on envelopes that arrive early."""
+        key = (envelope.src, envelope.seq)
+        if envelope.seq > self._consumed.get(envelope.src, 0) and key not in self._buffer:
+            self._buffer[key] = envelope
+            self._history.add(key)
 
     async def take(self, src: str, seq: int, timeout: float | None) -> Envelope:
         """The envelope ``src -> here #seq``, waiting at most ``timeout`` seconds.
@@ -64,6 +73,7 @@ class Mailbox:
         key = (src, seq)
         found = self._buffer.pop(key, None)
         if found is not None:
+            self._history.discard(key)
             self._consumed[src] = max(self._consumed.get(src, 0), seq)
             return found
         waiter: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
@@ -71,6 +81,12 @@ class Mailbox:
         try:
             async with asyncio.timeout(timeout):
                 return await waiter
+        except TimeoutError:
+            # The envelope may have been handed over in the very loop turn the timeout fired:
+            # it is consumed then, so return it rather than lose it.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                return waiter.result()
+            raise
         finally:
             self._waiters.pop(key, None)
 
@@ -80,6 +96,10 @@ class Mailbox:
             if not waiter.done():
                 waiter.set_exception(exc)
         self._waiters.clear()
+
+    def holds(self, src: str, seq: int) -> bool:
+        """Whether the envelope ``src -> here #seq`` waits in the buffer."""
+        return (src, seq) in self._buffer
 
     @property
     def buffered(self) -> int:

@@ -28,6 +28,25 @@ class Metrics:
         )
         self.delivered = Counter("accompanist_messages_delivered", "Outbox envelopes acknowledged", registry=r)
         self.retries = Counter("accompanist_messages_retried", "Failed delivery attempts (retried)", registry=r)
+        self.compensations = Counter("accompanist_compensations", "Compensations run to success", registry=r)
+        self.awaiting_outcome = Gauge(
+            "accompanist_sessions_awaiting_outcome",
+            "Sessions whose part is done here, kept until the initiator declares the outcome",
+            registry=r,
+        )
+        self.blocked = Gauge(
+            "accompanist_sessions_blocked", "Unfinished sessions this sidecar cannot run (version missing)", registry=r
+        )
+        self.rejected = Counter(
+            "accompanist_envelopes_rejected", "Envelopes refused, by reason", ["reason"], registry=r
+        )
+        self.undeliverable = Counter(
+            "accompanist_envelopes_undeliverable", "Outbox envelopes a peer refused for good", registry=r
+        )
+        self.store_failures = Counter(
+            "accompanist_store_failures", "Store operations that failed and were retried or refused", registry=r
+        )
+        self.queries = Counter("accompanist_outcome_queries", "Outcome queries sent to initiators", registry=r)
         self.outbox_unacked = Gauge("accompanist_outbox_unacked", "Unacknowledged outbox envelopes", registry=r)
         self.session_seconds = Histogram(
             "accompanist_session_seconds",

@@ -1,9 +1,14 @@
 """The relay: delivers outbox envelopes until the peer acknowledges them.
 
-A fresh send is delivered at once. A failed delivery backs off per destination (jittered
-exponential), and a periodic scan of the outbox picks up everything unacknowledged, so rows
-written before a crash are delivered after the restart. A peer that (re)starts says hello;
-its backoff is reset and its rows are retried at once instead of waiting out the delay.
+A fresh send is delivered at once. A delivery that cannot reach its peer backs off per
+destination (jittered exponential), and a periodic scan of the outbox picks up everything
+unacknowledged, so rows written before a crash are delivered after the restart. A peer that
+(re)starts says hello; its backoff is reset and its rows are retried at once.
+
+A peer that answers but refuses one envelope is reachable: only that envelope backs off (a
+refusal that may pass, such as a version not deployed yet), or, when the refusal is for good
+(the envelope can never be accepted), the envelope is not retried and its session fails. One
+poisoned row never delays other sessions' envelopes to the same peer.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.metrics import Metrics
 from accompanist.envelope import Envelope
-from accompanist.errors import AccompanistError
+from accompanist.errors import AccompanistError, EnvelopeRejectedError
 from accompanist.store.base import Store, WriteBatch
 from accompanist.transport.base import Transport
 
@@ -39,10 +46,17 @@ class Relay:
         config: retry bounds, delivery timeout and concurrency, scan interval.
         metrics: counters for deliveries and retries.
         log: logger.
+        on_refused: called (in a task of its own) with an envelope a peer refused for good.
     """
 
     def __init__(
-        self, store: Store, transport: Transport, config: EngineConfig, metrics: Metrics, log: logging.Logger
+        self,
+        store: Store,
+        transport: Transport,
+        config: EngineConfig,
+        metrics: Metrics,
+        log: logging.Logger,
+        on_refused: Callable[[Envelope, EnvelopeRejectedError], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._store = store
         self._transport = transport
@@ -52,6 +66,8 @@ class Relay:
         self._sem = asyncio.Semaphore(config.delivery_concurrency)
         self._inflight: set[tuple[str, str, str, int]] = set()
         self._backoff: dict[str, _Backoff] = {}
+        self._row_backoff: dict[tuple[str, str, str, int], _Backoff] = {}
+        self._on_refused = on_refused
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -70,7 +86,7 @@ class Relay:
 
     def kick(self, envelope: Envelope) -> None:
         """Deliver a freshly written outbox envelope now, unless its peer is backing off."""
-        if self._due(envelope.dst):
+        if self._due(envelope):
             self._spawn(envelope)
 
     def wake(self, dst: str) -> None:
@@ -83,9 +99,13 @@ class Relay:
         """Deliveries in flight."""
         return len(self._inflight)
 
-    def _due(self, dst: str) -> bool:
-        b = self._backoff.get(dst)
-        return b is None or b.due <= time.monotonic()
+    def _due(self, envelope: Envelope) -> bool:
+        now = time.monotonic()
+        b = self._backoff.get(envelope.dst)
+        if b is not None and b.due > now:
+            return False
+        row = self._row_backoff.get(envelope.key)
+        return row is None or row.due <= now
 
     def _spawn(self, envelope: Envelope) -> None:
         key = envelope.key
@@ -99,20 +119,43 @@ class Relay:
     async def _deliver(self, envelope: Envelope) -> None:
         try:
             async with self._sem:
-                if not self._due(envelope.dst):
+                if not self._due(envelope):
                     return
                 try:
                     await self._transport.send(envelope, wait=True, timeout=self._config.deliver_timeout)
+                except EnvelopeRejectedError as exc:
+                    self._backoff.pop(envelope.dst, None)  # the peer is up: it answered
+                    await self._refused(envelope, exc)
+                    return
                 except (AccompanistError, OSError, TimeoutError) as exc:
                     self._failed(envelope.dst, exc)
                     return
                 self._backoff.pop(envelope.dst, None)
+                self._row_backoff.pop(envelope.key, None)
                 self._metrics.delivered.inc()
                 await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)]))
         except AccompanistError as exc:  # the ack could not be stored: the row is retried later
             self._log.warning("could not record acknowledgement of %s: %s", envelope.key, exc)
         finally:
             self._inflight.discard(envelope.key)
+
+    async def _refused(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
+        if not exc.permanent:
+            b = self._row_backoff.setdefault(envelope.key, _Backoff())
+            b.failures += 1
+            delay = min(self._config.retry_max * 4, self._config.retry_min * (2 ** min(b.failures - 1, 20)))
+            b.due = time.monotonic() + delay * self._rng.uniform(0.5, 1.0)
+            self._metrics.retries.inc()
+            if b.failures in (1, 10) or b.failures % 100 == 0:
+                self._log.warning("role '%s' refused %s (%d times): %s", envelope.dst, envelope.key, b.failures, exc)
+            return
+        # Never deliverable: stop trying, and let the session fail with the reason.
+        self._row_backoff.pop(envelope.key, None)
+        await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)]))
+        if self._on_refused is not None:
+            task = asyncio.create_task(self._on_refused(envelope, exc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _failed(self, dst: str, exc: BaseException) -> None:
         b = self._backoff.setdefault(dst, _Backoff())
@@ -131,11 +174,14 @@ class Relay:
                 self._log.warning("outbox scan failed: %s", exc)
                 pending = []
             for envelope in pending:
-                if self._due(envelope.dst):
+                if self._due(envelope):
                     self._spawn(envelope)
             self._metrics.outbox_unacked.set(len(pending))
             self._wakeup.clear()
-            soonest = min((b.due for b in self._backoff.values()), default=None)
+            keep = {e.key for e in pending}
+            for key in [k for k in self._row_backoff if k not in keep]:
+                del self._row_backoff[key]
+            soonest = min((b.due for b in (*self._backoff.values(), *self._row_backoff.values())), default=None)
             interval = self._config.relay_interval
             if soonest is not None:
                 interval = max(0.005, min(interval, soonest - time.monotonic()))

@@ -3,34 +3,44 @@
 In default mode a send goes straight to the transport and a receive waits on the mailbox.
 In fault-tolerant mode every step is checked against the session's journal: a replay
 returns recorded values, skips sends that are already in the outbox, and stops with a
-``NondeterminismError`` at the first step that differs from the record. New steps are
-journaled; their entries become durable together with the next outbox row or the session's
-end, so journaling costs no extra fsync.
+``NondeterminismError`` at the first step that differs from the record (or, at the end, when
+the record holds steps the code no longer makes). New steps are journaled; their entries
+become durable together with the next outbox row, commit or status change, so journaling costs
+no extra fsync. ``ch.uuid`` and ``ch.random`` are derived from the session's seed (stored with
+its first write), so a step re-run after a crash draws the same value even before its journal
+entry was durable; ``ch.now`` is made durable before its value is used.
+
+The run also holds what the outcome round learns from envelopes (see
+:mod:`accompanist.engine.outcome`): ``done`` reports, the decided failure, the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from accompanist.engine.config import Mode, ReplayPolicy
+from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
+from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
 from accompanist.envelope import Envelope
 from accompanist.errors import (
     Abort,
     CodecError,
     NondeterminismError,
+    PayloadTooLargeError,
     ReceiveTimeoutError,
-    SessionFailedError,
     TransactionFailedError,
 )
+from accompanist.failure import Failure
 from accompanist.interpreters.common import Committed
 from accompanist.language.choreo import LocalThunk
 from accompanist.language.choreography import Choreography
@@ -39,21 +49,27 @@ from accompanist.language.transaction import Transaction, TxContext, commit_with
 from accompanist.store.base import JournalEntry, SessionRecord, TxRecord, WriteBatch
 
 if TYPE_CHECKING:
-    from accompanist.engine.engine import Engine
+    from accompanist.engine.host import Host
 
-__all__ = ["DONE_HEADER", "Park", "SessionRun", "journal_name"]
+__all__ = ["CLOCK_HEADER", "DONE_HEADER", "Park", "SessionRun", "journal_name", "new_seed", "trace_id"]
 
 DONE_HEADER = "accompanist-done"
-"""Header on a role's last envelope to the initiator: the role finished its part of the saga
-(its value: the roles it sent to, as a JSON list), so no separate ``done`` envelope is sent."""
+"""Header on a role's last envelope to the initiator: the role finished its part (its value:
+the roles it sent to, as a JSON list), so no separate ``done`` envelope is sent."""
+
+CLOCK_HEADER = "accompanist-clock"
+"""Header carrying the sender's Lamport time: commits are ordered causally across roles by it."""
 
 
 class Park(Exception):  # noqa: N818 - a signal, not an error
-    """The session waits without a task: a receive timed out in fault-tolerant mode (status
-    ``parked``), or a saga role finished its part and awaits the outcome (``finished``)."""
+    """The session waits without a task: a receive timed out in fault-tolerant mode.
 
-    def __init__(self, what: str, *, finished: bool = False) -> None:
-        self.finished = finished
+    Attributes:
+        awaited: ``(src, seq)`` of the envelope it waits for.
+    """
+
+    def __init__(self, what: str, awaited: tuple[str, int]) -> None:
+        self.awaited = awaited
         super().__init__(what)
 
 
@@ -64,25 +80,46 @@ def journal_name(step: Step) -> str:
     return step.name
 
 
+def new_seed() -> bytes:
+    """A session's random seed: ``ch.uuid`` and ``ch.random`` values are derived from it."""
+    return os.urandom(16)
+
+
+def trace_id(session_id: str) -> str:
+    """The W3C trace id of a session (one session is one trace): its UUID's hex, or a hash
+    of an id the client chose."""
+    try:
+        return uuid.UUID(session_id).hex
+    except ValueError:
+        return hashlib.blake2b(session_id.encode(), digest_size=16).hexdigest()
+
+
 def _traceparent(session_id: str) -> str:
-    # One session is one trace: the trace id is the session's UUID.
-    return f"00-{session_id.replace('-', '')}-{os.urandom(8).hex()}-01"
+    return f"00-{trace_id(session_id)}-{os.urandom(8).hex()}-01"
+
+
+def _derive(seed: bytes, kind: StepKind, step: int) -> Any:
+    digest = hashlib.blake2b(seed + str(kind).encode() + step.to_bytes(8, "big"), digest_size=16).digest()
+    if kind is StepKind.UUID:
+        return uuid.UUID(bytes=digest, version=4)
+    return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
 
 
 class SessionRun:
     """Runs one session's projection at this role and records what it does.
 
     Args:
-        engine: the engine that owns the session (store, transport, relay, settings).
+        host: the engine that owns the session (store, transport, relay, settings).
         record: the session's row.
         choreography: what it runs.
         journal: durable journal entries loaded for a replay (empty for a fresh run).
         sent: ``(dst, seq)`` of envelopes already in the outbox.
+        txlog: the session's transaction records, by key.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        host: Host,
         record: SessionRecord,
         choreography: Choreography,
         *,
@@ -90,30 +127,45 @@ class SessionRun:
         sent: set[tuple[str, int]] | None = None,
         txlog: dict[str, TxRecord] | None = None,
     ) -> None:
-        self.engine = engine
+        self.host = host
         self.record = record
         self.choreography = choreography
         self.codec = choreography.codec
-        self.mailbox = Mailbox(record.session_id, engine.config.buffer_limit)
-        self.durable = engine.config.mode is Mode.FAULT_TOLERANT
+        self.mailbox = Mailbox(record.session_id, host.config.buffer_limit)
+        self.durable = host.durable
         self.journal: list[JournalEntry] = journal or []
         self.pending: list[JournalEntry] = []
         self.sent: set[tuple[str, int]] = sent or set()
-        self.failure: BaseException | None = None
-        self.failure_remote = False
-        self.failure_reason = ""
-        self.task: asyncio.Task[None] | None = None
         self.txlog: dict[str, TxRecord] = txlog or {}
         self.occurrences: dict[str, int] = {}
         self.committed: list[Committed] = []
-        self.compensated: set[str] = {k for k, r in self.txlog.items() if r.status == "compensated"}
+        self.undone_keys: set[str] = set()  # compensated in this process
         self.contacts: set[str] = set()
-        self.dones: dict[str, list[str]] = {}
-        self.outcome: str | None = None
+        self.clock = 0
+        self.steps = 0  # steps the projection made so far
+        self.step_now: int | None = None  # the step running now, for failures
+        self.task: asyncio.Task[None] | None = None
+        self.stop: BaseException | None = None  # raised at the projection's next step
+        self.accepting = True  # new envelopes may be handed to this run
+        self.rearm = False  # something arrived that resumes the session once this run has stopped
+        self.projected = False  # the projection ran (to its end or its failure) in this life
+        # What the outcome round learned (filled from envelopes, live or from the inbox).
         self.signal = asyncio.Event()
-        self.current_step = 0
+        self.arrivals = 0  # envelopes of the outcome round absorbed so far
+        self.dones: dict[str, list[str]] = {}
+        self.decision: Failure | None = None
+        self.decisions = 0  # how many times the decision arrived (a repeat asks for our answer again)
+        self.reports: dict[str, Failure] = {}
+        self.cancels: dict[str, Failure] = {}
+        self.outcome: Outcome | None = None
+        self.undone: dict[str, Undone] = {}
+        self.batches_done: dict[int, Undone] = {}
+        self.commit_reports: dict[str, Report] = {}
+        self.orders: dict[int, Compensate] = {}
+        self.diverged: Failure | None = None
+        self.resumed: dict[str, int] = {}  # role -> the last replay number it resumed with
         initiator = choreography.initiator.name
-        self._defer_to = initiator if choreography.saga and record.role != initiator else None
+        self._defer_to = initiator if record.role != initiator else None
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
         self._traceparent = _traceparent(record.session_id)
@@ -124,57 +176,43 @@ class SessionRun:
         return self.record.session_id
 
     @property
+    def initiator(self) -> bool:
+        """Whether this role starts the session and decides its outcome."""
+        return self.record.role == self.choreography.initiator.name
+
+    @property
     def replaying(self) -> bool:
         """Whether the run is still inside the recorded journal."""
-        return len(self.journal) > 0 and self.replayed_steps < len(self.journal)
+        return self.replayed_steps < len(self.journal)
 
     # -- failure from outside ---------------------------------------------------------------
-    def fail_from_peer(self, exc: BaseException, *, remote: bool = True, reason: str | None = None) -> None:
-        """The session must fail: a peer reported a failure (``remote``), an operator cancelled
-        it, or its buffer overflowed. Pending receives wake with ``exc``; a replay raises it
-        only once it has passed the end of the journal, so it first rebuilds what committed."""
-        if self.failure is None:
-            self.failure = exc
-            self.failure_remote = remote
-            self.failure_reason = reason if reason is not None else str(exc)
+    def interrupt(self, exc: BaseException) -> None:
+        """Stop the projection with ``exc``: the session failed (decided elsewhere, or this
+        role's buffer overflowed, or its envelope can never be delivered). Pending receives
+        wake with it; a replay raises it once past the end of the journal, after rebuilding
+        what committed."""
+        if self.stop is None:
+            self.stop = exc
         self.mailbox.fail(exc)
         self.signal.set()
 
-    def _check_failed(self, step: Step) -> None:
-        self.current_step = step.index
-        if self.failure is not None and step.index >= len(self.journal):
-            raise self.failure
-
-    def raise_if_failed(self) -> None:
-        """Raise the known failure, if any (at the end of the projection)."""
-        if self.failure is not None:
-            raise self.failure
+    def _start_step(self, step: Step) -> None:
+        self.step_now = step.index
+        self.steps = max(self.steps, step.index + 1)
+        if self.stop is not None and step.index >= len(self.journal):
+            raise self.stop
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float | None) -> None:
-        """Wait until ``condition()`` holds (checked on every done/outcome/failure arrival).
+        """Wait until ``condition()`` holds, checked whenever an envelope of the outcome round
+        arrives.
 
         Raises:
             TimeoutError: not within ``timeout``.
-            the session's failure, if one arrives first.
         """
         async with asyncio.timeout(timeout):
-            while True:
-                self.raise_if_failed()
-                if condition():
-                    return
+            while not condition():
                 self.signal.clear()
                 await self.signal.wait()
-
-    def participants(self) -> set[str]:
-        """Roles known to have taken part: this one, whom it sent to, and whom they sent to."""
-        roles = {self.record.role, *self.contacts}
-        for contacts in self.dones.values():
-            roles.update(contacts)
-        return roles
-
-    def all_done(self) -> bool:
-        """Whether every other participant has reported ``done`` (initiator only)."""
-        return all(r in self.dones for r in self.participants() if r != self.record.role)
 
     # -- journal -----------------------------------------------------------------------------
     def _recorded(self, step: Step) -> JournalEntry | None:
@@ -190,17 +228,26 @@ class SessionRun:
         self.replayed_steps = step.index + 1
         return entry
 
+    def check_replay_complete(self) -> None:
+        """At the end of the projection: the journal must hold no step the code did not make.
+
+        Raises:
+            NondeterminismError: the record has more steps (the code was changed).
+        """
+        if self.durable and len(self.journal) > self.steps:
+            entry = self.journal[self.steps]
+            raise NondeterminismError(
+                self.session_id, self.steps, f"{entry.kind}({entry.name})", "the end of the choreography"
+            )
+
     def _entry(self, step: Step, value: bytes | None = None) -> JournalEntry:
         return JournalEntry(
             session_id=self.session_id, step=step.index, kind=str(step.kind), name=journal_name(step), value=value
         )
 
-    def _note(self, step: Step, value: bytes | None = None) -> JournalEntry | None:
-        if not self.durable:
-            return None
-        entry = self._entry(step, value)
-        self.pending.append(entry)
-        return entry
+    def _note(self, step: Step, value: bytes | None = None) -> None:
+        if self.durable:
+            self.pending.append(self._entry(step, value))
 
     def take_pending(self) -> list[JournalEntry]:
         """Journal entries not yet durable; the caller writes them in its batch."""
@@ -212,12 +259,23 @@ class SessionRun:
     async def send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
         await self.flush()
-        self._check_failed(step)
+        self._start_step(step)
         recorded = self._recorded(step)
         assert step.dst is not None and step.seq is not None
         self.contacts.add(step.dst)
+        self.clock += 1
         if recorded is not None and (step.dst, step.seq) in self.sent:
+            self.step_now = None
             return  # already in the outbox: the relay delivers it, never twice
+        payload = self.codec.encode(value)
+        limit = self.host.config.max_payload
+        if len(payload) > limit:
+            raise PayloadTooLargeError(
+                f"the message {step.src}->{step.dst} #{step.seq} is {len(payload)} bytes, over the limit of {limit} "
+                "(max_payload): no peer could accept it; send a reference to the data instead",
+                size=len(payload),
+                limit=limit,
+            )
         envelope = Envelope(
             session_id=self.session_id,
             choreography=self.choreography.name,
@@ -226,25 +284,26 @@ class SessionRun:
             dst=step.dst,
             seq=step.seq,
             kind=step.msg_kind,
-            payload=self.codec.encode(value),
-            headers={"traceparent": self._traceparent},
+            payload=payload,
+            headers={"traceparent": self._traceparent, CLOCK_HEADER: str(self.clock)},
         )
         if step.dst == self._defer_to:
             # Held until this role's next step starts (microseconds): if there is none, the
             # envelope carries this role's 'done' to the initiator instead of a message of its own.
             self._deferred = (step, envelope, recorded is None)
-            return
-        await self._emit(step, envelope, recorded is None)
+        else:
+            await self._emit(step, envelope, recorded is None)
+        self.step_now = None
 
     async def _emit(self, step: Step, envelope: Envelope, new: bool) -> None:
         if not self.durable:
-            await self.engine.deliver_now(envelope)
+            await self.host.emit([envelope])
             return
         if new:
             self._note(step)
-        await self.engine.store.commit(WriteBatch(outbox=[envelope], journal=self.take_pending()))
+        await self.host.guard.commit(WriteBatch(outbox=[envelope], journal=self.take_pending()))
         self.sent.add((envelope.dst, envelope.seq))
-        self.engine.relay_kick(envelope)
+        await self.host.emit([envelope])
 
     async def flush(self) -> None:
         """Send the held envelope to the initiator: this role has a next step after all."""
@@ -252,6 +311,10 @@ class SessionRun:
             step, envelope, new = self._deferred
             self._deferred = None
             await self._emit(step, envelope, new)
+
+    def drop_deferred(self) -> None:
+        """Forget the held envelope: the session failed before it went out."""
+        self._deferred = None
 
     def last_envelope_with_done(self) -> Envelope | None:
         """The held last envelope to the initiator, now carrying this role's ``done`` (with
@@ -270,37 +333,45 @@ class SessionRun:
     async def recv(self, step: Step) -> Any:
         """Receive one message: from the mailbox, fed by the transport and (on replay) the inbox."""
         await self.flush()
-        self._check_failed(step)
+        self._start_step(step)
         recorded = self._recorded(step)
         assert step.src is not None and step.seq is not None
-        timeout = self.engine.config.receive_timeout
+        timeout = self.host.config.receive_timeout
         try:
             envelope = await self.mailbox.take(step.src, step.seq, timeout)
         except TimeoutError:
             if self.durable:
-                raise Park(f"waiting for envelope #{step.seq} from '{step.src}'") from None
+                raise Park(f"waiting for envelope #{step.seq} from '{step.src}'", (step.src, step.seq)) from None
             raise ReceiveTimeoutError(self.session_id, step.src, step.seq, timeout) from None
         if envelope.kind != step.msg_kind:
             raise NondeterminismError(
                 self.session_id, step.index, f"{step.msg_kind} message", f"{envelope.kind} message"
             )
+        stamp = envelope.headers.get(CLOCK_HEADER, "0")
+        self.clock = max(self.clock, int(stamp) if stamp.isdigit() else 0) + 1
         if recorded is None:
             self._note(step)
-        return self.codec.decode(envelope.payload)
+        value = self.codec.decode(envelope.payload)
+        self.step_now = None
+        return value
 
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
         """Run a local step, or return its recorded result when replaying (journal policy)."""
         await self.flush()
-        self._check_failed(step)
+        self._start_step(step)
         recorded = self._recorded(step)
-        use_record = step.kind is not StepKind.LOCAL or self.engine.config.replay_policy is ReplayPolicy.JOURNAL
+        use_record = step.kind is not StepKind.LOCAL or self.host.config.replay_policy is ReplayPolicy.JOURNAL
         if recorded is not None and recorded.value is not None and use_record:
+            self.step_now = None
             return self.codec.decode(recorded.value)
-        token = set_current_step(StepKey(self.session_id, self.record.role, step.index))
-        try:
-            value = await thunk()
-        finally:
-            reset_current_step(token)
+        if step.kind in (StepKind.UUID, StepKind.RANDOM) and self.record.seed:
+            value: Any = _derive(self.record.seed, step.kind, step.index)
+        else:
+            token = set_current_step(StepKey(self.session_id, self.record.role, step.index))
+            try:
+                value = await thunk()
+            finally:
+                reset_current_step(token)
         if recorded is None and self.durable:
             try:
                 encoded: bytes | None = self.codec.encode(value)
@@ -309,29 +380,36 @@ class SessionRun:
                     raise
                 encoded = None  # not journaled: a replay runs this step again
             self._note(step, encoded)
+            if step.kind is StepKind.NOW:  # the clock cannot be derived: durable before it is used
+                await self.host.guard.commit(WriteBatch(journal=self.take_pending()))
+        self.step_now = None
         return value
 
     async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
         and a commit that failed before fails again without running."""
         await self.flush()
-        self._check_failed(step)
+        self._start_step(step)
         recorded = self._recorded(step)
         occurrence = self.occurrences.get(tx.name, 0)
         self.occurrences[tx.name] = occurrence + 1
+        self.host.registry.note(self.choreography.name, tx)
+        self.clock += 1
+        clock = self.clock
         role, session_id = self.record.role, self.session_id
 
         def ctx(attempt: int) -> TxContext:
             return TxContext(session_id, role, tx.name, occurrence, step.index, attempt)
 
         def remember(result: Any) -> None:  # to compensate it if the saga fails
-            self.committed.append(Committed(tx, args, result, ctx(1)))
+            self.committed.append(Committed(tx, args, result, ctx(1), clock))
 
         key = ctx(1).idempotency_key
         logged = self.txlog.get(key)
-        if logged is not None:
+        if logged is not None and logged.status != "uncertain":
             result = self.codec.decode(logged.result) if logged.result is not None else None
             remember(result)
+            self.step_now = None
             return result
         if recorded is not None and recorded.value is not None:
             failed = self.codec.decode(recorded.value)
@@ -339,19 +417,31 @@ class SessionRun:
             if uncertain:
                 remember(None)
             raise TransactionFailedError(
-                role, tx.name, step.index, str(failed.get("failed", "the commit failed")), uncertain=uncertain
+                role,
+                tx.name,
+                step.index,
+                str(failed.get("failed", "the commit failed")),
+                uncertain=uncertain,
+                error_type=str(failed.get("type", "")),
+                detail=str(failed.get("detail", "")),
             )
-        atomic = getattr(self.engine.store, "atomic", None) if tx.atomic and self.durable else None
+        atomic = self.host.atomic() if tx.atomic and self.durable else None
+        try:
+            encoded_args: bytes | None = self.codec.encode(args) if self.durable else None
+        except CodecError:
+            encoded_args = None  # compensable only by replaying the session
 
-        def record(result: Any) -> TxRecord:
+        def record(status: str, result: Any) -> TxRecord:
             return TxRecord(
                 session_id=session_id,
                 key=key,
                 name=tx.name,
                 step=step.index,
-                status="committed",
-                result=self.codec.encode(result),
+                status=status,
+                result=None if result is None else self.codec.encode(result),
                 updated_at=time.time(),
+                args=encoded_args,
+                clock=clock,
             )
 
         async def commit_atomically(attempt_ctx: TxContext) -> Any:
@@ -362,7 +452,7 @@ class SessionRun:
                 result = await tx.commit(dataclasses.replace(attempt_ctx, connection=scope.connection), *args)
                 if result is False:
                     raise Abort("the commit returned False")
-                entry = record(result)
+                entry = record("committed", result)
                 scope.batch.txlog.append(entry)
                 scope.batch.journal.extend(self.pending)
                 if recorded is None:
@@ -379,17 +469,24 @@ class SessionRun:
             if exc.uncertain:  # the retries ran out: it may have taken effect, so undo it too
                 remember(None)
             if recorded is None:
-                self._note(step, self.codec.encode({"failed": exc.reason, "uncertain": exc.uncertain}))
+                failed = {
+                    "failed": exc.reason,
+                    "uncertain": exc.uncertain,
+                    "type": exc.error_type,
+                    "detail": exc.detail,
+                }
+                self._note(step, self.codec.encode(failed))
+            if exc.uncertain and self.durable:
+                entry = record("uncertain", None)
+                await self.host.guard.commit(WriteBatch(txlog=[entry], journal=self.take_pending()))
+                self.txlog[key] = entry
             raise
         remember(result)  # before encoding the result: compensable even if that fails
         if self.durable and atomic is None:
-            entry = record(result)
+            entry = record("committed", result)
             if recorded is None:
                 self._note(step)
-            await self.engine.store.commit(WriteBatch(txlog=[entry], journal=self.take_pending()))
+            await self.host.guard.commit(WriteBatch(txlog=[entry], journal=self.take_pending()))
             self.txlog[key] = entry
+        self.step_now = None
         return result
-
-    def remote_failure(self, src: str, reason: str) -> SessionFailedError:
-        """The error a receive wakes with when ``src`` reports the session failed."""
-        return SessionFailedError(self.session_id, src, reason, "compensating" if self.choreography.saga else "failed")

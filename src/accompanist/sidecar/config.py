@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accompanist.engine.config import EngineConfig, Mode, ReplayPolicy
+from accompanist.engine.config import CompensationOrder, EngineConfig, Mode, ReplayPolicy
 from accompanist.errors import ConfigError
 
 __all__ = ["SidecarConfig", "parse_address", "parse_peers"]
@@ -213,6 +213,11 @@ def _convert_engine(key: str, value: Any, annotation: Any) -> Any:
             return Mode(str(value))
         except ValueError:
             raise ConfigError(f"mode must be 'default' or 'fault-tolerant', got {value!r}") from None
+    if key == "compensation":
+        try:
+            return CompensationOrder(str(value))
+        except ValueError:
+            raise ConfigError(f"compensation must be 'ordered' or 'parallel', got {value!r}") from None
     if key == "replay_policy":
         try:
             return ReplayPolicy(str(value))

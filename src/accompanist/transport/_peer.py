@@ -29,6 +29,7 @@ from accompanist.transport.frames import (
     Reason,
     decode_body,
     read_length,
+    rejected,
 )
 
 __all__ = ["LinkConfig", "PeerLink"]
@@ -237,7 +238,7 @@ class PeerLink:
             cfg.stats.acked += 1
             fut.set_result(None)
         else:
-            fut.set_exception(TransportError(f"{self._where} rejected the envelope: {frame.info}"))
+            fut.set_exception(rejected(self._where, frame.info, authenticated=True))
 
     def _unauthenticated_reject(self, conn: _Connection, body: bytes) -> None:
         """Fail a send early on a reject we cannot verify (typically: our keys differ).
@@ -253,9 +254,7 @@ class PeerLink:
             return
         fut = conn.pending.pop(frame.corr, None)
         if fut is not None and not fut.done():
-            fut.set_exception(
-                TransportError(f"{self._where} rejected the envelope (reply not authenticated): {frame.info}")
-            )
+            fut.set_exception(rejected(f"{self._where} (reply not authenticated)", frame.info, authenticated=False))
 
     def _count(self, reason: Reason, detail: str) -> None:
         self._cfg.stats.rejected[reason.value] += 1

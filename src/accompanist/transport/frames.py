@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import struct
 from collections.abc import Mapping
 from typing import Final
@@ -28,7 +29,7 @@ from typing import Final
 import msgspec
 
 from accompanist.envelope import Envelope
-from accompanist.errors import ConfigError, FrameError
+from accompanist.errors import ConfigError, EnvelopeRejectedError, FrameError
 
 __all__ = [
     "DEFAULT_KEY_ID",
@@ -44,6 +45,8 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "read_length",
+    "reject_info",
+    "rejected",
 ]
 
 HEADER_SIZE: Final = 4
@@ -301,3 +304,32 @@ def decode_frame(data: bytes, *, ring: KeyRing | None = None, max_frame: int = D
     if len(body) > length:
         raise InvalidFrameError(Reason.INVALID, f"{len(body) - length} bytes after the frame")
     return decode_body(body, ring=ring)
+
+
+_REJECT_CODE: Final = re.compile(r"^\[([a-z][a-z0-9-]{0,39})(!?)\] ")
+
+
+def reject_info(exc: BaseException) -> str:
+    """The ``info`` of a reject frame for an envelope the handler refused with ``exc``.
+
+    An :class:`EnvelopeRejectedError` puts its code first, ``[code] why`` (``[code!] why``
+    when the refusal is for good), so the sender can tell a refusal that may pass from one
+    that never will.
+    """
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, EnvelopeRejectedError) and exc.code:
+        return f"[{exc.code}{'!' if exc.permanent else ''}] {text}"
+    return text
+
+
+def rejected(where: str, info: str, *, authenticated: bool) -> EnvelopeRejectedError:
+    """The error a sender raises for a reject frame with ``info`` from ``where``.
+
+    Only an authenticated reject can say "for good": an unverifiable one may come from anyone,
+    and must never stop retries.
+    """
+    match = _REJECT_CODE.match(info)
+    code, permanent = (match.group(1), match.group(2) == "!") if match else ("", False)
+    return EnvelopeRejectedError(
+        f"{where} rejected the envelope: {info}", code=code, permanent=permanent and authenticated
+    )

@@ -32,6 +32,8 @@ from accompanist.transport.frames import (
     Reason,
     decode_frame,
     encode_frame,
+    reject_info,
+    rejected,
 )
 
 __all__ = ["FaultPlan", "FaultStats", "MemoryNetwork", "MemoryTransport"]
@@ -147,7 +149,7 @@ class MemoryTransport:
             self.stats.rejected[exc.reason.value] += 1
             raise TransportError(f"answer from '{envelope.dst}' refused: {exc}") from exc
         if frame.type == FrameType.REJECT:
-            raise TransportError(f"role '{envelope.dst}' rejected the envelope: {frame.info}")
+            raise rejected(f"role '{envelope.dst}'", frame.info, authenticated=True)
         self.stats.acked += 1
 
     async def receive(self, data: bytes) -> bytes | None:
@@ -171,7 +173,7 @@ class MemoryTransport:
             await handler(envelope)
         except Exception as exc:
             self.stats.rejected[Reason.HANDLER.value] += 1
-            return self._answer(FrameType.REJECT, str(exc) or type(exc).__name__, envelope.auth)
+            return self._answer(FrameType.REJECT, reject_info(exc), envelope.auth)
         return self._answer(FrameType.ACK, "", envelope.auth)
 
     def _answer(self, kind: FrameType, info: str = "", key_id: str | None = None) -> bytes:

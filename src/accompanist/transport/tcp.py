@@ -38,6 +38,7 @@ from accompanist.transport.frames import (
     decode_body,
     encode_frame,
     read_length,
+    reject_info,
 )
 from accompanist.transport.tls import tls_contexts
 
@@ -252,7 +253,7 @@ class TcpTransport:
         try:
             await self._handler(envelope)
         except Exception as exc:
-            info = str(exc) or type(exc).__name__
+            info = reject_info(exc)
             self._reject(Reason.HANDLER, peer, f"handler refused {envelope.key}: {info}")
             answer = Frame(FrameType.REJECT, corr, info=info)
         else:

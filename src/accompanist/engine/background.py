@@ -1,0 +1,95 @@
+"""What an engine does besides running sessions: hello to peers, asking for late outcomes,
+picking up sessions left without a task, and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from accompanist.engine.session import SessionRun
+from accompanist.envelope import Envelope, EnvelopeKind
+from accompanist.errors import AccompanistError
+from accompanist.store.base import SessionStatus
+
+if TYPE_CHECKING:
+    from accompanist.engine.engine import Engine
+
+__all__ = ["announce", "nudge_loop", "prune_loop"]
+
+S = SessionStatus
+_PER_PASS = 500
+
+
+async def announce(engine: Engine) -> None:
+    """Tell every peer this sidecar (re)started, so their relays retry at once."""
+    peers = sorted({r.name for c in engine.app for r in c.roles if r.name != engine.role})
+    hellos = [
+        Envelope(session_id="", choreography="", version=0, src=engine.role, dst=p, seq=0, kind=EnvelopeKind.HELLO)
+        for p in peers
+    ]
+    await asyncio.gather(*(_send_quietly(engine, h) for h in hellos))
+
+
+async def _send_quietly(engine: Engine, envelope: Envelope) -> None:
+    with contextlib.suppress(AccompanistError, OSError, TimeoutError):
+        await engine.transport.send(envelope, wait=True, timeout=engine.config.deliver_timeout)
+
+
+async def nudge_loop(engine: Engine) -> None:
+    """Sessions that wait without a task are looked after.
+
+    A role that finished its part (or compensated it, or never took part but was told of the
+    failure) and waited longer than ``outcome_query_after`` asks the initiator for the outcome
+    instead of only waiting to be told. In fault-tolerant mode a session left ``running``
+    without a task (its task died on a bug), or an initiator waiting without one, is resumed.
+    """
+    interval = max(engine.config.outcome_query_after, 0.05)
+    backoff: dict[str, tuple[float, float]] = {}  # session -> (next try, delay)
+    while True:
+        await asyncio.sleep(interval)
+        now = time.time()
+        for status in (S.FINISHED, S.COMPENSATING, S.RUNNING) if engine.durable else (S.FINISHED, S.COMPENSATING):
+            try:
+                records = await engine.store.list_sessions(status, _PER_PASS)
+            except AccompanistError:
+                continue
+            for record in records:
+                sid = record.session_id
+                if sid in engine.live or sid in engine.blocked or now - record.updated_at < interval:
+                    continue
+                due, delay = backoff.get(sid, (0.0, interval))
+                if due > now:
+                    continue
+                backoff[sid] = (now + delay, min(delay * 2, 60.0))
+                try:
+                    choreography = engine.app.get(record.choreography, record.version)
+                except AccompanistError:
+                    continue
+                initiator = choreography.initiator.name == engine.role
+                if initiator and not engine.durable:
+                    continue
+                if status == S.RUNNING or initiator:
+                    with contextlib.suppress(AccompanistError):
+                        async with engine.session_lock(sid):
+                            await engine.activate(record, choreography)
+                else:
+                    await engine.query(SessionRun(engine, record, choreography))
+        for sid in [s for s, (due, _) in backoff.items() if due < now - 600]:
+            del backoff[sid]
+
+
+async def prune_loop(engine: Engine) -> None:
+    """Retention: rows of sessions that ended long ago (and owe nothing to a peer) go."""
+    config = engine.config
+    while True:
+        await asyncio.sleep(config.prune_interval)
+        now = time.time()
+        try:
+            removed = await engine.store.prune(now - config.retention, now - config.tombstone_retention)
+        except AccompanistError as exc:
+            engine.log.warning("retention pruning failed: %s", exc)
+            continue
+        if removed:
+            engine.log.info("pruned %d rows of ended sessions", removed)

@@ -1,0 +1,300 @@
+"""Envelopes from peers: checked, stored (fault-tolerant mode), then handed to their session.
+
+Returning from :meth:`Inbound.handle` acknowledges an envelope (in fault-tolerant mode it is
+in the inbox by then); raising ``EnvelopeRejectedError`` refuses it, saying whether resending
+could ever help. A message for a running session takes a fast path without the session's lock;
+everything else (a message that opens or resumes a session, every control envelope) is handled
+under the lock, where the status changes it implies are made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from accompanist.engine import outcome
+from accompanist.engine.protocol import Query, decode, failure_of
+from accompanist.engine.session import SessionRun, new_seed
+from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind
+from accompanist.errors import (
+    BufferOverflowError,
+    DefinitionError,
+    EnvelopeRejectedError,
+    StoreError,
+    UnknownChoreographyError,
+)
+from accompanist.failure import Failure
+from accompanist.language.choreography import Choreography
+from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, WriteBatch
+
+if TYPE_CHECKING:
+    from accompanist.engine.engine import Engine
+
+__all__ = ["Inbound"]
+
+S = SessionStatus
+_KNOWN_KINDS = frozenset(k.value for k in EnvelopeKind)
+_CONTROL_TO_INITIATOR = frozenset(
+    {EnvelopeKind.DONE, EnvelopeKind.CANCEL, EnvelopeKind.QUERY, EnvelopeKind.UNDONE, EnvelopeKind.REPORT}
+)
+
+
+class Inbound:
+    """The peer-facing side of one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _reject(self, code: str, message: str, *, permanent: bool) -> EnvelopeRejectedError:
+        self._engine.metrics.rejected.labels(reason=code).inc()
+        return EnvelopeRejectedError(message, code=code, permanent=permanent)
+
+    def _check(self, envelope: Envelope) -> Choreography:
+        """The envelope's choreography, if the envelope fits it and this role.
+
+        Raises:
+            EnvelopeRejectedError: it does not.
+        """
+        e = self._engine
+        if envelope.kind not in _KNOWN_KINDS:
+            raise self._reject("invalid", f"unknown envelope kind {envelope.kind!r}", permanent=True)
+        try:
+            choreography = e.app.get(envelope.choreography, envelope.version)
+        except UnknownChoreographyError as exc:  # it may be deployed later: not for good
+            raise self._reject("unknown-choreography", str(exc), permanent=False) from None
+        names = {r.name for r in choreography.roles}
+        if envelope.src not in names or envelope.dst != e.role or e.role not in names:
+            raise self._reject(
+                "invalid",
+                f"envelope {envelope.src}->{envelope.dst} does not fit choreography {choreography.name!r} "
+                f"(roles: {', '.join(sorted(names))}) at role '{e.role}'",
+                permanent=True,
+            )
+        if envelope.kind in MESSAGE_KINDS and envelope.seq < 1:
+            raise self._reject("invalid", f"message envelope with invalid seq {envelope.seq}", permanent=True)
+        if envelope.kind in _CONTROL_TO_INITIATOR and e.role != choreography.initiator.name:
+            raise self._reject("invalid", f"a {envelope.kind} envelope goes to the initiator only", permanent=True)
+        return choreography
+
+    def _same_session(self, record: SessionRecord, envelope: Envelope) -> None:
+        if (record.choreography, record.version) != (envelope.choreography, envelope.version):
+            raise self._reject(
+                "session-conflict",
+                f"session {envelope.session_id} at role '{self._engine.role}' is a session of "
+                f"{record.choreography!r} v{record.version}, not of {envelope.choreography!r} v{envelope.version}: "
+                "two sessions share one id",
+                permanent=True,
+            )
+
+    async def _store_inbox(self, envelope: Envelope, batch: WriteBatch | None = None) -> None:
+        write = batch or WriteBatch()
+        write.inbox.append(envelope)
+        try:
+            await self._engine.guard.commit_once(write)
+        except StoreError as exc:
+            self._engine.metrics.store_failures.inc()
+            raise self._reject("store-unavailable", f"the store is failing: {exc}", permanent=False) from exc
+
+    async def handle(self, envelope: Envelope) -> None:
+        """Accept one envelope from a peer. Returning acknowledges it.
+
+        Raises:
+            EnvelopeRejectedError: it is refused (``permanent`` when it can never be accepted).
+        """
+        e = self._engine
+        if envelope.kind == EnvelopeKind.HELLO:
+            if e.relay is not None:
+                e.relay.wake(envelope.src)
+            return
+        try:
+            choreography = self._check(envelope)
+        except DefinitionError as exc:
+            raise self._reject("invalid", str(exc), permanent=True) from None
+        e.metrics.messages_received.inc()
+        sid = envelope.session_id
+        run = e.live.get(sid)
+        if run is not None and envelope.kind in MESSAGE_KINDS and run.accepting:
+            self._same_session(run.record, envelope)
+            if e.durable:
+                await self._store_inbox(envelope)
+            if e.live.get(sid) is run and run.accepting:
+                self._offer(run, envelope)
+                return
+        async with e.session_lock(sid):
+            await self._locked(envelope, choreography)
+
+    def _offer(self, run: SessionRun, envelope: Envelope) -> None:
+        outcome.absorb(run, envelope)  # a 'done' riding on the message
+        try:
+            if not run.mailbox.offer(envelope):
+                self._engine.metrics.duplicates.inc()
+        except BufferOverflowError as exc:
+            run.interrupt(exc)
+
+    async def _locked(self, envelope: Envelope, choreography: Choreography) -> None:
+        e = self._engine
+        sid, kind = envelope.session_id, envelope.kind
+        if kind == EnvelopeKind.QUERY:
+            await self._answer_query(envelope, choreography)
+            return
+        run = e.live.get(sid)
+        if run is not None:
+            record: SessionRecord | None = run.record
+        else:
+            try:
+                record = await e.guard.once(lambda: e.store.get_session(sid))
+            except StoreError as exc:
+                raise self._reject("store-unavailable", f"the store is failing: {exc}", permanent=False) from exc
+        if record is None:
+            await self._unknown(envelope, choreography)
+            return
+        self._same_session(record, envelope)
+        if record.status in TERMINAL_STATUSES:
+            e.metrics.ignored.inc()
+            return
+        if e.durable:
+            await self._store_inbox(envelope)
+        target = run or SessionRun(e, record, choreography)
+        if run is None and kind == EnvelopeKind.DIVERGED and e.durable:  # is it late? the inbox knows
+            for earlier in await e.guard.retry(lambda: e.store.inbox_load(sid)):
+                if earlier.kind == EnvelopeKind.RESUME:
+                    outcome.absorb(target, earlier)
+        if kind in MESSAGE_KINDS:
+            self._offer(target, envelope)
+        elif kind != EnvelopeKind.START:
+            try:
+                outcome.absorb(target, envelope)
+            except DefinitionError as exc:
+                raise self._reject("invalid", str(exc), permanent=True) from None
+            await outcome.on_control_locked(e, target, envelope)
+        if run is not None:
+            if run.record.status in (S.DIVERGED, S.PARKED) and self._wakes(run.record, envelope, choreography):
+                run.rearm = True  # its task is on its way out: resume once it is gone
+            return
+        if not e.durable:
+            await self._tombstone_mail(target, envelope)
+        elif self._wakes(target.record, envelope, choreography):
+            await e.activate(target.record, choreography)
+
+    def _wakes(self, record: SessionRecord, envelope: Envelope, choreography: Choreography) -> bool:
+        """Whether an envelope for a session without a task resumes it."""
+        status, kind = record.status, envelope.kind
+        if status in (S.PARKED, S.COMPENSATING):
+            return True
+        if status == S.FINISHED:
+            return kind not in MESSAGE_KINDS  # a late duplicate message changes nothing
+        if status == S.DIVERGED:
+            if kind == EnvelopeKind.RESUME:
+                return True
+            failure = self._engine.failure_of(record)
+            return kind in MESSAGE_KINDS and failure is not None and failure.role != self._engine.role
+        return status == S.RUNNING  # an orphan (its task died): go on
+
+    async def _unknown(self, envelope: Envelope, choreography: Choreography) -> None:
+        """An envelope of a session this role has no record of."""
+        e = self._engine
+        kind = envelope.kind
+        if e.role == choreography.initiator.name or kind not in (
+            *MESSAGE_KINDS,
+            EnvelopeKind.START,
+            EnvelopeKind.FAILURE,
+        ):
+            # A session the initiator never started (sessions start there only through its
+            # API), or control of a session this role never took part in: drop it.
+            e.metrics.ignored.inc()
+            return
+        now = time.time()
+        record = SessionRecord(
+            session_id=envelope.session_id,
+            choreography=choreography.name,
+            version=choreography.version,
+            role=e.role,
+            status=S.RUNNING,
+            created_at=now,
+            updated_at=now,
+            seed=new_seed(),
+        )
+        run = SessionRun(e, record, choreography)
+        inbox = [envelope] if e.durable else []
+        if kind == EnvelopeKind.FAILURE:  # failed before it reached us: nothing to undo here
+            decided = failure_of(envelope.payload)
+            record.status, record.failure, record.error = S.COMPENSATING, decided.encode(), decided.describe()
+            answer = e.answer_for_tombstone(run)
+            batch = WriteBatch(sessions=[msgspec.structs.replace(record)], inbox=inbox)
+            if e.durable:
+                batch.outbox.append(answer)
+            await self._commit_or_reject(batch)
+            await e.emit([answer])
+            return
+        await self._commit_or_reject(WriteBatch(sessions=[msgspec.structs.replace(record)], inbox=inbox))
+        if kind in MESSAGE_KINDS:
+            self._offer(run, envelope)
+        e.spawn(run)
+
+    async def _commit_or_reject(self, batch: WriteBatch) -> None:
+        try:
+            await self._engine.guard.commit_once(batch)
+        except StoreError as exc:
+            self._engine.metrics.store_failures.inc()
+            raise self._reject("store-unavailable", f"the store is failing: {exc}", permanent=False) from exc
+
+    async def _tombstone_mail(self, run: SessionRun, envelope: Envelope) -> None:
+        """Default mode: a session without a run here is one this role never took part in."""
+        e = self._engine
+        if run.record.status != S.COMPENSATING:
+            return
+        if envelope.kind == EnvelopeKind.OUTCOME and run.outcome is not None:
+            status = run.outcome.status if run.outcome.status != S.COMPLETED else S.FAILED
+            await e.transition(run, status, failure=run.outcome.failure)
+        elif envelope.kind == EnvelopeKind.FAILURE:  # the initiator missed our answer
+            await e.emit([e.answer_for_tombstone(run)])
+
+    async def _answer_query(self, envelope: Envelope, choreography: Choreography) -> None:
+        """At the initiator: a role waits long for the outcome; tell it again."""
+        e = self._engine
+        sid = envelope.session_id
+        run = e.live.get(sid)
+        record = run.record if run is not None else None
+        if record is None:
+            with contextlib.suppress(StoreError):
+                record = await e.guard.once(lambda: e.store.get_session(sid))
+        stub = run or SessionRun(
+            e,
+            record
+            or SessionRecord(
+                session_id=sid,
+                choreography=choreography.name,
+                version=choreography.version,
+                role=e.role,
+                status=S.FAILED,
+            ),
+            choreography,
+        )
+        try:
+            query: Query | None = decode(envelope.payload, Query, "query")
+        except DefinitionError:
+            query = None
+        if record is None:  # it never started here, so it cannot have completed: presume abort
+            unknown = Failure(
+                role=e.role,
+                step=None,
+                transaction=None,
+                error_type="UnknownSessionError",
+                message=f"the initiator '{e.role}' has no record of this session",
+            )
+            failure = query.failure if query is not None and query.failure is not None else unknown
+            stub.record.failure = failure.encode()
+            await e.resend(stub, [e.outcome_envelope(stub, envelope.src)])
+            return
+        if record.status in TERMINAL_STATUSES or record.status == S.COMPENSATING:
+            await e.resend(stub, [e.outcome_envelope(stub, envelope.src)])
+            return
+        if (
+            query is not None and query.status == S.COMPENSATING and query.failure is not None
+        ):  # a failure report that was lost
+            await outcome.decide_locked(e, stub, query.failure)
+            if run is None and e.durable:
+                await e.activate(stub.record, choreography)

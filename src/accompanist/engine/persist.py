@@ -1,0 +1,116 @@
+"""The engine's access to its store: an outage is waited out, never turned into an outcome.
+
+A lost PostgreSQL connection, a full disk or a locked file are infrastructure errors: a saga
+must not compensate because of them. Writes and reads a session depends on are therefore
+retried here with backoff until the store answers (the session waits meanwhile, as if parked),
+while :attr:`StoreGuard.healthy` says whether the store works, for ``/healthz`` and for
+refusing new sessions with 503. An invalid batch (``StoreInputError``) is a bug or bad input,
+not an outage: it is raised at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from accompanist.errors import StoreCorruptError, StoreError, StoreInputError
+from accompanist.store.base import Store, WriteBatch
+
+__all__ = ["StoreGuard"]
+
+T = TypeVar("T")
+
+_FIRST_DELAY = 0.01
+
+
+class StoreGuard:
+    """Retries the store's writes and reads through outages and tracks its health.
+
+    Args:
+        store: the store.
+        retry_max: the longest pause between two tries, in seconds.
+        log: where outages and recoveries are logged (once each, not per try).
+    """
+
+    def __init__(self, store: Store, retry_max: float, log: logging.Logger) -> None:
+        self.store = store
+        self._retry_max = max(retry_max, _FIRST_DELAY)
+        self._log = log
+        self.failing_since: float | None = None
+        self.last_error = ""
+        self.failures = 0
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last store operation succeeded."""
+        return self.failing_since is None
+
+    def health(self) -> dict[str, object]:
+        """``{"store": "ok"}``, or since when and why the store fails."""
+        if self.failing_since is None:
+            return {"store": "ok"}
+        return {"store": "failing", "since": self.failing_since, "error": self.last_error}
+
+    def _failed(self, exc: StoreError) -> None:
+        self.failures += 1
+        self.last_error = str(exc)
+        if self.failing_since is None:
+            self.failing_since = time.time()
+            self._log.warning("the store failed; retrying until it answers: %s", exc)
+
+    def _worked(self) -> None:
+        if self.failing_since is not None:
+            self._log.warning("the store works again after %.1fs", time.time() - self.failing_since)
+            self.failing_since = None
+
+    async def commit(self, batch: WriteBatch) -> None:
+        """Make ``batch`` durable, trying until the store takes it.
+
+        Raises:
+            StoreInputError: the batch is invalid (nothing written).
+        """
+        await self.retry(lambda: self.store.commit(batch))
+
+    async def commit_once(self, batch: WriteBatch) -> None:
+        """Try ``batch`` once (for callers that can answer "try again later" instead).
+
+        Raises:
+            StoreError: the store failed (the health says so too).
+        """
+        await self.once(lambda: self.store.commit(batch))
+
+    async def once(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` once, noting the store's health.
+
+        Raises:
+            StoreError: it failed.
+        """
+        try:
+            result = await op()
+        except (StoreInputError, StoreCorruptError):
+            raise
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+        self._worked()
+        return result
+
+    async def retry(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` until it succeeds, backing off between tries (cancellable).
+
+        Raises:
+            StoreInputError: ``op`` was refused as invalid; not retried.
+            StoreCorruptError: the store is damaged; not retried.
+        """
+        delay = _FIRST_DELAY
+        while True:
+            try:
+                return await self.once(op)
+            except (StoreInputError, StoreCorruptError):
+                raise
+            except StoreError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
