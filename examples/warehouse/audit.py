@@ -38,7 +38,11 @@ _STEP_OF_ROW = {"reservation": "reserve", "shipment": "ship", "charge": "charge"
 _ORDER_IN_REASON = re.compile(r"order (\S+?):")
 _OWN_REASONS = ("out of stock", "insufficient funds", "unknown item", "unknown customer")
 _STEP_IN_REASON = re.compile(r"\(transaction (\w+)\)")
-_GAVE_UP = re.compile(r"\(transaction (\w+)\): gave up after")
+
+
+def _gave_up(failure: dict[str, Any]) -> bool:
+    """A commit whose retries ran out (it may have taken effect)."""
+    return str(failure.get("message", "")).startswith("gave up after")
 
 
 @dataclass
@@ -110,10 +114,10 @@ def audit(snap: Snapshot, orders: dict[str, Order], placed: dict[str, str]) -> A
     # A commit whose retries ran out may or may not have taken effect, so the runtime undoes
     # it anyway: a compensation for it that finds nothing to undo is expected, not an orphan.
     uncertain = {
-        (sid, match.group(1))
+        (sid, failure["transaction"])
         for records in snap.sessions.values()
         for sid, record in records.items()
-        if (match := _GAVE_UP.search(record.get("error") or ""))
+        if (failure := record.get("failure")) and failure.get("transaction") and _gave_up(failure)
     }
     for name, state in snap.services.items():
         for orphan in state["orphans"]:

@@ -11,7 +11,7 @@ import accompanist as ac
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.session import DONE_HEADER
 from accompanist.store.base import SessionStatus
-from tests.engine.harness import cluster
+from tests.engine.harness import cluster, wait_status
 
 A, B, C = ac.roles("a", "b", "c")
 
@@ -180,8 +180,11 @@ async def test_failure_wakes_a_role_waiting_on_a_receive() -> None:
         loop = asyncio.get_running_loop()
         began = loop.time()
         await c["b"].cancel(sid)  # b is busy in a long local step; a waits for b
-        at_a = await c["a"].wait(sid, 10)
+        # The cancel goes to a, which decides at once (it is woken from its receive)...
+        await wait_status(c["a"], sid, SessionStatus.COMPENSATING, timeout=2)
         assert loop.time() - began < 2, "a was woken by the failure at once, not by b's next step or a timeout"
+        # ...but 'compensated' waits until b, after its step, has compensated its part too.
+        at_a = await c["a"].wait(sid, 10)
         records = [at_a, await c["b"].wait(sid, 10)]
         assert [r.status for r in records] == [SessionStatus.COMPENSATED] * 2
         assert "cancelled by an operator at role 'b'" in (records[0].error or "")

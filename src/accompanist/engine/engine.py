@@ -246,6 +246,8 @@ class Engine:
                 "a letter or digit"
             )
         choreography = self.app.get(name, version)
+        if session_id is not None and await self._taken(session_id, choreography):
+            return session_id
         if choreography.initiator.name != self.role:
             raise DefinitionError(
                 f"choreography {choreography.name!r} starts at role '{choreography.initiator.name}', "
@@ -259,18 +261,8 @@ class Engine:
         sid = session_id or new_session_id()
         encoded_args = choreography.codec.encode(list(args))
         async with self.session_lock(sid):
-            if session_id is not None:
-                existing = self.live.get(sid)
-                found = existing.record if existing else await self.stored(sid, retry=False)
-                if found is not None:
-                    record = found
-                    if record.choreography != choreography.name or record.role != self.role:
-                        raise SessionConflictError(
-                            f"session_id {sid!r} is taken by a session of {record.choreography!r} at role "
-                            f"'{record.role}'",
-                            session_id=sid,
-                        )
-                    return sid
+            if session_id is not None and await self._taken(sid, choreography):
+                return sid  # the same id raced itself: one start wins
             now = time.time()
             record = SessionRecord(
                 session_id=sid,
@@ -291,6 +283,23 @@ class Engine:
             await self.emit(starts)
             self.spawn(run)
         return sid
+
+    async def _taken(self, session_id: str, choreography: Choreography) -> bool:
+        """Whether a session with this id exists here already (of this choreography).
+
+        Raises:
+            SessionConflictError: it is a session of another choreography.
+        """
+        existing = self.live.get(session_id)
+        found = existing.record if existing else await self.stored(session_id, retry=False)
+        if found is None:
+            return False
+        if found.choreography != choreography.name or found.role != self.role:
+            raise SessionConflictError(
+                f"session_id {session_id!r} is taken by a session of {found.choreography!r} at role '{found.role}'",
+                session_id=session_id,
+            )
+        return True
 
     async def _eager_roles(self, choreography: Choreography) -> tuple[str, ...]:
         key = (choreography.name, choreography.version)
@@ -611,9 +620,9 @@ class Engine:
         status = record.status
         if status in TERMINAL_STATUSES or not self.durable:
             return None
+        record.attempts += 1  # resumed once more after a stop (saved with its next change)
         if status in (S.RUNNING, S.PARKED, S.DIVERGED):
             run = await self.load(record, choreography, projection=True)
-            record.attempts += 1
             self.metrics.replays.inc()
             sends: list[Envelope] = []
             if status == S.DIVERGED and self._diverged_here(record):  # fixed code deployed: tell the others

@@ -6,7 +6,8 @@ A service in any language starts sessions and reads their state here::
                                             "session_id": "order-1042" (optional: idempotent start)}
     GET  /sessions/{id}
     GET  /sessions?status=failed&limit=100
-    POST /sessions/{id}/cancel
+    POST /sessions/{id}/cancel[?wait=true&timeout=S]
+    POST /sessions/{id}/resume
     GET  /healthz
     GET  /metrics                            Prometheus text
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import json
+import math
 import time
 import typing
 from collections.abc import Awaitable, Callable
@@ -29,8 +31,10 @@ from accompanist.errors import (
     AccompanistError,
     CodecError,
     DefinitionError,
+    OutcomeDecidedError,
     OverloadedError,
     SessionError,
+    StoreError,
     UnknownChoreographyError,
     UnknownSessionError,
 )
@@ -53,6 +57,11 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
+def _unavailable(exc: BaseException) -> web.Response:
+    """The store is failing: try again later (nothing was lost or decided)."""
+    return web.json_response({"error": str(exc), "code": "store-unavailable"}, status=503, headers={"Retry-After": "1"})
+
+
 def record_json(engine: Engine, record: SessionRecord) -> dict[str, Any]:
     """A session record as the API shows it (result decoded to JSON-able data)."""
     result: Any = None
@@ -61,14 +70,17 @@ def record_json(engine: Engine, record: SessionRecord) -> dict[str, Any]:
             result = msgspec.to_builtins(engine.result_of(record))
         except (AccompanistError, TypeError) as exc:
             result = f"<result not representable as JSON: {exc}>"
+    failure = engine.failure_of(record)
+    blocked = engine.blocked.get(record.session_id)
     return {
         "session_id": record.session_id,
         "choreography": record.choreography,
         "version": record.version,
         "role": record.role,
-        "status": record.status,
+        "status": "blocked" if blocked is not None else record.status,
         "result": result,
-        "error": record.error,
+        "error": blocked or record.error,
+        "failure": failure.to_json() if failure is not None else None,
         "attempts": record.attempts,
         "created_at": _iso(record.created_at),
         "updated_at": _iso(record.updated_at),
@@ -103,6 +115,20 @@ def convert_args(choreography: Choreography, args: list[Any]) -> list[Any]:
     return out
 
 
+def _timeout(request: web.Request) -> float | None:
+    """``?timeout=S``: a finite, non-negative number of seconds, or None.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if "timeout" not in request.query:
+        return None
+    value = float(request.query["timeout"])
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(value)
+    return value
+
+
 def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] | None = None) -> web.Application:
     """The aiohttp application serving ``engine``'s sessions."""
 
@@ -130,9 +156,9 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
             return _error(400, f"unknown field(s): {', '.join(unknown)}")
         wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
         try:
-            timeout = float(request.query["timeout"]) if "timeout" in request.query else None
+            timeout = _timeout(request)
         except ValueError:
-            return _error(400, "query parameter 'timeout' must be a number of seconds")
+            return _error(400, "query parameter 'timeout' must be a finite number of seconds")
         try:
             choreography = engine.app.get(name, version)
             session_id = await engine.start_session(name, convert_args(choreography, args), version, session_id)
@@ -145,6 +171,8 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
             return web.json_response({"error": str(exc)}, status=status, headers={"Retry-After": "1"})
         except SessionError as exc:  # a session_id taken by another choreography
             return _error(409, str(exc))
+        except StoreError as exc:
+            return _unavailable(exc)
         if not wait:
             return web.json_response(
                 {"session_id": session_id, "status": SessionStatus.RUNNING},
@@ -155,47 +183,92 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
             record = await engine.wait(session_id, timeout)
         except TimeoutError:
             return web.json_response({"session_id": session_id, "status": "running"}, status=202)
+        except StoreError as exc:
+            return _unavailable(exc)
         return web.json_response(record_json(engine, record))
 
     async def get_session(request: web.Request) -> web.Response:
-        record = await engine.get(request.match_info["session_id"])
+        try:
+            record = await engine.get(request.match_info["session_id"])
+        except StoreError as exc:
+            return _unavailable(exc)
         if record is None:
             return _error(404, f"no session {request.match_info['session_id']} at role '{engine.role}'")
         return web.json_response(record_json(engine, record))
 
     async def list_sessions(request: web.Request) -> web.Response:
         status = request.query.get("status")
-        if status is not None and status not in {s.value for s in SessionStatus}:
-            return _error(400, f"unknown status {status!r}; one of {', '.join(s.value for s in SessionStatus)}")
+        known = [s.value for s in SessionStatus] + ["blocked"]
+        if status is not None and status not in known:
+            return _error(400, f"unknown status {status!r}; one of {', '.join(known)}")
         try:
-            limit = int(request.query.get("limit", "100"))
+            limit = max(1, min(int(request.query.get("limit", "100")), 10_000))
         except ValueError:
             return _error(400, "query parameter 'limit' must be an integer")
-        records = await engine.store.list_sessions(status, max(1, min(limit, 10_000)))
+        try:
+            if status == "blocked":
+                found = [await engine.stored(sid, retry=False) for sid in list(engine.blocked)[:limit]]
+                records = [r for r in found if r is not None]
+            else:
+                records = await engine.guard.once(lambda: engine.store.list_sessions(status, limit))
+        except StoreError as exc:
+            return _unavailable(exc)
         return web.json_response({"sessions": [record_json(engine, r) for r in records]})
 
     async def cancel_session(request: web.Request) -> web.Response:
+        """A cancel is a request: it wins unless the initiator has declared the outcome."""
         session_id = request.match_info["session_id"]
+        wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
+        try:
+            timeout = _timeout(request)
+        except ValueError:
+            return _error(400, "query parameter 'timeout' must be a finite number of seconds")
         try:
             record = await engine.cancel(session_id)
+            if wait and record.status not in TERMINAL_STATUSES:
+                record = await engine.wait(session_id, timeout)
         except UnknownSessionError as exc:
             return _error(404, str(exc))
+        except OutcomeDecidedError as exc:
+            return _error(409, str(exc), outcome=exc.status)
+        except TimeoutError:
+            record = await engine.get(session_id) or record
         except SessionError as exc:
             return _error(409, str(exc))
+        except StoreError as exc:
+            return _unavailable(exc)
+        body = record_json(engine, record)
+        if record.status == SessionStatus.COMPLETED:  # the request lost: the outcome stands
+            return web.json_response({"error": "the session completed before the cancel", **body}, status=409)
         if record.status in TERMINAL_STATUSES:
-            return web.json_response(record_json(engine, record))
+            return web.json_response(body)
+        initiator = engine.app.get(record.choreography, record.version).initiator.name
+        if initiator != engine.role and record.status != SessionStatus.COMPENSATING:
+            body["cancel"] = f"requested from the initiator '{initiator}'"
+        return web.json_response(body, status=202)
+
+    async def resume_session(request: web.Request) -> web.Response:
+        """An operator resumes a diverged (after fixed code was deployed) or blocked session."""
+        session_id = request.match_info["session_id"]
+        try:
+            record = await engine.resume(session_id)
+        except (UnknownSessionError, UnknownChoreographyError) as exc:
+            return _error(404, str(exc))
+        except StoreError as exc:
+            return _unavailable(exc)
         return web.json_response(record_json(engine, record), status=202)
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "role": engine.role,
-                "mode": mode,
-                "live_sessions": engine.live_sessions,
-                "uptime_seconds": round(time.time() - engine.started_at, 3),
-            }
-        )
+        health = engine.health()
+        body = {
+            "status": "ok" if health["ok"] else "unhealthy",
+            "role": engine.role,
+            "mode": mode,
+            "live_sessions": engine.live_sessions,
+            "uptime_seconds": round(time.time() - engine.started_at, 3),
+            **{k: v for k, v in health.items() if k != "ok"},
+        }
+        return web.json_response(body, status=200 if health["ok"] else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         text = engine.metrics.render() + (extra_metrics() if extra_metrics else b"")
@@ -206,6 +279,7 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
     app.router.add_get("/sessions", list_sessions)
     app.router.add_get("/sessions/{session_id}", get_session)
     app.router.add_post("/sessions/{session_id}/cancel", cancel_session)
+    app.router.add_post("/sessions/{session_id}/resume", resume_session)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app
