@@ -36,7 +36,7 @@ class Cluster:
         engine = Engine(
             self.app,
             role,
-            store=self.stores[role],
+            store=self.stores.setdefault(role, MemoryStore(role)),
             transport=self.network.transport(role),
             config=config or self.config,
         )

@@ -256,7 +256,7 @@ class Engine:
         check_args(choreography, args)
         if len(self.live) >= self.config.max_inflight:
             raise OverloadedError(f"{len(self.live)} sessions are running (max_inflight={self.config.max_inflight})")
-        if not self.guard.healthy:
+        if not self.guard.worth_trying():
             raise StoreError(f"the store is failing ({self.guard.last_error}); try again later")
         sid = session_id or new_session_id()
         encoded_args = choreography.codec.encode(list(args))
@@ -753,10 +753,15 @@ class Engine:
             await self.transition(run, S.DIVERGED, failure=failure, sends=notices)
 
     async def _undeliverable(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
-        """A peer refused an outbox envelope for good: fail its session (never retried)."""
+        """A peer refused an outbox envelope for good: fail its session (never retried).
+
+        A peer that refuses the initiator's failure decision (or an order to compensate) for
+        good holds nothing of this session (its id belongs to another session there): it is
+        counted as having answered, with nothing undone, so the outcome can be declared.
+        """
         self.metrics.undeliverable.inc()
         self.log.error("role '%s' refused %s for good: %s", envelope.dst, envelope.key, exc)
-        if envelope.kind not in MESSAGE_KINDS:
+        if envelope.kind not in (*MESSAGE_KINDS, EnvelopeKind.FAILURE, EnvelopeKind.COMPENSATE):
             return
         async with self.session_lock(envelope.session_id):
             run = self.live.get(envelope.session_id)
@@ -765,16 +770,38 @@ class Engine:
                 return
             choreography = self._choreography_of(record)
             target = run or SessionRun(self, record, choreography)
-            failure = Failure(
-                role=self.role,
-                step=None,
-                transaction=None,
-                error_type=type(exc).__name__,
-                message=f"role '{envelope.dst}' refused message #{envelope.seq}: {exc}",
-            )
-            await outcome.fail_locked(self, target, failure)
+            if envelope.kind in MESSAGE_KINDS:
+                failure = Failure(
+                    role=self.role,
+                    step=None,
+                    transaction=None,
+                    error_type=type(exc).__name__,
+                    message=f"role '{envelope.dst}' refused message #{envelope.seq}: {exc}",
+                )
+                await outcome.fail_locked(self, target, failure)
+            elif target.initiator:
+                answer = self._nothing_undone(target, envelope)
+                if self.durable:
+                    await self.guard.commit(WriteBatch(inbox=[answer]))
+                outcome.absorb(target, answer)
             if run is None:
                 await self.activate(target.record, choreography)
+
+    def _nothing_undone(self, run: SessionRun, refused: Envelope) -> Envelope:
+        """The answer a role that refused ``refused`` for good stands for: nothing to undo."""
+        if refused.kind == EnvelopeKind.COMPENSATE:
+            payload, kind = encode(Undone(count=0)), EnvelopeKind.UNDONE
+        elif self.config.compensation is CompensationOrder.ORDERED:
+            payload, kind = encode(Report()), EnvelopeKind.REPORT
+        else:
+            payload, kind = encode(Undone(count=0)), EnvelopeKind.UNDONE
+        answer = self.control(run, self.role, kind, payload)
+        return msgspec.structs.replace(
+            answer,
+            src=refused.dst,
+            dst=self.role,
+            seq=refused.seq if kind == EnvelopeKind.UNDONE and refused.kind == EnvelopeKind.COMPENSATE else answer.seq,
+        )
 
     async def ended(self, record: SessionRecord) -> None:
         """A session reached a terminal (or operator-waiting) status here: wake waiters, count,

@@ -24,6 +24,7 @@ __all__ = ["StoreGuard"]
 T = TypeVar("T")
 
 _FIRST_DELAY = 0.01
+_PROBE_EVERY = 1.0
 
 
 class StoreGuard:
@@ -42,11 +43,17 @@ class StoreGuard:
         self.failing_since: float | None = None
         self.last_error = ""
         self.failures = 0
+        self._last_failure = 0.0
 
     @property
     def healthy(self) -> bool:
         """Whether the last store operation succeeded."""
         return self.failing_since is None
+
+    def worth_trying(self) -> bool:
+        """Whether a caller that could be told "later" should try the store now: it works, or
+        it failed over a second ago (each such try probes whether it is back)."""
+        return self.failing_since is None or time.monotonic() - self._last_failure >= _PROBE_EVERY
 
     def health(self) -> dict[str, object]:
         """``{"store": "ok"}``, or since when and why the store fails."""
@@ -56,6 +63,7 @@ class StoreGuard:
 
     def _failed(self, exc: StoreError) -> None:
         self.failures += 1
+        self._last_failure = time.monotonic()
         self.last_error = str(exc)
         if self.failing_since is None:
             self.failing_since = time.time()

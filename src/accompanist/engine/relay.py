@@ -24,7 +24,7 @@ from typing import Any
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.metrics import Metrics
 from accompanist.envelope import Envelope
-from accompanist.errors import AccompanistError, EnvelopeRejectedError
+from accompanist.errors import AccompanistError, EnvelopeRejectedError, FrameError
 from accompanist.store.base import Store, WriteBatch
 from accompanist.transport.base import Transport
 
@@ -126,6 +126,10 @@ class Relay:
                 except EnvelopeRejectedError as exc:
                     self._backoff.pop(envelope.dst, None)  # the peer is up: it answered
                     await self._refused(envelope, exc)
+                    return
+                except FrameError as exc:  # it cannot even be framed (too large): never deliverable
+                    why = EnvelopeRejectedError(f"cannot be sent: {exc}", code="too-large", permanent=True)
+                    await self._refused(envelope, why)
                     return
                 except (AccompanistError, OSError, TimeoutError) as exc:
                     self._failed(envelope.dst, exc)
