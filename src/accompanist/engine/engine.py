@@ -112,6 +112,7 @@ class Engine:
         self._background: set[asyncio.Task[Any]] = set()
         self._eager: dict[tuple[str, int], asyncio.Future[tuple[str, ...]]] = {}
         self._accepting = False
+        self.stopping = False  # stop() is under way: nothing new runs
         self._started_at = 0.0
         self.on_session_end: list[Callable[[SessionRecord], Awaitable[None] | None]] = []
 
@@ -161,14 +162,15 @@ class Engine:
         tasks = [r.task for r in self.live.values() if r.task is not None and r.record.status == S.RUNNING]
         if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
+        self.stopping = True  # no envelope is taken and no run starts from here on
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         runs = list(self.live.values())
         for run in runs:
             if run.task is not None:
                 run.task.cancel()
         await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
         if not self.durable:
             for run in runs:  # default mode keeps nothing: say so at this role
                 if run.record.status not in TERMINAL_STATUSES:
@@ -186,6 +188,10 @@ class Engine:
     def live_sessions(self) -> int:
         """Sessions with a run in memory now (running, or awaiting the outcome)."""
         return len(self.live)
+
+    def live_run(self, session_id: str) -> SessionRun | None:
+        """The session's run at this role, if it is in memory now."""
+        return self.live.get(session_id)
 
     @property
     def started_at(self) -> float:
@@ -637,7 +643,10 @@ class Engine:
         return run
 
     def spawn(self, run: SessionRun) -> None:
-        """Start the run's task (it drives the session from its current status)."""
+        """Start the run's task (it drives the session from its current status); not while
+        the engine stops (the store holds what is needed to go on after the next start)."""
+        if self.stopping:
+            return
         self.live[run.session_id] = run
         if run.record.status in _AWAITING:
             self.metrics.awaiting_outcome.inc()
@@ -834,6 +843,9 @@ class Engine:
 
     def spawn_background(self, coro: Any, name: str) -> None:
         """Run ``coro`` as a task the engine cancels when it stops."""
+        if self.stopping:
+            coro.close()
+            return
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

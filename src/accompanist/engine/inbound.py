@@ -9,7 +9,6 @@ under the lock, where the status changes it implies are made.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -109,6 +108,8 @@ class Inbound:
             if e.relay is not None:
                 e.relay.wake(envelope.src)
             return
+        if e.stopping:
+            raise self._reject("stopping", f"role '{e.role}' is shutting down; retry", permanent=False)
         try:
             choreography = self._check(envelope)
         except DefinitionError as exc:
@@ -259,8 +260,10 @@ class Inbound:
         run = e.live.get(sid)
         record = run.record if run is not None else None
         if record is None:
-            with contextlib.suppress(StoreError):
-                record = await e.guard.once(lambda: e.store.get_session(sid))
+            try:
+                record = await e.stored(sid, retry=False)
+            except StoreError:
+                return  # it will ask again; never guess an answer from a failing store
         stub = run or SessionRun(
             e,
             record

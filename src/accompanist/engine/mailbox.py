@@ -4,6 +4,7 @@ duplicates dropped, a bounded buffer and a timeout on every receive."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from accompanist.envelope import Envelope
 from accompanist.errors import BufferOverflowError
@@ -20,12 +21,22 @@ class Mailbox:
 
     Args:
         session_id: for error messages.
-        limit: how many envelopes may wait at once; one more fails the session.
+        limit: how many envelopes may wait in memory at once.
+        fetch: in fault-tolerant mode, reads an envelope back from the inbox: one that arrives
+            beyond the limit is then left there (it is durable already) instead of failing the
+            session, and read when it is asked for. Without it, one more fails the session.
     """
 
-    def __init__(self, session_id: str, limit: int) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        limit: int,
+        fetch: Callable[[str, int], Awaitable[Envelope | None]] | None = None,
+    ) -> None:
         self._session_id = session_id
         self._limit = limit
+        self._fetch = fetch
+        self._spilled: set[tuple[str, int]] = set()  # left in the inbox, beyond the limit
         self._buffer: dict[tuple[str, int], Envelope] = {}
         self._consumed: dict[str, int] = {}
         self._waiters: dict[tuple[str, int], asyncio.Future[Envelope]] = {}
@@ -39,7 +50,7 @@ class Mailbox:
             BufferOverflowError: the buffer is full (the caller fails the session).
         """
         key = (envelope.src, envelope.seq)
-        if envelope.seq <= self._consumed.get(envelope.src, 0) or key in self._buffer:
+        if envelope.seq <= self._consumed.get(envelope.src, 0) or key in self._buffer or key in self._spilled:
             self.duplicates += 1
             return False
         waiter = self._waiters.pop(key, None)
@@ -48,6 +59,9 @@ class Mailbox:
             waiter.set_result(envelope)
             return True
         if len(self._buffer) - len(self._history) >= self._limit:
+            if self._fetch is not None:
+                self._spilled.add(key)
+                return True
             raise BufferOverflowError(
                 f"session {self._session_id}: more than {self._limit} early envelopes are waiting "
                 f"(last from '{envelope.src}' #{envelope.seq}); raise the buffer limit if this is expected",
@@ -72,6 +86,9 @@ class Mailbox:
         """
         key = (src, seq)
         found = self._buffer.pop(key, None)
+        if found is None and key in self._spilled and self._fetch is not None:
+            found = await self._fetch(src, seq)
+            self._spilled.discard(key)
         if found is not None:
             self._history.discard(key)
             self._consumed[src] = max(self._consumed.get(src, 0), seq)
@@ -98,8 +115,8 @@ class Mailbox:
         self._waiters.clear()
 
     def holds(self, src: str, seq: int) -> bool:
-        """Whether the envelope ``src -> here #seq`` waits in the buffer."""
-        return (src, seq) in self._buffer
+        """Whether the envelope ``src -> here #seq`` has arrived and waits to be taken."""
+        return (src, seq) in self._buffer or (src, seq) in self._spilled
 
     @property
     def buffered(self) -> int:

@@ -131,7 +131,7 @@ class SessionRun:
         self.record = record
         self.choreography = choreography
         self.codec = choreography.codec
-        self.mailbox = Mailbox(record.session_id, host.config.buffer_limit)
+        self.mailbox = Mailbox(record.session_id, host.config.buffer_limit, self._from_inbox if host.durable else None)
         self.durable = host.durable
         self.journal: list[JournalEntry] = journal or []
         self.pending: list[JournalEntry] = []
@@ -169,6 +169,11 @@ class SessionRun:
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
         self._traceparent = _traceparent(record.session_id)
+
+    async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
+        """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
+        inbox = await self.host.guard.retry(lambda: self.host.guard.store.inbox_load(self.session_id))
+        return next((e for e in inbox if e.src == src and e.seq == seq), None)
 
     @property
     def session_id(self) -> str:

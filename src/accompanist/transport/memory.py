@@ -14,6 +14,7 @@ and the engine's retry and deduplication logic is exercised quickly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Mapping
@@ -312,6 +313,8 @@ class MemoryNetwork:
             if not plan.reorder:
                 self._fifo[(src, dst)] = arrived
             task = loop.create_task(self._deliver(src, receiver, data, delay, hops, previous, arrived))
+            # A delivery cancelled before it ran (its receiver closed) must not hold up the link.
+            task.add_done_callback(functools.partial(_release, arrived))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
             receiver.track(task)
@@ -346,3 +349,8 @@ class MemoryNetwork:
             return None
         self.stats.delivered += 1
         return await receiver.receive(data)
+
+
+def _release(arrived: asyncio.Future[None], _: object) -> None:
+    if not arrived.done():
+        arrived.set_result(None)
