@@ -138,6 +138,7 @@ class SessionRun:
         self.sent: set[tuple[str, int]] = sent or set()
         self.txlog: dict[str, TxRecord] = txlog or {}
         self.occurrences: dict[str, int] = {}
+        self.draws: dict[str, int] = {}  # uuid/random values drawn so far, by kind
         self.committed: list[Committed] = []
         self.undone_keys: set[str] = set()  # compensated in this process
         self.contacts: set[str] = set()
@@ -367,10 +368,14 @@ class SessionRun:
         recorded = self._recorded(step)
         use_record = step.kind is not StepKind.LOCAL or self.host.config.replay_policy is ReplayPolicy.JOURNAL
         if recorded is not None and recorded.value is not None and use_record:
+            if step.kind in (StepKind.UUID, StepKind.RANDOM):
+                self._draw(step.kind)
             self.step_now = None
             return self.codec.decode(recorded.value)
         if step.kind in (StepKind.UUID, StepKind.RANDOM) and self.record.seed:
-            value: Any = _derive(self.record.seed, step.kind, step.index)
+            # The n-th draw of its kind, not the step index: a value stays the same even if a
+            # changed deployment added other steps before it.
+            value: Any = _derive(self.record.seed, step.kind, self._draw(step.kind))
         else:
             token = set_current_step(StepKey(self.session_id, self.record.role, step.index))
             try:
@@ -389,6 +394,11 @@ class SessionRun:
                 await self.host.guard.commit(WriteBatch(journal=self.take_pending()))
         self.step_now = None
         return value
+
+    def _draw(self, kind: StepKind) -> int:
+        number = self.draws.get(kind, 0)
+        self.draws[kind] = number + 1
+        return number
 
     async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
