@@ -35,6 +35,9 @@ def sidecar(
     max_inflight: Annotated[int | None, _opt("MAX_INFLIGHT", "Sessions run at once before 429.")] = None,
     buffer_limit: Annotated[int | None, _opt("BUFFER_LIMIT", "Early envelopes held per session.")] = None,
     replay_policy: Annotated[str | None, _opt("REPLAY_POLICY", "'journal' or 'rerun' local steps.")] = None,
+    compensation: Annotated[
+        str | None, _opt("COMPENSATION", "'ordered' (global reverse order, default) or 'parallel'.")
+    ] = None,
     sqlite_synchronous: Annotated[
         str | None, _opt("SQLITE_SYNCHRONOUS", "SQLite durability: FULL (default), NORMAL or OFF.")
     ] = None,
@@ -65,6 +68,7 @@ def sidecar(
         "max_inflight": max_inflight,
         "buffer_limit": buffer_limit,
         "replay_policy": replay_policy,
+        "compensation": compensation,
         "sqlite_synchronous": sqlite_synchronous,
         "hmac_key": hmac_key,
         "tls_cert": tls_cert,
