@@ -177,3 +177,45 @@ def test_errors_docstring_draws_the_whole_tree() -> None:
         cls.__name__: (None if cls is errors.AccompanistError else cls.__bases__[0].__name__) for cls in error_classes()
     }
     assert drawn == expected
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Every ``accompanist.*`` module a source file imports, type-checking imports included."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("accompanist"):
+            found.add(node.module)
+            for alias in node.names:  # ``from accompanist.engine import outcome`` is a module too
+                found.add(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("accompanist"))
+    return found
+
+
+def test_modules_import_each_other_without_a_circle() -> None:
+    root = Path(accompanist.__file__).parent
+    modules = {
+        ".".join(("accompanist", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+    graph = {m: {i for i in _imports_of(p) if i in modules and i != m} for m, p in modules.items()}
+    # A package's __init__ re-exports what is below it: edges into packages are not circles.
+    packages = {m for m, p in modules.items() if p.name == "__init__.py"}
+    graph = {m: deps - packages for m, deps in graph.items() if m not in packages}
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        if module in done:
+            return
+        assert module not in visiting, "import circle: " + " -> ".join([*visiting[visiting.index(module) :], module])
+        visiting.append(module)
+        for dep in sorted(graph.get(module, ())):
+            visit(dep)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

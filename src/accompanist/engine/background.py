@@ -14,7 +14,7 @@ from accompanist.errors import AccompanistError
 from accompanist.store.base import SessionStatus
 
 if TYPE_CHECKING:
-    from accompanist.engine.engine import Engine
+    from accompanist.engine.runs import Runs
 
 __all__ = ["announce", "nudge_loop", "prune_loop"]
 
@@ -22,7 +22,7 @@ S = SessionStatus
 _PER_PASS = 500
 
 
-async def announce(engine: Engine) -> None:
+async def announce(engine: Runs) -> None:
     """Tell every peer this sidecar (re)started, so their relays retry at once."""
     peers = sorted({r.name for c in engine.app for r in c.roles if r.name != engine.role})
     hellos = [
@@ -32,12 +32,12 @@ async def announce(engine: Engine) -> None:
     await asyncio.gather(*(_send_quietly(engine, h) for h in hellos))
 
 
-async def _send_quietly(engine: Engine, envelope: Envelope) -> None:
+async def _send_quietly(engine: Runs, envelope: Envelope) -> None:
     with contextlib.suppress(AccompanistError, OSError, TimeoutError):
         await engine.transport.send(envelope, wait=True, timeout=engine.config.deliver_timeout)
 
 
-async def nudge_loop(engine: Engine) -> None:
+async def nudge_loop(engine: Runs) -> None:
     """Sessions that wait without a task are looked after.
 
     A role that finished its part (or compensated it, or never took part but was told of the
@@ -80,7 +80,7 @@ async def nudge_loop(engine: Engine) -> None:
             del backoff[sid]
 
 
-async def prune_loop(engine: Engine) -> None:
+async def prune_loop(engine: Runs) -> None:
     """Retention: rows of sessions that ended long ago (and owe nothing to a peer) go."""
     config = engine.config
     while True:

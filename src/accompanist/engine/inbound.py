@@ -30,7 +30,7 @@ from accompanist.language.choreography import Choreography
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, WriteBatch
 
 if TYPE_CHECKING:
-    from accompanist.engine.engine import Engine
+    from accompanist.engine.runs import Runs
 
 __all__ = ["Inbound"]
 
@@ -44,7 +44,7 @@ _CONTROL_TO_INITIATOR = frozenset(
 class Inbound:
     """The peer-facing side of one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Runs) -> None:
         self._engine = engine
 
     def _reject(self, code: str, message: str, *, permanent: bool) -> EnvelopeRejectedError:

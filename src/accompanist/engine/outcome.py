@@ -42,7 +42,7 @@ from accompanist.interpreters.common import Committed
 from accompanist.store.base import SessionStatus
 
 if TYPE_CHECKING:
-    from accompanist.engine.host import Coordinator
+    from accompanist.engine.coordinator import Coordinator
 
 __all__ = [
     "SessionStopped",

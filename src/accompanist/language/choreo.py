@@ -16,7 +16,7 @@ import inspect
 import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from accompanist.errors import DefinitionError, ProjectionError
 from accompanist.language.located import ABSENT, Located, make_located
@@ -24,8 +24,19 @@ from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
 from accompanist.language.transaction import Transaction
 
-if TYPE_CHECKING:
-    from accompanist.language.choreography import Choreography
+
+class SubChoreography(Protocol):
+    """What :meth:`Choreo.call` needs of a choreography (an ``ac.Choreography`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def roles(self) -> tuple[Role, ...]: ...
+
+    @property
+    def fn(self) -> Callable[..., Awaitable[Any]]: ...
+
 
 __all__ = ["Choreo"]
 
@@ -264,7 +275,7 @@ class Choreo(abc.ABC):
             parts[self._real(r).name] = loc._raw()
         return make_located(real_dsts, parts if present else ABSENT)
 
-    async def call(self, sub: Choreography, *args: Any, roles: Mapping[Role, Role] | None = None) -> Located[Any]:
+    async def call(self, sub: SubChoreography, *args: Any, roles: Mapping[Role, Role] | None = None) -> Located[Any]:
         """Run the choreography ``sub`` as part of this one.
 
         Args:
