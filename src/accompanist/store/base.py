@@ -26,6 +26,7 @@ __all__ = [
     "TxRecord",
     "WriteBatch",
     "TERMINAL_STATUSES",
+    "TX_STATUSES",
 ]
 
 
@@ -39,26 +40,34 @@ class SessionStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATED = "compensated"
-    DIVERGED = "diverged"
+    DIVERGED = "diverged"  # a replay disagreed with the journal; waits for an operator
     CANCELLED = "cancelled"
 
 
+# Not DIVERGED: a diverged session waits for an operator to cancel or resume it, so it is
+# replayed after a restart and never pruned.
 TERMINAL_STATUSES = frozenset(
     {
         SessionStatus.COMPLETED,
         SessionStatus.FAILED,
         SessionStatus.COMPENSATED,
-        SessionStatus.DIVERGED,
         SessionStatus.CANCELLED,
     }
 )
+
+TX_STATUSES = frozenset({"committed", "uncertain", "compensated"})
+"""What a :class:`TxRecord` may say of its commit: it took effect; retries ran out, so it may
+have taken effect; it was undone."""
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
     """One session at one role.
 
     ``args`` and ``result`` hold codec bytes; ``error`` is a human-readable reason.
-    Times are UNIX seconds (float).
+    Times are UNIX seconds (float). ``failure``, ``seed`` and ``state`` belong to the engine
+    and are opaque to the store: the JSON of a structured failure, the random bytes drawn when
+    the record was first created (replay-stable uuids derive from them), and the JSON of the
+    engine's protocol bookkeeping.
     """
 
     session_id: str
@@ -72,6 +81,9 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     attempts: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    failure: bytes | None = None
+    seed: bytes = b""
+    state: bytes | None = None
 
 
 class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,15 +101,22 @@ class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TxRecord(msgspec.Struct, kw_only=True):
-    """A saga transaction's commit or compensation, keyed by its idempotency key."""
+    """A saga transaction's commit or compensation, keyed by its idempotency key.
+
+    ``status`` is one of :data:`TX_STATUSES`. ``args`` holds codec bytes of the commit's
+    arguments, so a compensation can run from the log alone; ``clock`` is the commit's Lamport
+    timestamp, so compensations can run in reverse causal order.
+    """
 
     session_id: str
     key: str  # session_id/role/name/occurrence
     name: str
     step: int
-    status: str  # "committed" | "compensated"
+    status: str
     result: bytes | None = None
     updated_at: float = 0.0
+    args: bytes | None = None
+    clock: int = 0
 
 
 class OutboxRow(msgspec.Struct, frozen=True):
