@@ -200,9 +200,7 @@ class SessionFailedError(SessionError):
             interpreter; None when unknown.
     """
 
-    def __init__(
-        self, session_id: str, role: str, reason: str, status: str = "failed", *, failure: Any = None
-    ) -> None:
+    def __init__(self, session_id: str, role: str, reason: str, status: str = "failed", *, failure: Any = None) -> None:
         self.role = role
         self.reason = reason
         self.status = status

@@ -40,7 +40,9 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     def of(cls, exc: BaseException, role: str, step: int | None) -> Failure:
         """The failure ``exc`` raised at ``role``'s ``step`` stands for."""
         if isinstance(exc, TransactionFailedError):
-            return cls(role=exc.role, step=exc.step, transaction=exc.name, error_type=exc.error_type, message=exc.detail)
+            return cls(
+                role=exc.role, step=exc.step, transaction=exc.name, error_type=exc.error_type, message=exc.detail
+            )
         failure = getattr(exc, "failure", None)
         if isinstance(failure, Failure):  # a SessionFailedError passing a failure on
             return failure
@@ -74,4 +76,3 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
             return msgspec.json.decode(data, type=cls)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise CodecError(f"unreadable failure record: {exc}") from exc
-

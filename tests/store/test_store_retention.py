@@ -1,14 +1,22 @@
-"""Retention (``Store.prune``), run against MemoryStore, SQLiteStore and PostgresStore alike."""
+"""Retention (``Store.prune``), run against MemoryStore, SQLiteStore and PostgresStore alike.
+
+Pruning removes ended sessions' rows, but never anything a peer may still need: a session
+with an unacknowledged outbox row keeps every row, however old.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from pathlib import Path
 
 from accompanist.envelope import CONTROL_SEQ, EnvelopeKind
-from accompanist.store.base import SessionStatus, Store, StoreCounts
+from accompanist.store.base import SessionStatus, Store, StoreCounts, WriteBatch
+from accompanist.store.sql_statements import Statements
+from accompanist.store.sqlite import SQLiteStore
 from tests.store.conftest import Backend
-from tests.store.rows import env, full_batch, journal, session
+from tests.store.rows import env, full_batch, journal, session, tx
 
 FAILURE_SEQ = CONTROL_SEQ[EnvelopeKind.FAILURE]
 
@@ -42,6 +50,56 @@ async def test_prune_deletes_only_old_terminal_sessions(store: Store) -> None:
     # Tombstones cut later than ``before`` take the session's other rows with them.
     assert await store.prune(before=0.0, tombstones_before=2000.0) == 5
     assert await store.counts() == StoreCounts(2, 2, 2, 1, 2, 2)
+
+
+async def snapshot(store: Store, sid: str) -> list[object]:
+    return [
+        await store.get_session(sid),
+        await store.inbox_load(sid),
+        await store.outbox_load(sid),
+        await store.journal_load(sid),
+        await store.txlog_load(sid),
+    ]
+
+
+async def test_unacknowledged_outbox_row_keeps_the_whole_session(store: Store) -> None:
+    # Both ended long ago; "waiting" still owes its peer a failure envelope.
+    for sid in ("waiting", "delivered"):
+        batch = full_batch(sid)
+        batch.sessions = [session(sid, SessionStatus.COMPENSATED, created_at=0.0, updated_at=0.0)]
+        batch.outbox.append(env(sid, dst="cli", seq=FAILURE_SEQ, kind=EnvelopeKind.FAILURE, payload=b"why"))
+        batch.journal.append(journal(sid, step=1))
+        batch.txlog.append(tx(sid, name="charge", status="compensated"))
+        batch.acks = [(sid, "pay", 1)] + ([(sid, "cli", FAILURE_SEQ)] if sid == "delivered" else [])
+        await store.commit(batch)
+    assert [r.acked for r in await store.outbox_load("waiting")] == [True, False]
+    before = await snapshot(store, "waiting")
+
+    # One row unacknowledged is enough: not its inbox, acked outbox row, journal, txlog, nor tombstone.
+    assert await store.prune(before=time.time(), tombstones_before=time.time()) == 8  # all of "delivered"
+    assert await snapshot(store, "waiting") == before
+    assert await store.get_session("delivered") is None
+    assert await store.counts() == StoreCounts(1, 1, 2, 1, 2, 2)
+    assert [e.seq for e in await store.outbox_pending()] == [FAILURE_SEQ]
+    assert await store.prune(before=time.time(), tombstones_before=time.time()) == 0
+
+    # Once the peer acknowledges it, the next prune removes the session like any other.
+    await store.commit(WriteBatch(acks=[("waiting", "cli", FAILURE_SEQ)]))
+    assert await store.prune(before=time.time()) == 7  # its rows; the tombstone stays
+    assert await store.get_session("waiting") == before[0]
+    assert await store.prune(before=time.time(), tombstones_before=time.time()) == 1
+    assert await store.counts() == StoreCounts(0, 0, 0, 0, 0, 0)
+
+
+async def test_unacknowledged_rows_of_other_sessions_do_not_hold_a_session(store: Store) -> None:
+    await store.commit(full_batch("running"))  # unacked, but not this session's
+    done = full_batch("done")
+    done.sessions = [session("done", SessionStatus.CANCELLED, updated_at=1.0)]
+    done.outbox = [env("done", dst="pay", seq=1)]
+    done.acks = [("done", "pay", 1), ("done", "cli", 1)]  # an ack for a row it never had changes nothing
+    await store.commit(done)
+    assert await store.prune(before=2.0, tombstones_before=2.0) == 5
+    assert await store.counts() == StoreCounts(1, 1, 1, 1, 1, 1)
 
 
 async def test_prune_soak_keeps_row_counts_bounded(backend: Backend) -> None:
@@ -82,3 +140,21 @@ async def test_prune_soak_keeps_row_counts_bounded(backend: Backend) -> None:
         assert len(await store.nonterminal_sessions()) == total // 10
     finally:
         await store.close()
+
+
+async def test_sqlite_prune_probes_the_outbox_by_session(tmp_path: Path) -> None:
+    # Without statistics SQLite would probe through acc_outbox_acked, scanning every
+    # unacknowledged row once per prunable session: quadratic in a large store.
+    path = tmp_path / "wh.db"
+    store = SQLiteStore(path, "wh")
+    await store.open()
+    await store.close()
+    q = Statements.build(lambda name: name, lambda sql: sql)
+    conn = sqlite3.connect(path)
+    try:
+        for sql in (*q.prune_children, q.prune_sessions):
+            plan = [str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (0.0,))]
+            probe = [step for step in plan if step.startswith("SEARCH pending")]
+            assert probe == ["SEARCH pending USING COVERING INDEX acc_outbox_session (session_id=? AND acked=?)"], plan
+    finally:
+        conn.close()

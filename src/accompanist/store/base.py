@@ -230,7 +230,9 @@ class Store(Protocol):
     async def prune(self, before: float, tombstones_before: float | None = None) -> int:
         """Delete inbox/outbox/journal/txlog rows of terminal sessions last updated before
         ``before``; delete the session rows themselves if updated before
-        ``tombstones_before``. Returns the number of rows deleted."""
+        ``tombstones_before``. A session with an unacknowledged outbox row keeps every row,
+        however old, so a peer that was down longer than the retention still gets it.
+        Returns the number of rows deleted."""
 
     async def counts(self) -> StoreCounts:
         """Row counts."""

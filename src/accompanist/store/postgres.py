@@ -111,6 +111,9 @@ def _v1(s: str) -> tuple[str, ...]:
 def _v2(s: str) -> tuple[str, ...]:
     # The engine's failure, seed and state of a session; a commit's arguments and Lamport
     # clock. Constant defaults, so PostgreSQL (11+) adds the columns without rewriting rows.
+    # Unlike SQLite, no outbox (session_id, acked) index: PostgreSQL answers prune's
+    # unacknowledged-row probe with one hash anti join over acc_outbox_acked, with or without
+    # statistics, so another index would only slow every outbox write and ack.
     return (
         f"""ALTER TABLE {s}.acc_sessions ADD COLUMN failure BYTEA,
             ADD COLUMN seed BYTEA NOT NULL DEFAULT ''::bytea, ADD COLUMN state BYTEA""",

@@ -421,7 +421,8 @@ class SQLStore(abc.ABC):
         Inbox, outbox, journal and transaction rows go for terminal sessions updated before
         ``before``; session rows (tombstones, kept so late duplicates are recognized) go when
         updated before ``tombstones_before``, and their other rows with them. Non-terminal
-        sessions are never touched.
+        sessions are never touched, nor is any row of a session that still has an
+        unacknowledged outbox row, however old: the peer may still need it.
 
         Returns:
             The number of rows deleted.

@@ -129,7 +129,12 @@ class Statements:
         """Statements for tables named by ``table(name)``; ``params`` rewrites ``?`` marks."""
         s, i, o, j, t = (table(n) for n in ("acc_sessions", "acc_inbox", "acc_outbox", "acc_journal", "acc_txlog"))
         key = "session_id, src, dst, seq"
-        prunable = f"status IN ({_TERMINAL}) AND updated_at < ?"
+        # Retention never deletes anything of a session with an unacknowledged outbox row: a
+        # peer that was down longer than the retention must still get it (a failure
+        # envelope, say). The probe seeks the outbox's unique index by its session_id prefix.
+        old = f"status IN ({_TERMINAL}) AND updated_at < ?"
+        unacked = f"SELECT 1 FROM {o} AS pending WHERE pending.session_id = {s}.session_id AND pending.acked = 0"
+        prunable = f"{old} AND NOT EXISTS ({unacked})"
         raw = cls(
             upsert_session=_upsert(s, SESSION_COLS, "session_id"),
             insert_inbox=_insert_ignore(i, f"{ENV_COLS}, received_at", key),

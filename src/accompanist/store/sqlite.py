@@ -58,13 +58,17 @@ _V1 = (
 
 
 # Version 2: the engine's failure, seed and state of a session; a commit's arguments and
-# Lamport clock. Added columns have constant defaults, so SQLite rewrites no rows.
+# Lamport clock. Added columns have constant defaults, so SQLite rewrites no rows. The index
+# serves prune's "has this session an unacknowledged outbox row?" probe: without it (and
+# without ANALYZE statistics, which a store never gathers) SQLite answers it through
+# acc_outbox_acked, scanning every unacknowledged row once per prunable session.
 _V2 = (
     "ALTER TABLE acc_sessions ADD COLUMN failure BLOB",
     "ALTER TABLE acc_sessions ADD COLUMN seed BLOB NOT NULL DEFAULT x''",
     "ALTER TABLE acc_sessions ADD COLUMN state BLOB",
     "ALTER TABLE acc_txlog ADD COLUMN args BLOB",
     "ALTER TABLE acc_txlog ADD COLUMN clock INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX acc_outbox_session ON acc_outbox (session_id, acked)",
 )
 
 
