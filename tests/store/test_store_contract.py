@@ -3,57 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
 
-from accompanist.envelope import CONTROL_SEQ, Envelope, EnvelopeKind
-from accompanist.errors import StoreError
+from accompanist.envelope import CONTROL_SEQ, EnvelopeKind
+from accompanist.errors import StoreError, StoreInputError
 from accompanist.store.base import (
     TERMINAL_STATUSES,
-    JournalEntry,
     OutboxRow,
-    SessionRecord,
     SessionStatus,
     Store,
     StoreCounts,
-    TxRecord,
     WriteBatch,
 )
 from tests.store.conftest import Backend
-
-
-def env(sid: str = "s1", src: str = "wh", dst: str = "pay", seq: int = 1, **kw: Any) -> Envelope:
-    fields: dict[str, Any] = {"choreography": "order", "version": 1, "kind": EnvelopeKind.VALUE, "payload": b"p"}
-    fields.update(kw)
-    return Envelope(session_id=sid, src=src, dst=dst, seq=seq, **fields)
-
-
-def session(sid: str = "s1", status: str = SessionStatus.RUNNING, **kw: Any) -> SessionRecord:
-    fields: dict[str, Any] = {"choreography": "order", "version": 1, "role": "wh", "created_at": 100.0}
-    fields.update(kw)
-    return SessionRecord(session_id=sid, status=status, **fields)
-
-
-def journal(sid: str = "s1", step: int = 0, value: bytes | None = b"v", **kw: Any) -> JournalEntry:
-    fields: dict[str, Any] = {"kind": "locally", "name": "price"}
-    fields.update(kw)
-    return JournalEntry(session_id=sid, step=step, value=value, **fields)
-
-
-def tx(sid: str = "s1", name: str = "reserve", step: int = 1, status: str = "committed", **kw: Any) -> TxRecord:
-    return TxRecord(session_id=sid, key=f"{sid}/wh/{name}/0", name=name, step=step, status=status, **kw)
-
-
-def full_batch(sid: str) -> WriteBatch:
-    return WriteBatch(
-        sessions=[session(sid)],
-        inbox=[env(sid, "pay", "wh", 1)],
-        outbox=[env(sid)],
-        journal=[journal(sid)],
-        txlog=[tx(sid)],
-    )
+from tests.store.rows import env, full_batch, journal, session, tx
 
 
 async def test_not_open_and_closed_raise(backend: Backend) -> None:
@@ -97,10 +62,28 @@ async def test_session_upsert_replaces_whole_row(store: Store) -> None:
         updated_at=2.5,
         version=2,
         choreography="order2",
+        failure=b'{"role":"pay","step":3}',
+        seed=bytes(range(16)),
+        state=b'{"acks":[]}',
     )
     await store.commit(WriteBatch(sessions=[second]))
     assert await store.get_session("s1") == second
+    third = session(created_at=1.0, updated_at=3.0, failure=b"", state=b"\x00")  # empty is not None
+    await store.commit(WriteBatch(sessions=[third]))
+    got = await store.get_session("s1")
+    assert got == third and got.seed == b"" and got.failure == b"" and got.state == b"\x00"
     assert (await store.counts()).sessions == 1
+
+
+async def test_engine_fields_default_and_round_trip_through_every_read(store: Store) -> None:
+    plain = session("plain")
+    rich = session("rich", created_at=200.0, failure=b"{}", seed=b"\xff" * 16, state=b"[1]")
+    await store.commit(WriteBatch(sessions=[plain, rich]))
+    got = await store.get_session("plain")
+    assert got is not None and (got.failure, got.seed, got.state) == (None, b"", None)
+    assert await store.list_sessions() == [rich, plain]
+    assert await store.list_sessions(SessionStatus.RUNNING, limit=1) == [rich]
+    assert await store.nonterminal_sessions() == [plain, rich]
 
 
 async def test_records_are_copied(store: Store) -> None:
@@ -109,6 +92,7 @@ async def test_records_are_copied(store: Store) -> None:
     rec.status = SessionStatus.FAILED  # the caller mutates its object afterwards
     got = await store.get_session("s1")
     assert got is not None and got.status == SessionStatus.RUNNING
+    assert got.seed == b""
     got.status = SessionStatus.CANCELLED
     again = await store.get_session("s1")
     assert again is not None and again.status == SessionStatus.RUNNING
@@ -135,6 +119,14 @@ async def test_nonterminal_sessions(store: Store) -> None:
     await store.commit(WriteBatch(sessions=recs))
     got = await store.nonterminal_sessions()
     assert [r.status for r in got] == [st for st in SessionStatus if st not in TERMINAL_STATUSES]
+    # A diverged session waits for an operator (cancel or resume): it is replayed, not ended.
+    assert SessionStatus.DIVERGED in {r.status for r in got}
+    assert {
+        SessionStatus.COMPLETED,
+        SessionStatus.FAILED,
+        SessionStatus.COMPENSATED,
+        SessionStatus.CANCELLED,
+    } == TERMINAL_STATUSES
     assert {r.session_id for r in got} == {f"s-{st.value}" for st in SessionStatus if st not in TERMINAL_STATUSES}
 
 
@@ -225,7 +217,21 @@ async def test_txlog_upserts_by_key_in_step_order(store: Store) -> None:
         ("charge", "committed", None),
     ]
     assert got[0].updated_at == 9.0
+    assert (got[0].args, got[0].clock) == (None, 0)
     assert (await store.counts()).txlog == 2
+
+
+async def test_txlog_keeps_args_clock_and_every_status(store: Store) -> None:
+    rows = [
+        tx(name="reserve", step=1, args=b"\x00args", clock=7, result=b"r"),
+        tx(name="charge", step=2, status="uncertain", args=b"", clock=2**63 - 1),
+        tx(name="ship", step=3, status="compensated", clock=-1),
+    ]
+    await store.commit(WriteBatch(txlog=rows))
+    assert await store.txlog_load("s1") == rows
+    later = tx(name="charge", step=2, status="compensated", args=b"", clock=2**63 - 1, updated_at=5.0)
+    await store.commit(WriteBatch(txlog=[later]))  # an uncertain commit, compensated
+    assert (await store.txlog_load("s1"))[1] == later
 
 
 @pytest.mark.parametrize(
@@ -240,15 +246,53 @@ async def test_txlog_upserts_by_key_in_step_order(store: Store) -> None:
         (WriteBatch(txlog=[tx(step="1")]), "step"),  # type: ignore[arg-type]
         (WriteBatch(acks=[("s1", "pay")]), "acks"),  # type: ignore[list-item]
         (WriteBatch(sessions=[session(created_at=float("nan"))]), "created_at"),
+        (WriteBatch(sessions=[session(failure="{}")]), r"sessions\[0\]\.failure"),
+        (WriteBatch(sessions=[session(seed=None)]), r"sessions\[0\]\.seed"),
+        (WriteBatch(sessions=[session(state=bytearray(b"{}"))]), r"sessions\[0\]\.state"),
+        (WriteBatch(txlog=[tx(status="done")]), r"txlog\[0\]\.status must be one of"),
+        (WriteBatch(txlog=[tx(status="")]), r"txlog\[0\]\.status"),
+        (WriteBatch(txlog=[tx(args="x")]), r"txlog\[0\]\.args"),
+        (WriteBatch(txlog=[tx(clock=2**63)]), r"txlog\[0\]\.clock must fit in 64 bits"),
+        (WriteBatch(txlog=[tx(clock=-(2**63) - 1)]), r"txlog\[0\]\.clock"),
+        (WriteBatch(txlog=[tx(clock=1.0)]), r"txlog\[0\]\.clock must be an int"),
+        (WriteBatch(txlog=[tx(clock=True)]), r"txlog\[0\]\.clock"),
     ],
 )
 async def test_invalid_batch_is_rejected_and_writes_nothing(store: Store, bad: WriteBatch, field: str) -> None:
     bad.extend(full_batch("s9"))  # valid rows in the same batch must not land either
-    with pytest.raises(StoreError, match=field):
+    with pytest.raises(StoreInputError, match=field):
         await store.commit(bad)
     assert await store.counts() == StoreCounts(0, 0, 0, 0, 0, 0)
     await store.commit(full_batch("s1"))  # the store is still usable
     assert (await store.counts()).sessions == 1
+
+
+async def test_not_a_batch_is_an_input_error(store: Store) -> None:
+    with pytest.raises(StoreInputError, match="needs a WriteBatch"):
+        await store.commit([session()])  # type: ignore[arg-type]
+    assert await store.counts() == StoreCounts(0, 0, 0, 0, 0, 0)
+
+
+async def test_invalid_batch_fails_only_its_caller_in_a_group(backend: Backend) -> None:
+    store = backend.make(group_delay=0.05)
+    await store.open()
+    try:
+        bad = full_batch("bad")
+        bad.txlog.append(tx("bad", name="charge", status="maybe"))
+        bad.acks.append(("s0", "pay", 1))
+        await store.commit(full_batch("s0"))
+        results = await asyncio.gather(
+            *(store.commit(full_batch(f"s{i}")) for i in range(1, 6)), store.commit(bad), return_exceptions=True
+        )
+        assert results[:-1] == [None] * 5  # the group committed without the bad batch
+        assert isinstance(results[-1], StoreInputError) and "txlog[1].status" in str(results[-1])
+        assert store.commit_stats.failed_transactions == 0
+        assert await store.get_session("bad") is None
+        assert await store.txlog_load("bad") == []
+        assert [r.acked for r in await store.outbox_load("s0")] == [False]
+        assert await store.counts() == StoreCounts(6, 6, 6, 6, 6, 6)
+    finally:
+        await store.close()
 
 
 async def test_failed_transaction_leaves_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -386,61 +430,3 @@ async def test_durable_across_close_and_reopen(backend: Backend) -> None:
         assert await again.txlog_load("s7") == [tx("s7")]
     finally:
         await again.close()
-
-
-async def test_prune_deletes_only_old_terminal_sessions(store: Store) -> None:
-    statuses = {"old-done": SessionStatus.COMPLETED, "old-run": SessionStatus.RUNNING, "new-done": SessionStatus.FAILED}
-    updated = {"old-done": 10.0, "old-run": 10.0, "new-done": 1000.0}
-    for sid, status in statuses.items():
-        batch = full_batch(sid)
-        batch.sessions = [session(sid, status, updated_at=updated[sid])]
-        await store.commit(batch)
-    assert await store.prune(before=500.0) == 4  # inbox, outbox, journal and txlog rows of old-done
-    assert await store.get_session("old-done") is not None  # the tombstone stays
-    assert await store.inbox_load("old-done") == []
-    assert await store.txlog_load("old-done") == []
-    for sid in ("old-run", "new-done"):
-        assert len(await store.inbox_load(sid)) == len(await store.outbox_load(sid)) == 1
-        assert len(await store.journal_load(sid)) == len(await store.txlog_load(sid)) == 1
-    assert await store.prune(before=500.0, tombstones_before=100.0) == 1
-    assert await store.get_session("old-done") is None
-    assert await store.get_session("old-run") is not None
-    assert await store.prune(before=500.0, tombstones_before=100.0) == 0
-    # Tombstones cut later than ``before`` take the session's other rows with them.
-    assert await store.prune(before=0.0, tombstones_before=2000.0) == 5
-    assert await store.counts() == StoreCounts(1, 1, 1, 1, 1, 1)
-
-
-async def test_prune_soak_keeps_row_counts_bounded(backend: Backend) -> None:
-    store = backend.make(synchronous="OFF") if backend.name == "sqlite" else backend.make()
-    await store.open()
-    try:
-        now = time.time()
-        total, rounds = 5000, 5
-        per_round = total // rounds
-        for r in range(rounds):
-            batches = []
-            for i in range(r * per_round, (r + 1) * per_round):
-                sid = f"soak-{i:05d}"
-                # Every tenth session is still running; the rest finished long ago.
-                status = SessionStatus.RUNNING if i % 10 == 0 else SessionStatus.COMPLETED
-                b = full_batch(sid)
-                b.sessions = [session(sid, status, created_at=now - 7200, updated_at=now - 3600)]
-                b.outbox.append(env(sid, seq=2))
-                b.journal.append(journal(sid, step=1))
-                batches.append(b)
-            await asyncio.gather(*(store.commit(b) for b in batches))
-            await store.prune(before=now - 60, tombstones_before=now - 60 if r % 2 else None)
-            counts = await store.counts()
-            running = (r + 1) * per_round // 10
-            assert counts.inbox == counts.txlog == running
-            assert counts.outbox == counts.journal == 2 * running
-            assert counts.sessions <= (r + 1) * per_round
-            if r % 2:
-                assert counts.sessions == running
-        for i in range(0, total, 10):
-            sid = f"soak-{i:05d}"
-            assert len(await store.outbox_load(sid)) == 2 and len(await store.journal_load(sid)) == 2
-        assert len(await store.nonterminal_sessions()) == total // 10
-    finally:
-        await store.close()

@@ -42,6 +42,9 @@ sessions = st.builds(
     result=st.none() | st.binary(max_size=3),
     created_at=times,
     updated_at=times,
+    failure=st.none() | st.binary(max_size=3),
+    seed=st.binary(max_size=16),
+    state=st.none() | st.binary(max_size=3),
 )
 journal = st.builds(JournalEntry, session_id=sids, step=st.integers(0, 3), kind=st.just("k"), name=st.text(max_size=3))
 txlog = st.builds(
@@ -50,7 +53,9 @@ txlog = st.builds(
     key=st.sampled_from(["k1", "k2", "k3"]),
     name=st.just("t"),
     step=st.integers(0, 3),
-    status=st.sampled_from(["committed", "compensated"]),
+    status=st.sampled_from(["committed", "uncertain", "compensated"]),
+    args=st.none() | st.binary(max_size=3),
+    clock=st.integers(-(2**63), 2**63 - 1),
 )
 batches = st.builds(
     WriteBatch,

@@ -7,6 +7,7 @@ implement it, and :func:`open_store` picks one from a URL.
 
 from accompanist.store.base import (
     TERMINAL_STATUSES,
+    TX_STATUSES,
     JournalEntry,
     OutboxRow,
     SessionRecord,
@@ -33,6 +34,7 @@ __all__ = [
     "Store",
     "StoreCounts",
     "TERMINAL_STATUSES",
+    "TX_STATUSES",
     "TxRecord",
     "WriteBatch",
     "open_store",

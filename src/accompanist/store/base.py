@@ -26,6 +26,7 @@ __all__ = [
     "TxRecord",
     "WriteBatch",
     "TERMINAL_STATUSES",
+    "TX_STATUSES",
 ]
 
 
@@ -39,10 +40,12 @@ class SessionStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATED = "compensated"
-    DIVERGED = "diverged"
+    DIVERGED = "diverged"  # a replay disagreed with the journal; waits for an operator
     CANCELLED = "cancelled"
 
 
+# Not DIVERGED: a diverged session waits for an operator to cancel or resume it, so it is
+# replayed after a restart and never pruned.
 TERMINAL_STATUSES = frozenset(
     {
         SessionStatus.COMPLETED,
@@ -52,12 +55,19 @@ TERMINAL_STATUSES = frozenset(
     }
 )
 
+TX_STATUSES = frozenset({"committed", "uncertain", "compensated"})
+"""What a :class:`TxRecord` may say of its commit: it took effect; retries ran out, so it may
+have taken effect; it was undone."""
+
 
 class SessionRecord(msgspec.Struct, kw_only=True):
     """One session at one role.
 
     ``args`` and ``result`` hold codec bytes; ``error`` is a human-readable reason.
-    Times are UNIX seconds (float).
+    Times are UNIX seconds (float). ``failure``, ``seed`` and ``state`` belong to the engine
+    and are opaque to the store: the JSON of a structured failure, the random bytes drawn when
+    the record was first created (replay-stable uuids derive from them), and the JSON of the
+    engine's protocol bookkeeping.
     """
 
     session_id: str
@@ -91,13 +101,18 @@ class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TxRecord(msgspec.Struct, kw_only=True):
-    """A saga transaction's commit or compensation, keyed by its idempotency key."""
+    """A saga transaction's commit or compensation, keyed by its idempotency key.
+
+    ``status`` is one of :data:`TX_STATUSES`. ``args`` holds codec bytes of the commit's
+    arguments, so a compensation can run from the log alone; ``clock`` is the commit's Lamport
+    timestamp, so compensations can run in reverse causal order.
+    """
 
     session_id: str
     key: str  # session_id/role/name/occurrence
     name: str
     step: int
-    status: str  # "committed" | "uncertain" | "compensated"
+    status: str
     result: bytes | None = None
     updated_at: float = 0.0
     args: bytes | None = None
@@ -215,7 +230,9 @@ class Store(Protocol):
     async def prune(self, before: float, tombstones_before: float | None = None) -> int:
         """Delete inbox/outbox/journal/txlog rows of terminal sessions last updated before
         ``before``; delete the session rows themselves if updated before
-        ``tombstones_before``. Returns the number of rows deleted."""
+        ``tombstones_before``. A session with an unacknowledged outbox row keeps every row,
+        however old, so a peer that was down longer than the retention still gets it.
+        Returns the number of rows deleted."""
 
     async def counts(self) -> StoreCounts:
         """Row counts."""

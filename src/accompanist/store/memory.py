@@ -227,19 +227,21 @@ class MemoryStore:
         return [msgspec.structs.replace(r) for r in recs]
 
     async def prune(self, before: float, tombstones_before: float | None = None) -> int:
-        """Delete terminal sessions' rows (see :meth:`Store.prune`); returns rows deleted."""
+        """Delete terminal sessions' rows (see :meth:`Store.prune`); returns rows deleted.
+
+        A session with an unacknowledged outbox row keeps every row, however old.
+        """
         self._check_open()
         cutoff = before if tombstones_before is None else max(before, tombstones_before)
         deleted = 0
         gone = {
-            r.session_id for r in self._sessions.values() if r.status in TERMINAL_STATUSES and r.updated_at < cutoff
+            r.session_id
+            for r in self._sessions.values()
+            if r.status in TERMINAL_STATUSES and r.updated_at < cutoff and not self._has_unacked(r.session_id)
         }
         for sid in gone:
             deleted += len(self._inbox.pop(sid, {}))
-            outs = self._outbox.pop(sid, {})
-            for key in outs:
-                self._unacked.pop(key, None)
-            deleted += len(outs)
+            deleted += len(self._outbox.pop(sid, {}))  # all acknowledged: none is in _unacked
             deleted += len(self._journal.pop(sid, {}))
             if tombstones_before is not None and self._sessions[sid].updated_at < tombstones_before:
                 del self._sessions[sid]
@@ -248,6 +250,9 @@ class MemoryStore:
         for tx_key in tx_keys:
             del self._txlog[tx_key]
         return deleted + len(tx_keys)
+
+    def _has_unacked(self, session_id: str) -> bool:
+        return any(not row.acked for row in self._outbox.get(session_id, {}).values())
 
     async def counts(self) -> StoreCounts:
         """Row counts."""

@@ -26,7 +26,8 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 from accompanist.errors import ConfigError, StoreCorruptError, StoreError
 from accompanist.store.base import WriteBatch
 from accompanist.store.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY
-from accompanist.store.sql import SCHEMA_VERSION, Row, SQLStore, SQLTx, Statements, check_meta
+from accompanist.store.sql import SCHEMA_VERSION, SQLStore, SQLTx, check_meta
+from accompanist.store.sql_statements import Row, Statements
 
 __all__ = ["PostgresStore", "redact_dsn", "schema_for_role"]
 
@@ -107,13 +108,32 @@ def _v1(s: str) -> tuple[str, ...]:
     )
 
 
+def _v2(s: str) -> tuple[str, ...]:
+    # The engine's failure, seed and state of a session; a commit's arguments and Lamport
+    # clock. Constant defaults, so PostgreSQL (11+) adds the columns without rewriting rows.
+    # Unlike SQLite, no outbox (session_id, acked) index: PostgreSQL answers prune's
+    # unacknowledged-row probe with one hash anti join over acc_outbox_acked, with or without
+    # statistics, so another index would only slow every outbox write and ack.
+    return (
+        f"""ALTER TABLE {s}.acc_sessions ADD COLUMN failure BYTEA,
+            ADD COLUMN seed BYTEA NOT NULL DEFAULT ''::bytea, ADD COLUMN state BYTEA""",
+        f"ALTER TABLE {s}.acc_txlog ADD COLUMN args BYTEA, ADD COLUMN clock BIGINT NOT NULL DEFAULT 0",
+    )
+
+
 async def _migrate_to_1(conn: asyncpg.Connection, schema: str) -> None:
     for ddl in _v1(schema):
         await conn.execute(ddl)
 
 
-# One function per schema version: MIGRATIONS[n] turns a version n-1 schema into version n.
-MIGRATIONS: dict[int, Callable[[asyncpg.Connection, str], Awaitable[None]]] = {1: _migrate_to_1}
+async def _migrate_to_2(conn: asyncpg.Connection, schema: str) -> None:
+    for ddl in _v2(schema):
+        await conn.execute(ddl)
+
+
+# One function per schema version: MIGRATIONS[n] turns a version n-1 schema into version n; a
+# new schema runs them all, inside the transaction (and advisory lock) that updates acc_meta.
+MIGRATIONS: dict[int, Callable[[asyncpg.Connection, str], Awaitable[None]]] = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 class _Tx:

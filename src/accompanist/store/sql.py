@@ -1,9 +1,10 @@
 """``SQLStore``: the store contract written once in SQL, for SQLite and PostgreSQL.
 
-The two databases accept the same statements here (``INSERT ... ON CONFLICT``, ``excluded``),
-so the statements, the row encoding and every read live in this one abstract class; the thin
-subclasses only connect, create and check the schema, and run a write transaction. Envelope
-fields are stored as columns and headers as JSON text: nothing is pickled.
+The two databases accept the same statements (``INSERT ... ON CONFLICT``, ``excluded``), so
+the statements and row encoding (:mod:`accompanist.store.sql_statements`) and every read live
+in this one abstract class; the thin subclasses only connect, create and check the schema,
+and run a write transaction. Envelope fields are stored as columns and headers as JSON text:
+nothing is pickled.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -22,7 +22,6 @@ import msgspec
 from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, StoreCorruptError, StoreError
 from accompanist.store.base import (
-    TERMINAL_STATUSES,
     AtomicScope,
     JournalEntry,
     OutboxRow,
@@ -32,24 +31,22 @@ from accompanist.store.base import (
     WriteBatch,
 )
 from accompanist.store.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY, GroupCommitStats, GroupCommitter
+from accompanist.store.sql_statements import Row, Statements, env_row, journal_row, session_row, tx_row
 from accompanist.store.validation import validate_batch
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "SQLStore", "SQLTx", "Statements", "check_meta"]
+__all__ = ["SCHEMA_VERSION", "TABLES", "SQLStore", "SQLTx", "check_meta"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema version this code writes; ``open()`` migrates older stores up to it."""
 
 TABLES = ("acc_meta", "acc_sessions", "acc_inbox", "acc_outbox", "acc_journal", "acc_txlog")
-"""The tables of a current store, in creation order."""
+"""The tables of a store of any version (version 2 added columns, not tables), in creation order."""
 
-Row = tuple[Any, ...]
-
-_SESSION_COLS = "session_id, choreography, version, role, status, args, result, error, attempts, created_at, updated_at"
-_ENV_COLS = "session_id, choreography, version, src, dst, seq, kind, payload, headers, auth"
-_JOURNAL_COLS = "session_id, step, kind, name, value"
-_TX_COLS = "key, session_id, name, step, status, result, updated_at"
-_TERMINAL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _HEADERS: msgspec.json.Decoder[dict[str, str]] = msgspec.json.Decoder(dict[str, str])
+
+
+def _opt_bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 class _RolledBack(Exception):  # noqa: N818 - internal signal
@@ -120,7 +117,7 @@ def check_meta(
 
     Raises:
         StoreCorruptError: not Accompanist's meta table, an unreadable or newer schema version,
-            another role's store, or a current-version store with tables missing.
+            another role's store, or a store with tables missing.
     """
     if meta.get("app") != "accompanist":
         raise corrupt("its acc_meta table is not Accompanist's (no app=accompanist marker)")
@@ -137,103 +134,12 @@ def check_meta(
         raise corrupt(f"its schema version {version} is invalid")
     if meta.get("role") != role:
         raise corrupt(f"it belongs to role '{meta.get('role')}'")
-    if version == SCHEMA_VERSION:
-        missing = [t for t in TABLES if t not in tables]
-        if missing:
-            raise corrupt(f"tables are missing: {', '.join(missing)}")
+    # Every version so far has all of TABLES, so an older store missing one is refused here,
+    # before its migration would fail on it halfway.
+    missing = [t for t in TABLES if t not in tables]
+    if missing:
+        raise corrupt(f"tables are missing: {', '.join(missing)}")
     return version
-
-
-def _upsert(table: str, cols: str, key: str) -> str:
-    names = [c.strip() for c in cols.split(",")]
-    updates = ", ".join(f"{c} = excluded.{c}" for c in names if c != key)
-    marks = ", ".join("?" for _ in names)
-    return f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
-
-
-def _insert_ignore(table: str, cols: str, key: str) -> str:
-    marks = ", ".join("?" for _ in cols.split(","))
-    return f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO NOTHING"
-
-
-@dataclass(frozen=True)
-class Statements:
-    """Every statement the store runs, with tables named and parameters marked per dialect."""
-
-    upsert_session: str
-    insert_inbox: str
-    insert_outbox: str
-    ack: str
-    insert_journal: str
-    upsert_tx: str
-    get_session: str
-    list_sessions: str
-    list_sessions_status: str
-    nonterminal: str
-    inbox_load: str
-    outbox_load: str
-    outbox_pending: str
-    journal_load: str
-    txlog_load: str
-    prune_children: tuple[str, ...]
-    prune_sessions: str
-    counts: str
-
-    @classmethod
-    def build(cls, table: Callable[[str], str], params: Callable[[str], str]) -> Statements:
-        """Statements for tables named by ``table(name)``; ``params`` rewrites ``?`` marks."""
-        s, i, o, j, t = (table(n) for n in ("acc_sessions", "acc_inbox", "acc_outbox", "acc_journal", "acc_txlog"))
-        key = "session_id, src, dst, seq"
-        doomed = f"SELECT session_id FROM {s} WHERE status IN ({_TERMINAL}) AND updated_at < ?"
-        raw = cls(
-            upsert_session=_upsert(s, _SESSION_COLS, "session_id"),
-            insert_inbox=_insert_ignore(i, f"{_ENV_COLS}, received_at", key),
-            insert_outbox=_insert_ignore(o, f"{_ENV_COLS}, acked, created_at", key),
-            ack=f"UPDATE {o} SET acked = 1 WHERE session_id = ? AND dst = ? AND seq = ? AND acked = 0",
-            insert_journal=_insert_ignore(j, _JOURNAL_COLS, "session_id, step"),
-            upsert_tx=_upsert(t, _TX_COLS, "key"),
-            get_session=f"SELECT {_SESSION_COLS} FROM {s} WHERE session_id = ?",
-            list_sessions=f"SELECT {_SESSION_COLS} FROM {s} ORDER BY created_at DESC, session_id DESC LIMIT ?",
-            list_sessions_status=(
-                f"SELECT {_SESSION_COLS} FROM {s} WHERE status = ? ORDER BY created_at DESC, session_id DESC LIMIT ?"
-            ),
-            nonterminal=(
-                f"SELECT {_SESSION_COLS} FROM {s} WHERE status NOT IN ({_TERMINAL}) ORDER BY created_at, session_id"
-            ),
-            inbox_load=f"SELECT {_ENV_COLS} FROM {i} WHERE session_id = ? ORDER BY src, seq, dst",
-            outbox_load=f"SELECT {_ENV_COLS}, acked FROM {o} WHERE session_id = ? ORDER BY id",
-            outbox_pending=f"SELECT {_ENV_COLS} FROM {o} WHERE acked = 0 ORDER BY id LIMIT ?",
-            journal_load=f"SELECT {_JOURNAL_COLS} FROM {j} WHERE session_id = ? ORDER BY step",
-            txlog_load=f"SELECT {_TX_COLS} FROM {t} WHERE session_id = ? ORDER BY step, key",
-            prune_children=tuple(f"DELETE FROM {x} WHERE session_id IN ({doomed})" for x in (i, o, j, t)),
-            prune_sessions=f"DELETE FROM {s} WHERE status IN ({_TERMINAL}) AND updated_at < ?",
-            counts=(
-                f"SELECT (SELECT count(*) FROM {s}), (SELECT count(*) FROM {i}), (SELECT count(*) FROM {o}), "
-                f"(SELECT count(*) FROM {o} WHERE acked = 0), (SELECT count(*) FROM {j}), (SELECT count(*) FROM {t})"
-            ),
-        )
-        fields = {name: _rewrite(getattr(raw, name), params) for name in raw.__dataclass_fields__}
-        return cls(**fields)
-
-
-def _rewrite(value: str | tuple[str, ...], params: Callable[[str], str]) -> Any:
-    return tuple(params(x) for x in value) if isinstance(value, tuple) else params(value)
-
-
-def _env_row(env: Envelope) -> Row:
-    headers = msgspec.json.encode(env.headers).decode() if env.headers else "{}"
-    return (
-        env.session_id,
-        env.choreography,
-        env.version,
-        env.src,
-        env.dst,
-        env.seq,
-        env.kind,
-        env.payload,
-        headers,
-        env.auth,
-    )
 
 
 class SQLStore(abc.ABC):
@@ -388,33 +294,15 @@ class SQLStore(abc.ABC):
 
     async def _write_sessions(self, tx: SQLTx, rows: list[SessionRecord]) -> None:
         if rows:
-            await tx.executemany(
-                self._q.upsert_session,
-                [
-                    (
-                        r.session_id,
-                        r.choreography,
-                        r.version,
-                        r.role,
-                        r.status,
-                        r.args,
-                        r.result,
-                        r.error,
-                        r.attempts,
-                        float(r.created_at),
-                        float(r.updated_at),
-                    )
-                    for r in rows
-                ],
-            )
+            await tx.executemany(self._q.upsert_session, [session_row(r) for r in rows])
 
     async def _write_inbox(self, tx: SQLTx, rows: list[Envelope], now: float) -> None:
         if rows:
-            await tx.executemany(self._q.insert_inbox, [(*_env_row(e), now) for e in rows])
+            await tx.executemany(self._q.insert_inbox, [(*env_row(e), now) for e in rows])
 
     async def _write_outbox(self, tx: SQLTx, rows: list[Envelope], now: float) -> None:
         if rows:
-            await tx.executemany(self._q.insert_outbox, [(*_env_row(e), 0, now) for e in rows])
+            await tx.executemany(self._q.insert_outbox, [(*env_row(e), 0, now) for e in rows])
 
     async def _write_acks(self, tx: SQLTx, acks: list[tuple[str, str, int]]) -> None:
         if acks:
@@ -422,16 +310,11 @@ class SQLStore(abc.ABC):
 
     async def _write_journal(self, tx: SQLTx, rows: list[JournalEntry]) -> None:
         if rows:
-            await tx.executemany(
-                self._q.insert_journal, [(e.session_id, e.step, e.kind, e.name, e.value) for e in rows]
-            )
+            await tx.executemany(self._q.insert_journal, [journal_row(e) for e in rows])
 
     async def _write_txlog(self, tx: SQLTx, rows: list[TxRecord]) -> None:
         if rows:
-            await tx.executemany(
-                self._q.upsert_tx,
-                [(r.key, r.session_id, r.name, r.step, r.status, r.result, float(r.updated_at)) for r in rows],
-            )
+            await tx.executemany(self._q.upsert_tx, [tx_row(r) for r in rows])
 
     # Reads. A row that cannot be decoded raises StoreError naming the store and session.
 
@@ -444,11 +327,14 @@ class SQLStore(abc.ABC):
                 role=row[3],
                 status=row[4],
                 args=bytes(row[5]),
-                result=None if row[6] is None else bytes(row[6]),
+                result=_opt_bytes(row[6]),
                 error=row[7],
                 attempts=int(row[8]),
                 created_at=float(row[9]),
                 updated_at=float(row[10]),
+                failure=_opt_bytes(row[11]),
+                seed=bytes(row[12]),
+                state=_opt_bytes(row[13]),
             )
         except (TypeError, ValueError) as exc:
             raise StoreError(f"{self._name}: unreadable session row {row[0]!r}: {exc}") from exc
@@ -469,6 +355,22 @@ class SQLStore(abc.ABC):
             )
         except (TypeError, ValueError, msgspec.DecodeError) as exc:
             raise StoreError(f"{self._name}: unreadable envelope row of session {row[0]!r}: {exc}") from exc
+
+    def _tx(self, row: Sequence[Any]) -> TxRecord:
+        try:
+            return TxRecord(
+                key=row[0],
+                session_id=row[1],
+                name=row[2],
+                step=int(row[3]),
+                status=row[4],
+                result=_opt_bytes(row[5]),
+                updated_at=float(row[6]),
+                args=_opt_bytes(row[7]),
+                clock=int(row[8]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{self._name}: unreadable transaction row {row[0]!r}: {exc}") from exc
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None."""
@@ -505,27 +407,13 @@ class SQLStore(abc.ABC):
         """The session's journal in step order."""
         rows = await self._fetch(self._q.journal_load, (session_id,))
         return [
-            JournalEntry(
-                session_id=r[0], step=int(r[1]), kind=r[2], name=r[3], value=None if r[4] is None else bytes(r[4])
-            )
-            for r in rows
+            JournalEntry(session_id=r[0], step=int(r[1]), kind=r[2], name=r[3], value=_opt_bytes(r[4])) for r in rows
         ]
 
     async def txlog_load(self, session_id: str) -> list[TxRecord]:
         """The session's transaction records in step order (then key)."""
         rows = await self._fetch(self._q.txlog_load, (session_id,))
-        return [
-            TxRecord(
-                key=r[0],
-                session_id=r[1],
-                name=r[2],
-                step=int(r[3]),
-                status=r[4],
-                result=None if r[5] is None else bytes(r[5]),
-                updated_at=float(r[6]),
-            )
-            for r in rows
-        ]
+        return [self._tx(r) for r in rows]
 
     async def prune(self, before: float, tombstones_before: float | None = None) -> int:
         """Delete terminal sessions' rows in one transaction run by the writer.
@@ -533,7 +421,8 @@ class SQLStore(abc.ABC):
         Inbox, outbox, journal and transaction rows go for terminal sessions updated before
         ``before``; session rows (tombstones, kept so late duplicates are recognized) go when
         updated before ``tombstones_before``, and their other rows with them. Non-terminal
-        sessions are never touched.
+        sessions are never touched, nor is any row of a session that still has an
+        unacknowledged outbox row, however old: the peer may still need it.
 
         Returns:
             The number of rows deleted.

@@ -24,7 +24,8 @@ import aiosqlite
 
 from accompanist.errors import ConfigError, StoreCorruptError, StoreError
 from accompanist.store.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY
-from accompanist.store.sql import SCHEMA_VERSION, SQLStore, SQLTx, Statements, check_meta
+from accompanist.store.sql import SCHEMA_VERSION, SQLStore, SQLTx, check_meta
+from accompanist.store.sql_statements import Statements
 from accompanist.store.sqlite_writer import SQLiteWriter, WriteTx
 
 __all__ = ["SQLiteStore"]
@@ -56,14 +57,35 @@ _V1 = (
 )
 
 
+# Version 2: the engine's failure, seed and state of a session; a commit's arguments and
+# Lamport clock. Added columns have constant defaults, so SQLite rewrites no rows. The index
+# serves prune's "has this session an unacknowledged outbox row?" probe: without it (and
+# without ANALYZE statistics, which a store never gathers) SQLite answers it through
+# acc_outbox_acked, scanning every unacknowledged row once per prunable session.
+_V2 = (
+    "ALTER TABLE acc_sessions ADD COLUMN failure BLOB",
+    "ALTER TABLE acc_sessions ADD COLUMN seed BLOB NOT NULL DEFAULT x''",
+    "ALTER TABLE acc_sessions ADD COLUMN state BLOB",
+    "ALTER TABLE acc_txlog ADD COLUMN args BLOB",
+    "ALTER TABLE acc_txlog ADD COLUMN clock INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX acc_outbox_session ON acc_outbox (session_id, acked)",
+)
+
+
 def _migrate_to_1(db: sqlite3.Connection) -> None:
     for ddl in _V1:
         db.execute(ddl)
 
 
-# One function per schema version: MIGRATIONS[n] turns a version n-1 store into version n.
-# They run in the writer thread, inside the transaction that also updates acc_meta.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    for ddl in _V2:
+        db.execute(ddl)
+
+
+# One function per schema version: MIGRATIONS[n] turns a version n-1 store into version n; a
+# new store runs them all. They run in the writer thread, inside the transaction that also
+# updates acc_meta, so a failed migration leaves the store at its old version.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 class SQLiteStore(SQLStore):

@@ -13,8 +13,8 @@ import math
 from typing import Any
 
 from accompanist.envelope import Envelope
-from accompanist.errors import StoreError
-from accompanist.store.base import JournalEntry, SessionRecord, SessionStatus, TxRecord, WriteBatch
+from accompanist.errors import StoreInputError
+from accompanist.store.base import TX_STATUSES, JournalEntry, SessionRecord, SessionStatus, TxRecord, WriteBatch
 
 __all__ = ["INT64_MAX", "INT64_MIN", "SESSION_STATUSES", "validate_batch"]
 
@@ -71,7 +71,7 @@ def _session(rec: Any, where: str) -> None:
     _text(rec.choreography, f"{where}.choreography")
     _int(rec.version, f"{where}.version")
     _text(rec.role, f"{where}.role")
-    if rec.status not in SESSION_STATUSES:
+    if not isinstance(rec.status, str) or rec.status not in SESSION_STATUSES:
         raise _InvalidError(f"{where}.status must be one of {sorted(SESSION_STATUSES)}, got {rec.status!r}")
     _blob(rec.args, f"{where}.args")
     _blob(rec.result, f"{where}.result", optional=True)
@@ -79,6 +79,9 @@ def _session(rec: Any, where: str) -> None:
     _int(rec.attempts, f"{where}.attempts")
     _time(rec.created_at, f"{where}.created_at")
     _time(rec.updated_at, f"{where}.updated_at")
+    _blob(rec.failure, f"{where}.failure", optional=True)
+    _blob(rec.seed, f"{where}.seed")
+    _blob(rec.state, f"{where}.state", optional=True)
 
 
 def _envelope(env: Any, where: str) -> None:
@@ -125,9 +128,12 @@ def _tx(rec: Any, where: str) -> None:
     _text(rec.key, f"{where}.key", nonempty=True)
     _text(rec.name, f"{where}.name")
     _int(rec.step, f"{where}.step")
-    _text(rec.status, f"{where}.status", nonempty=True)
+    if not isinstance(rec.status, str) or rec.status not in TX_STATUSES:
+        raise _InvalidError(f"{where}.status must be one of {sorted(TX_STATUSES)}, got {rec.status!r}")
     _blob(rec.result, f"{where}.result", optional=True)
     _time(rec.updated_at, f"{where}.updated_at")
+    _blob(rec.args, f"{where}.args", optional=True)
+    _int(rec.clock, f"{where}.clock")
 
 
 def validate_batch(batch: WriteBatch, *, store: str = "store") -> None:
@@ -138,11 +144,12 @@ def validate_batch(batch: WriteBatch, *, store: str = "store") -> None:
         store: names the store in the error message.
 
     Raises:
-        StoreError: a row has a wrong type, an out-of-range integer, text a database cannot
-            hold, or an unknown session status; the message names the row and field.
+        StoreInputError: a row has a wrong type, an out-of-range integer, text a database
+            cannot hold, or an unknown session or transaction status; the message names the
+            row and field.
     """
     if not isinstance(batch, WriteBatch):
-        raise StoreError(f"{store}: commit() needs a WriteBatch, got {type(batch).__name__}")
+        raise StoreInputError(f"{store}: commit() needs a WriteBatch, got {type(batch).__name__}")
     try:
         for i, rec in enumerate(batch.sessions):
             _session(rec, f"sessions[{i}]")
@@ -157,4 +164,4 @@ def validate_batch(batch: WriteBatch, *, store: str = "store") -> None:
         for i, tx in enumerate(batch.txlog):
             _tx(tx, f"txlog[{i}]")
     except _InvalidError as exc:
-        raise StoreError(f"{store}: invalid write batch, nothing written: {exc}") from None
+        raise StoreInputError(f"{store}: invalid write batch, nothing written: {exc}") from None
