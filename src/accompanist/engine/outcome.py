@@ -25,7 +25,7 @@ than the receive timeout parks (no task) and resumes when the envelope it waits 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -332,35 +332,35 @@ async def _resend_decision(co: Coordinator, run: SessionRun, missing: Callable[[
         await co.resend(run, [co.control(run, r, EnvelopeKind.FAILURE, run.record.failure) for r in missing()])
 
 
-async def _lead_parallel(co: Coordinator, run: SessionRun, commits: list[Committed]) -> bool:
-    own = await compensation.compensate(co, run, reversed(commits))
+async def _answers(co: Coordinator, run: SessionRun, answered: Mapping[str, object]) -> list[str] | None:
+    """The initiator waits until every other role answered its decision (its ``undone`` or
+    ``report`` lands in ``answered``). Returns the roles that did not (default mode gives up
+    after the receive timeout), or None when the run should park."""
     peers = co.peers_of(run)
 
     def missing() -> list[str]:
-        return [r for r in peers if r not in run.undone]
+        return [r for r in peers if r not in answered]
 
     done = await _wait(
         co, run, S.COMPENSATING, lambda: not missing(), lambda: _resend_decision(co, run, missing), give_up=True
     )
-    if not done and co.durable:
+    return None if not done and co.durable else missing()
+
+
+async def _lead_parallel(co: Coordinator, run: SessionRun, commits: list[Committed]) -> bool:
+    own = await compensation.compensate(co, run, reversed(commits))
+    unconfirmed = await _answers(co, run, run.undone)
+    if unconfirmed is None:
         return False
-    await _declare(co, run, own + sum(u.count for u in run.undone.values()), missing())
+    await _declare(co, run, own + sum(u.count for u in run.undone.values()), unconfirmed)
     return True
 
 
 async def _lead_ordered(co: Coordinator, run: SessionRun, commits: list[Committed]) -> bool:
     me = run.record.role
-    peers = co.peers_of(run)
-
-    def missing() -> list[str]:
-        return [r for r in peers if r not in run.commit_reports]
-
-    done = await _wait(
-        co, run, S.COMPENSATING, lambda: not missing(), lambda: _resend_decision(co, run, missing), give_up=True
-    )
-    if not done and co.durable:
+    unconfirmed = await _answers(co, run, run.commit_reports)
+    if unconfirmed is None:
         return False
-    unconfirmed = missing()
     reports = {**run.commit_reports, me: compensation.report_of(commits)}
     by_key = {c.ctx.idempotency_key: c for c in commits}
     batches = compensation.plan(reports)
