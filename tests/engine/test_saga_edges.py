@@ -578,3 +578,25 @@ async def test_a_start_while_the_store_fails_is_refused_not_lost() -> None:
         await asyncio.sleep(1.1)  # a failing store is tried again once a second
         assert await c["a"].run("chain", 1, timeout=10) == 1
         assert c["a"].health()["store"] == "ok"
+
+
+async def test_a_dead_peers_backlog_does_not_starve_a_healthy_peer() -> None:
+    @ac.choreography("to-c", roles=(A, C))
+    async def to_c(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+        return await ch.comm(C, A, await ch.comm(A, C, x))
+
+    @ac.choreography("to-b", roles=(A, B))
+    async def to_b(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+        return await ch.comm(B, A, await ch.comm(A, B, x))
+
+    config = EngineConfig(**{**FT.__dict__, "retry_max": 0.05, "relay_interval": 0.02, "max_inflight": 20_000})
+    async with cluster(ac.App(to_b, to_c), "abc", config=config) as c:
+        await c.stop("b")  # b is down: everything for it piles up in a's outbox
+        # More than one whole-outbox scan used to read (10,000 oldest rows).
+        await asyncio.gather(*(c["a"].start_session("to-b", [i]) for i in range(10_100)))
+        assert (await c.stores["a"].counts()).outbox_unacked >= 10_100
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        c.network.plan = FaultPlan(drop=0.3, seed=5)  # c's deliveries need the relay's retries
+        assert await asyncio.gather(*(c["a"].run("to-c", i, timeout=10) for i in range(20))) == list(range(20))
+        assert loop.time() - began < 5, "retries to c waited behind b's backlog"

@@ -430,3 +430,16 @@ async def test_durable_across_close_and_reopen(backend: Backend) -> None:
         assert await again.txlog_load("s7") == [tx("s7")]
     finally:
         await again.close()
+
+
+async def test_pending_rows_per_destination_and_acks_by_key(store: Store) -> None:
+    rows = [env(f"s{i}", src="wh", dst=("pay" if i % 3 else "dead"), seq=1) for i in range(30)]
+    await store.commit(WriteBatch(sessions=[session(f"s{i}") for i in range(30)], outbox=rows))
+    to_pay = await store.outbox_pending(limit=100, dst="pay")
+    assert [e.session_id for e in to_pay] == [f"s{i}" for i in range(30) if i % 3]  # oldest first
+    assert len(await store.outbox_pending(limit=5, dst="dead")) == 5
+    assert len(await store.outbox_pending(limit=100)) == 30
+    await store.commit(WriteBatch(acks=[("s1", "pay", 1), ("s1", "dead", 1), ("s0", "pay", 1)]))
+    assert [e.session_id for e in await store.outbox_pending(limit=2, dst="pay")] == ["s2", "s4"]
+    assert len(await store.outbox_pending(limit=100, dst="dead")) == 10  # s0 goes to 'dead', not 'pay'
+    assert await store.outbox_pending(limit=100, dst="nobody") == []

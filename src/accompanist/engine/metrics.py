@@ -47,6 +47,11 @@ class Metrics:
             "accompanist_store_failures", "Store operations that failed and were retried or refused", registry=r
         )
         self.queries = Counter("accompanist_outcome_queries", "Outcome queries sent to initiators", registry=r)
+        self.store_commits = Gauge(
+            "accompanist_store_commits",
+            "Store transactions since the sidecar started (each one fsync on a durable store)",
+            registry=r,
+        )
         self.outbox_unacked = Gauge("accompanist_outbox_unacked", "Unacknowledged outbox envelopes", registry=r)
         self.session_seconds = Histogram(
             "accompanist_session_seconds",

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ from accompanist.store.base import Store, WriteBatch
 from accompanist.transport.base import Transport
 
 __all__ = ["Relay"]
+
+_PER_DESTINATION = 2_000  # rows per destination and scan; more wait for the next scan
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Relay:
         metrics: counters for deliveries and retries.
         log: logger.
         on_refused: called (in a task of its own) with an envelope a peer refused for good.
+        destinations: every role this sidecar may send to (the outbox is scanned per role).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Relay:
         metrics: Metrics,
         log: logging.Logger,
         on_refused: Callable[[Envelope, EnvelopeRejectedError], Coroutine[Any, Any, None]] | None = None,
+        destinations: Sequence[str] = (),
     ) -> None:
         self._store = store
         self._transport = transport
@@ -68,6 +72,7 @@ class Relay:
         self._backoff: dict[str, _Backoff] = {}
         self._row_backoff: dict[tuple[str, str, str, int], _Backoff] = {}
         self._on_refused = on_refused
+        self._destinations = sorted(set(destinations))
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -172,11 +177,21 @@ class Relay:
 
     async def _scan_loop(self) -> None:
         while True:
-            try:
-                pending = await self._store.outbox_pending(limit=10_000)
-            except AccompanistError as exc:
-                self._log.warning("outbox scan failed: %s", exc)
-                pending = []
+            pending: list[Envelope] = []
+            now = time.monotonic()
+            failed = False
+            # Each destination is scanned apart, up to its own share: a dead peer's backlog
+            # (skipped while it backs off) never starves retries to a healthy one.
+            for dst in self._destinations:
+                b = self._backoff.get(dst)
+                if b is not None and b.due > now:
+                    continue
+                try:
+                    pending += await self._store.outbox_pending(limit=_PER_DESTINATION, dst=dst)
+                except AccompanistError as exc:
+                    if not failed:
+                        self._log.warning("outbox scan failed: %s", exc)
+                    failed = True
             for envelope in pending:
                 if self._due(envelope):
                     self._spawn(envelope)

@@ -80,11 +80,22 @@ class Runs:
         self.config = config or EngineConfig()
         self.log = log or logging.getLogger(f"accompanist.engine.{role}")
         self.metrics = Metrics(role)
+        stats = getattr(store, "commit_stats", None)
+        if stats is not None:
+            self.metrics.store_commits.set_function(lambda: float(store.commit_stats.transactions))  # type: ignore[attr-defined]
         self.durable = self.config.mode is Mode.FAULT_TOLERANT
         self.guard = StoreGuard(store, self.config.store_retry_max, self.log)
         self.registry = TransactionRegistry(app)
         self.relay = (
-            Relay(store, transport, self.config, self.metrics, self.log, on_refused=self._undeliverable)
+            Relay(
+                store,
+                transport,
+                self.config,
+                self.metrics,
+                self.log,
+                on_refused=self._undeliverable,
+                destinations=[r.name for c in app for r in c.roles if r.name != role],
+            )
             if self.durable
             else None
         )

@@ -218,8 +218,9 @@ class Store(Protocol):
     async def outbox_load(self, session_id: str) -> list[OutboxRow]:
         """Every outbox row of the session."""
 
-    async def outbox_pending(self, limit: int = 1000) -> list[Envelope]:
-        """Unacknowledged outbox envelopes of every session, oldest first."""
+    async def outbox_pending(self, limit: int = 1000, dst: str | None = None) -> list[Envelope]:
+        """Unacknowledged outbox envelopes of every session (or only those to ``dst``),
+        oldest first; the cost follows the rows returned, not the backlog."""
 
     async def journal_load(self, session_id: str) -> list[JournalEntry]:
         """The session's journal in step order."""

@@ -61,6 +61,7 @@ class MemoryStore:
         self._inbox: dict[str, dict[_Key, Envelope]] = {}
         self._outbox: dict[str, dict[_Key, _Out]] = {}
         self._unacked: dict[_Key, _Out] = {}
+        self._unacked_to: dict[str, dict[_Key, _Out]] = {}  # the same rows, by destination
         self._order = itertools.count()  # outbox insertion order, i.e. oldest first
         self._journal: dict[str, dict[int, JournalEntry]] = {}
         self._txlog: dict[str, TxRecord] = {}
@@ -142,24 +143,33 @@ class MemoryStore:
             if env.key not in per:
                 row = _Out(env, next(self._order))
                 per[env.key] = row
-                self._unacked[env.key] = row
+                self._pend(env.key, row)
                 undo.append(partial(self._drop_out, per, env.key))
+
+    def _pend(self, key: _Key, row: _Out) -> None:
+        self._unacked[key] = row
+        self._unacked_to.setdefault(key[2], {})[key] = row
+
+    def _unpend(self, key: _Key) -> None:
+        self._unacked.pop(key, None)
+        self._unacked_to.get(key[2], {}).pop(key, None)
 
     def _drop_out(self, per: dict[_Key, _Out], key: _Key) -> None:
         per.pop(key, None)
-        self._unacked.pop(key, None)
+        self._unpend(key)
 
     def _write_acks(self, undo: _Undo, acks: list[tuple[str, str, int]]) -> None:
-        for session_id, dst, seq in acks:
-            for key, row in self._outbox.get(session_id, {}).items():
-                if key[2] == dst and key[3] == seq and not row.acked:
-                    row.acked = True
-                    del self._unacked[key]
-                    undo.append(partial(self._unack, row, key))
+        for session_id, dst, seq in acks:  # an outbox row's src is the store's own role
+            key = (session_id, self.role, dst, seq)
+            row = self._outbox.get(session_id, {}).get(key)
+            if row is not None and not row.acked:
+                row.acked = True
+                self._unpend(key)
+                undo.append(partial(self._unack, row, key))
 
     def _unack(self, row: _Out, key: _Key) -> None:
         row.acked = False
-        self._unacked[key] = row
+        self._pend(key, row)
 
     def _write_journal(self, undo: _Undo, rows: list[JournalEntry]) -> None:
         for entry in rows:
@@ -207,10 +217,11 @@ class MemoryStore:
         self._check_open()
         return [OutboxRow(r.envelope, r.acked) for r in self._outbox.get(session_id, {}).values()]
 
-    async def outbox_pending(self, limit: int = 1000) -> list[Envelope]:
-        """Unacknowledged outbox envelopes of every session, oldest first."""
+    async def outbox_pending(self, limit: int = 1000, dst: str | None = None) -> list[Envelope]:
+        """Unacknowledged outbox envelopes of every session (or only to ``dst``), oldest first."""
         self._check_open()
-        oldest = heapq.nsmallest(max(limit, 0), self._unacked.values(), key=lambda r: r.order)
+        rows = self._unacked.values() if dst is None else self._unacked_to.get(dst, {}).values()
+        oldest = heapq.nsmallest(max(limit, 0), rows, key=lambda r: r.order)
         return [r.envelope for r in oldest]
 
     async def journal_load(self, session_id: str) -> list[JournalEntry]:

@@ -118,6 +118,8 @@ def _v2(s: str) -> tuple[str, ...]:
         f"""ALTER TABLE {s}.acc_sessions ADD COLUMN failure BYTEA,
             ADD COLUMN seed BYTEA NOT NULL DEFAULT ''::bytea, ADD COLUMN state BYTEA""",
         f"ALTER TABLE {s}.acc_txlog ADD COLUMN args BYTEA, ADD COLUMN clock BIGINT NOT NULL DEFAULT 0",
+        # The relay scans each destination's unacknowledged rows apart (see SQLite's).
+        f"CREATE INDEX acc_outbox_pending ON {s}.acc_outbox (dst, id) WHERE acked = 0",
     )
 
 

@@ -306,7 +306,7 @@ class SQLStore(abc.ABC):
 
     async def _write_acks(self, tx: SQLTx, acks: list[tuple[str, str, int]]) -> None:
         if acks:
-            await tx.executemany(self._q.ack, [tuple(a) for a in acks])
+            await tx.executemany(self._q.ack, [(sid, self.role, dst, seq) for sid, dst, seq in acks])
 
     async def _write_journal(self, tx: SQLTx, rows: list[JournalEntry]) -> None:
         if rows:
@@ -399,9 +399,13 @@ class SQLStore(abc.ABC):
         rows = await self._fetch(self._q.outbox_load, (session_id,))
         return [OutboxRow(self._envelope(r), bool(r[10])) for r in rows]
 
-    async def outbox_pending(self, limit: int = 1000) -> list[Envelope]:
-        """Unacknowledged outbox envelopes of every session, oldest first."""
-        return [self._envelope(r) for r in await self._fetch(self._q.outbox_pending, (max(int(limit), 0),))]
+    async def outbox_pending(self, limit: int = 1000, dst: str | None = None) -> list[Envelope]:
+        """Unacknowledged outbox envelopes of every session (or only to ``dst``), oldest first."""
+        if dst is None:
+            rows = await self._fetch(self._q.outbox_pending, (max(int(limit), 0),))
+        else:
+            rows = await self._fetch(self._q.outbox_pending_to, (dst, max(int(limit), 0)))
+        return [self._envelope(r) for r in rows]
 
     async def journal_load(self, session_id: str) -> list[JournalEntry]:
         """The session's journal in step order."""

@@ -118,6 +118,7 @@ class Statements:
     inbox_load: str
     outbox_load: str
     outbox_pending: str
+    outbox_pending_to: str
     journal_load: str
     txlog_load: str
     prune_children: tuple[str, ...]
@@ -139,7 +140,8 @@ class Statements:
             upsert_session=_upsert(s, SESSION_COLS, "session_id"),
             insert_inbox=_insert_ignore(i, f"{ENV_COLS}, received_at", key),
             insert_outbox=_insert_ignore(o, f"{ENV_COLS}, acked, created_at", key),
-            ack=f"UPDATE {o} SET acked = 1 WHERE session_id = ? AND dst = ? AND seq = ? AND acked = 0",
+            # By the unique key (src is the store's own role): one row, whatever the backlog.
+            ack=f"UPDATE {o} SET acked = 1 WHERE session_id = ? AND src = ? AND dst = ? AND seq = ? AND acked = 0",
             insert_journal=_insert_ignore(j, JOURNAL_COLS, "session_id, step"),
             upsert_tx=_upsert(t, TX_COLS, "key"),
             get_session=f"SELECT {SESSION_COLS} FROM {s} WHERE session_id = ?",
@@ -153,6 +155,7 @@ class Statements:
             inbox_load=f"SELECT {ENV_COLS} FROM {i} WHERE session_id = ? ORDER BY src, seq, dst",
             outbox_load=f"SELECT {ENV_COLS}, acked FROM {o} WHERE session_id = ? ORDER BY id",
             outbox_pending=f"SELECT {ENV_COLS} FROM {o} WHERE acked = 0 ORDER BY id LIMIT ?",
+            outbox_pending_to=f"SELECT {ENV_COLS} FROM {o} WHERE acked = 0 AND dst = ? ORDER BY id LIMIT ?",
             journal_load=f"SELECT {JOURNAL_COLS} FROM {j} WHERE session_id = ? ORDER BY step",
             txlog_load=f"SELECT {TX_COLS} FROM {t} WHERE session_id = ? ORDER BY step, key",
             prune_children=tuple(

@@ -69,6 +69,9 @@ _V2 = (
     "ALTER TABLE acc_txlog ADD COLUMN args BLOB",
     "ALTER TABLE acc_txlog ADD COLUMN clock INTEGER NOT NULL DEFAULT 0",
     "CREATE INDEX acc_outbox_session ON acc_outbox (session_id, acked)",
+    # The relay scans each destination's unacknowledged rows apart (so a dead peer's backlog
+    # never starves the others), and its cost must not grow with the rows already acknowledged.
+    "CREATE INDEX acc_outbox_pending ON acc_outbox (dst, id) WHERE acked = 0",
 )
 
 
