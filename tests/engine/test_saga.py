@@ -174,7 +174,7 @@ async def test_failure_wakes_a_role_waiting_on_a_receive() -> None:
     async with cluster(make_app(svc), "ab", config=config) as c:
         sid = await c["a"].start_session("waits", [1])
         for _ in range(100):
-            if svc.committed():
+            if svc.committed() and await c["b"].get(sid):
                 break
             await asyncio.sleep(0.02)
         loop = asyncio.get_running_loop()

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from accompanist.engine.protocol import Report
-from accompanist.errors import CodecError
+from accompanist.errors import CodecError, TransactionFailedError
 from accompanist.interpreters.common import Committed
-from accompanist.language.transaction import TxContext, compensate_until_done
+from accompanist.language.transaction import TxContext, commit_with_retry, compensate_until_done
 from accompanist.store.base import TxRecord, WriteBatch
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["commits_of", "compensate", "plan", "report_of"]
 
-_UNDOABLE = ("committed", "uncertain", "compensated")
+_UNDOABLE = ("committed", "uncertain", "compensated", "pending")
 
 
 def commits_of(host: Host, run: SessionRun) -> list[Committed] | None:
@@ -57,7 +57,7 @@ def commits_of(host: Host, run: SessionRun) -> list[Committed] | None:
             return None
         occurrence = int(rec.key.rsplit("/", 1)[-1]) if rec.key.rsplit("/", 1)[-1].isdigit() else 0
         ctx = TxContext(run.session_id, run.record.role, rec.name, occurrence, rec.step, 1)
-        out.append(Committed(tx, args, result, ctx, rec.clock))
+        out.append(Committed(tx, args, result, ctx, rec.clock, settle=rec.status == "pending"))
     return out
 
 
@@ -90,12 +90,35 @@ async def compensate(host: Host, run: SessionRun, commits: Iterable[Committed]) 
     done = compensated_keys(run)
     count = 0
     for item in commits:
-        count += 1
         key = item.ctx.idempotency_key
+        if item.settle and key not in done:
+            settled = await _settle(host, run, item)
+            if settled is None:
+                continue  # the service declined it: it never took effect
+            item = settled
+        count += 1
         if key not in done:
             await _compensate_one(host, run, item, key)
             run.undone_keys.add(key)
     return count
+
+
+async def _settle(host: Host, run: SessionRun, item: Committed) -> Committed | None:
+    """A commit known only by its intent: run it again with the same idempotency key to learn
+    its result (the service did it once at most), so that its compensation gets the real one.
+    None when the service declines it: nothing took effect."""
+
+    def ctx(attempt: int) -> TxContext:
+        return dataclasses.replace(item.ctx, attempt=attempt)
+
+    try:
+        result = await commit_with_retry(item.tx, ctx, item.args)
+    except TransactionFailedError as exc:
+        if not exc.uncertain:
+            host.log.info("intent %s was declined when settled: nothing to undo", item.ctx.idempotency_key)
+            return None
+        result = None  # still unknown: compensate it as a commit that may have taken effect
+    return dataclasses.replace(item, result=result, settle=False)
 
 
 async def _compensate_one(host: Host, run: SessionRun, item: Committed, key: str) -> None:
@@ -113,6 +136,8 @@ async def _compensate_one(host: Host, run: SessionRun, item: Committed, key: str
         clock=item.clock,
     )
     atomic = host.atomic() if item.tx.atomic and host.durable else None
+    if atomic is not None and run.unsaved:
+        await run.unsaved.save()  # its commit's row must not land after the mark
 
     def ctx(attempt: int) -> TxContext:
         return dataclasses.replace(item.ctx, attempt=attempt, compensating=True)
@@ -139,6 +164,6 @@ async def _compensate_one(host: Host, run: SessionRun, item: Committed, key: str
         call=undo_atomically if atomic is not None else None,
     )
     if host.durable and atomic is None:
-        await host.guard.commit(WriteBatch(txlog=[mark]))
+        await run.unsaved.save(WriteBatch(txlog=[mark]))  # after the commit's own row, if it waited
     run.txlog[key] = mark
     host.metrics.compensations.inc()

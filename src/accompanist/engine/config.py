@@ -57,6 +57,10 @@ class EngineConfig:
             the send, before it is stored (it could never cross the peer's frame limit).
         store_retry_max: the longest pause between two tries of a store write that failed
             (a lost connection, a full disk): writes are retried until they succeed.
+        ack_linger: at most how long a received envelope waits for its session's next commit
+            before it is made durable (and acknowledged) on its own, in seconds.
+        lazy_interval: how often writes that may be lost without harm (acknowledgement marks,
+            a participant's ``completed``) are made durable when no other commit carries them.
     """
 
     mode: Mode = Mode.DEFAULT
@@ -77,3 +81,5 @@ class EngineConfig:
     outcome_query_after: float = 5.0
     max_payload: int = 4 * 1024 * 1024 - 64 * 1024
     store_retry_max: float = 2.0
+    ack_linger: float = 0.1
+    lazy_interval: float = 0.1

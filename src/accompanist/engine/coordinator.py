@@ -34,6 +34,7 @@ class Coordinator(Host, Protocol):
         sends: Sequence[Envelope] = (),
         batch: WriteBatch | None = None,
         state: bytes | None = None,
+        lazy: bool = False,
     ) -> SessionRecord:
         """Change the session's status (checked against the table), durably with ``sends``
         and ``batch``, then send; the caller holds the session's lock."""

@@ -148,6 +148,8 @@ class Engine(Runs):
         self.live.clear()
         if self.relay is not None:
             await self.relay.stop()
+        with contextlib.suppress(AccompanistError):
+            await self.guard.flush()  # the deferred writes (acknowledgement marks, outcomes)
         await self.transport.close()
         await self.store.close()
 
@@ -243,10 +245,20 @@ class Engine(Runs):
             run = SessionRun(self, record, choreography)
             starts = [self.control(run, r, EnvelopeKind.START, b"") for r in await self._eager_roles(choreography)]
             run.contacts.update(e.dst for e in starts)
-            batch = WriteBatch(sessions=[msgspec.structs.replace(record)], outbox=starts if self.durable else [])
-            await self.guard.commit_once(batch)
-            await self.emit(starts)
+            if not self.durable:
+                await self.guard.commit_once(WriteBatch(sessions=[msgspec.structs.replace(record)]))
+                await self.emit(starts)
+                self.spawn(run)
+                return sid
+            # The record goes with the session's first commit, made before its first step with
+            # an effect (often with its first sends): the id is returned once it is durable, and
+            # if the store fails then, the start is refused with nothing run.
+            run.unsaved.record()
+            for envelope in starts:
+                run.unsaved.hold(envelope)
+            run.starting = asyncio.get_running_loop().create_future()
             self.spawn(run)
+        await run.starting
         return sid
 
     async def _taken(self, session_id: str, choreography: Choreography) -> bool:

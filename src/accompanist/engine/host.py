@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.metrics import Metrics
@@ -38,3 +38,6 @@ class Host(Protocol):
 
     async def emit(self, envelopes: Sequence[Envelope]) -> None:
         """Deliver envelopes that were just made durable (or, in default mode, send them)."""
+
+    def spawn_background(self, coro: Any, name: str) -> None:
+        """Run ``coro`` as a task the engine cancels when it stops."""

@@ -9,13 +9,14 @@ under the lock, where the status changes it implies are made.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from accompanist.engine import outcome
-from accompanist.engine.protocol import Query, decode, failure_of
+from accompanist.engine.protocol import Outcome, Query, decode, failure_of
 from accompanist.engine.session import SessionRun, new_seed
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind
 from accompanist.errors import (
@@ -36,9 +37,17 @@ __all__ = ["Inbound"]
 
 S = SessionStatus
 _KNOWN_KINDS = frozenset(k.value for k in EnvelopeKind)
+_FAST = frozenset({*MESSAGE_KINDS, EnvelopeKind.DONE})  # handed to a running session without its lock
 _CONTROL_TO_INITIATOR = frozenset(
     {EnvelopeKind.DONE, EnvelopeKind.CANCEL, EnvelopeKind.QUERY, EnvelopeKind.UNDONE, EnvelopeKind.REPORT}
 )
+
+
+def _completes(envelope: Envelope) -> bool:
+    try:
+        return decode(envelope.payload, Outcome, "outcome").status == S.COMPLETED
+    except DefinitionError:
+        return False
 
 
 class Inbound:
@@ -117,46 +126,64 @@ class Inbound:
         e.metrics.messages_received.inc()
         sid = envelope.session_id
         run = e.live.get(sid)
-        if run is not None and envelope.kind in MESSAGE_KINDS and run.accepting:
+        if run is not None and envelope.kind in _FAST and run.accepting:
+            # A message (or 'done') for a running session: it is handed over now and made
+            # durable with the session's next commit; the sender hears back after that commit.
             self._same_session(run.record, envelope)
-            if e.durable:
-                await self._store_inbox(envelope)
-            if e.live.get(sid) is run and run.accepting:
-                self._offer(run, envelope)
-                return
+            saved = run.unsaved.arrived(envelope) if e.durable else None
+            self._offer(run, envelope)
+            await self._acknowledge(saved)
+            return
         async with e.session_lock(sid):
-            await self._locked(envelope, choreography)
+            saved = await self._locked(envelope, choreography)
+        await self._acknowledge(saved)  # outside the lock: the run's commit may need it
+
+    async def _acknowledge(self, saved: asyncio.Future[None] | None) -> None:
+        """Return (and so acknowledge) once the envelope is durable."""
+        if saved is None:
+            return
+        try:
+            async with asyncio.timeout(self._engine.config.deliver_timeout):
+                await asyncio.shield(saved)
+        except TimeoutError:
+            raise self._reject("slow", "the envelope is not durable yet; deliver it again", permanent=False) from None
 
     def _offer(self, run: SessionRun, envelope: Envelope) -> None:
-        outcome.absorb(run, envelope)  # a 'done' riding on the message
+        outcome.absorb(run, envelope)  # a 'done', alone or riding on the message
+        if envelope.kind not in MESSAGE_KINDS:
+            return
         try:
             if not run.mailbox.offer(envelope):
                 self._engine.metrics.duplicates.inc()
         except BufferOverflowError as exc:
             run.interrupt(exc)
 
-    async def _locked(self, envelope: Envelope, choreography: Choreography) -> None:
+    async def _locked(self, envelope: Envelope, choreography: Choreography) -> asyncio.Future[None] | None:
+        """Handle an envelope under its session's lock; returns what to wait for (outside the
+        lock) before acknowledging it, if anything."""
         e = self._engine
         sid, kind = envelope.session_id, envelope.kind
         if kind == EnvelopeKind.QUERY:
             await self._answer_query(envelope, choreography)
-            return
+            return None
         run = e.live.get(sid)
         if run is not None:
             record: SessionRecord | None = run.record
         else:
             try:
-                record = await e.guard.once(lambda: e.store.get_session(sid))
+                record = await e.stored(sid, retry=False)
             except StoreError as exc:
                 raise self._reject("store-unavailable", f"the store is failing: {exc}", permanent=False) from exc
         if record is None:
-            await self._unknown(envelope, choreography)
-            return
+            return await self._unknown(envelope, choreography)
         self._same_session(record, envelope)
         if record.status in TERMINAL_STATUSES:
             e.metrics.ignored.inc()
-            return
-        if e.durable:
+            return None
+        completed = kind == EnvelopeKind.OUTCOME and record.status == S.FINISHED and _completes(envelope)
+        if e.durable and completed:
+            e.guard.defer(WriteBatch(inbox=[envelope]))  # if lost, the role asks for it again
+        elif e.durable:
             await self._store_inbox(envelope)
         target = run or SessionRun(e, record, choreography)
         if run is None and kind == EnvelopeKind.DIVERGED and e.durable:  # is it late? the inbox knows
@@ -174,11 +201,14 @@ class Inbound:
         if run is not None:
             if run.record.status in (S.DIVERGED, S.PARKED) and self._wakes(run.record, envelope, choreography):
                 run.rearm = True  # its task is on its way out: resume once it is gone
-            return
+            return None
         if not e.durable:
             await self._tombstone_mail(target, envelope)
+        elif completed:  # a finished part needs nothing but the news: no replay, no commit now
+            await e.transition(target, S.COMPLETED, lazy=True)
         elif self._wakes(target.record, envelope, choreography):
             await e.activate(target.record, choreography)
+        return None
 
     def _wakes(self, record: SessionRecord, envelope: Envelope, choreography: Choreography) -> bool:
         """Whether an envelope for a session without a task resumes it."""
@@ -194,8 +224,9 @@ class Inbound:
             return kind in MESSAGE_KINDS and failure is not None and failure.role != self._engine.role
         return status == S.RUNNING  # an orphan (its task died): go on
 
-    async def _unknown(self, envelope: Envelope, choreography: Choreography) -> None:
-        """An envelope of a session this role has no record of."""
+    async def _unknown(self, envelope: Envelope, choreography: Choreography) -> asyncio.Future[None] | None:
+        """An envelope of a session this role has no record of; returns what to wait for
+        before acknowledging it (the new session's first commit, in fault-tolerant mode)."""
         e = self._engine
         kind = envelope.kind
         if e.role == choreography.initiator.name or kind not in (
@@ -206,7 +237,7 @@ class Inbound:
             # A session the initiator never started (sessions start there only through its
             # API), or control of a session this role never took part in: drop it.
             e.metrics.ignored.inc()
-            return
+            return None
         now = time.time()
         record = SessionRecord(
             session_id=envelope.session_id,
@@ -229,11 +260,17 @@ class Inbound:
                 batch.outbox.append(answer)
             await self._commit_or_reject(batch)
             await e.emit([answer])
-            return
-        await self._commit_or_reject(WriteBatch(sessions=[msgspec.structs.replace(record)], inbox=inbox))
+            return None
+        if not e.durable:
+            await self._commit_or_reject(WriteBatch(sessions=[msgspec.structs.replace(record)]))
+        saved = None
+        if e.durable:  # the record and the envelope are written with the session's first commit
+            run.unsaved.record()
+            saved = run.unsaved.arrived(envelope)
         if kind in MESSAGE_KINDS:
             self._offer(run, envelope)
         e.spawn(run)
+        return saved
 
     async def _commit_or_reject(self, batch: WriteBatch) -> None:
         try:

@@ -88,7 +88,8 @@ class Mailbox:
         found = self._buffer.pop(key, None)
         if found is None and key in self._spilled and self._fetch is not None:
             found = await self._fetch(src, seq)
-            self._spilled.discard(key)
+            if found is not None:
+                self._spilled.discard(key)
         if found is not None:
             self._history.discard(key)
             self._consumed[src] = max(self._consumed.get(src, 0), seq)

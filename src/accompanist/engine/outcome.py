@@ -207,6 +207,9 @@ async def finish(co: Coordinator, run: SessionRun, result: bytes | None) -> None
             return  # decided (or diverged) meanwhile: the driver goes on from the new status
         if run.initiator:
             run.record.result = result
+            if all_done(run):  # every participant reported already: declare in the same commit
+                await co.transition(run, S.COMPLETED, sends=_completed(co, run))
+                return
             state = msgspec.json.encode({"contacts": sorted(run.contacts)})
             await co.transition(run, S.FINISHED, state=state)
             return
@@ -214,6 +217,13 @@ async def finish(co: Coordinator, run: SessionRun, result: bytes | None) -> None
             run, run.choreography.initiator.name, EnvelopeKind.DONE, msgspec.json.encode(sorted(run.contacts))
         )
         await co.transition(run, S.FINISHED, sends=[done])
+
+
+def _completed(co: Coordinator, run: SessionRun) -> list[Envelope]:
+    """The initiator's ``completed`` outcome for every other participant."""
+    completed = encode(Outcome(status=S.COMPLETED))
+    others = sorted(participants(run) - {run.record.role})
+    return [co.control(run, r, EnvelopeKind.OUTCOME, completed) for r in others]
 
 
 def restore_contacts(run: SessionRun) -> None:
@@ -275,9 +285,7 @@ async def await_outcome(co: Coordinator, run: SessionRun) -> bool:
                 )
                 await decide_locked(co, run, why)
                 return True
-            completed = encode(Outcome(status=S.COMPLETED))
-            tell = [co.control(run, r, EnvelopeKind.OUTCOME, completed) for r in sorted(participants(run))]
-            await co.transition(run, S.COMPLETED, sends=[e for e in tell if e.dst != run.record.role])
+            await co.transition(run, S.COMPLETED, sends=_completed(co, run))
         return True
     if not await _wait(co, run, S.FINISHED, lambda: run.outcome is not None, lambda: co.query(run)):
         return False
@@ -286,7 +294,7 @@ async def await_outcome(co: Coordinator, run: SessionRun) -> bool:
         if run.record.status != S.FINISHED or told is None:
             return True
         if told.status == S.COMPLETED:
-            await co.transition(run, S.COMPLETED)
+            await co.transition(run, S.COMPLETED, lazy=True)  # lost, it is asked for again
         else:  # the initiator knows no such session: nothing completed it; undo what committed here
             await co.transition(run, S.COMPENSATING, failure=told.failure)
     return True

@@ -16,8 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import msgspec
+
 from accompanist.errors import StoreCorruptError, StoreError, StoreInputError
-from accompanist.store.base import Store, WriteBatch
+from accompanist.store.base import SessionRecord, Store, WriteBatch
 
 __all__ = ["StoreGuard"]
 
@@ -36,10 +38,15 @@ class StoreGuard:
         log: where outages and recoveries are logged (once each, not per try).
     """
 
-    def __init__(self, store: Store, retry_max: float, log: logging.Logger) -> None:
+    def __init__(self, store: Store, retry_max: float, log: logging.Logger, lazy_interval: float = 0.1) -> None:
         self.store = store
         self._retry_max = max(retry_max, _FIRST_DELAY)
         self._log = log
+        self._lazy_interval = lazy_interval
+        self._riders = WriteBatch()
+        self._deferred: dict[str, SessionRecord] = {}
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
         self.failing_since: float | None = None
         self.last_error = ""
         self.failures = 0
@@ -75,12 +82,67 @@ class StoreGuard:
             self.failing_since = None
 
     async def commit(self, batch: WriteBatch) -> None:
-        """Make ``batch`` durable, trying until the store takes it.
+        """Make ``batch`` durable, trying until the store takes it (with any deferred writes
+        riding along: they cost no commit of their own then).
 
         Raises:
             StoreInputError: the batch is invalid (nothing written).
         """
+        riders = self._take_riders()
+        if riders:
+            batch.extend(riders)
         await self.retry(lambda: self.store.commit(batch))
+        self._written(batch)
+
+    def defer(self, batch: WriteBatch) -> None:
+        """Writes that may be lost without harm (acknowledgement marks, a role's record of an
+        outcome it can ask for again): they ride on the next commit, or are flushed within
+        ``lazy_interval`` seconds."""
+        self._riders.extend(batch)
+        for record in batch.sessions:
+            self._deferred[record.session_id] = record
+        if self._flush is None and self._flushing is None:
+            self._flush = asyncio.get_running_loop().call_later(self._lazy_interval, self._start_flush)
+
+    def deferred(self, session_id: str) -> SessionRecord | None:
+        """A record written with :meth:`defer` and not yet in the store."""
+        record = self._deferred.get(session_id)
+        return None if record is None else msgspec.structs.replace(record)
+
+    async def flush(self) -> None:
+        """Write what was deferred now (before closing the store)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        riders = self._take_riders()
+        if riders:
+            await self.retry(lambda: self.store.commit(riders))
+            self._written(riders)
+
+    def _take_riders(self) -> WriteBatch | None:
+        if not self._riders:
+            return None
+        riders, self._riders = self._riders, WriteBatch()
+        return riders
+
+    def _written(self, batch: WriteBatch) -> None:
+        for record in batch.sessions:
+            if self._deferred.get(record.session_id) is record:
+                del self._deferred[record.session_id]
+
+    def _start_flush(self) -> None:
+        self._flush = None
+        self._flushing = asyncio.ensure_future(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:  # lost deferred writes are harmless by definition
+            self._log.warning("could not write deferred rows: %s", exc)
+        finally:
+            self._flushing = None
+            if self._riders:
+                self._flush = asyncio.get_running_loop().call_later(self._lazy_interval, self._start_flush)
 
     async def commit_once(self, batch: WriteBatch) -> None:
         """Try ``batch`` once (for callers that can answer "try again later" instead).

@@ -30,6 +30,7 @@ from accompanist.transport.base import Transport
 
 __all__ = ["Relay"]
 
+_ACKED_FOR = 10.0  # seconds a deferred acknowledgement mark keeps a row from being redelivered
 _PER_DESTINATION = 2_000  # rows per destination and scan; more wait for the next scan
 
 
@@ -50,6 +51,9 @@ class Relay:
         log: logger.
         on_refused: called (in a task of its own) with an envelope a peer refused for good.
         destinations: every role this sidecar may send to (the outbox is scanned per role).
+        on_acked: takes acknowledgement marks to write when convenient (a lost one only means
+            a duplicate delivery, which the receiver drops): they never cost a commit of their
+            own. None: each is committed at once.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Relay:
         log: logging.Logger,
         on_refused: Callable[[Envelope, EnvelopeRejectedError], Coroutine[Any, Any, None]] | None = None,
         destinations: Sequence[str] = (),
+        on_acked: Callable[[WriteBatch], None] | None = None,
     ) -> None:
         self._store = store
         self._transport = transport
@@ -73,6 +78,8 @@ class Relay:
         self._row_backoff: dict[tuple[str, str, str, int], _Backoff] = {}
         self._on_refused = on_refused
         self._destinations = sorted(set(destinations))
+        self._on_acked = on_acked
+        self._acked: dict[tuple[str, str, str, int], float] = {}  # acknowledged, the mark not yet durable
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -106,6 +113,8 @@ class Relay:
 
     def _due(self, envelope: Envelope) -> bool:
         now = time.monotonic()
+        if envelope.key in self._acked:
+            return False
         b = self._backoff.get(envelope.dst)
         if b is not None and b.due > now:
             return False
@@ -142,7 +151,12 @@ class Relay:
                 self._backoff.pop(envelope.dst, None)
                 self._row_backoff.pop(envelope.key, None)
                 self._metrics.delivered.inc()
-                await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)]))
+                mark = WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)])
+                if self._on_acked is not None:
+                    self._acked[envelope.key] = time.monotonic()
+                    self._on_acked(mark)
+                else:
+                    await self._store.commit(mark)
         except AccompanistError as exc:  # the ack could not be stored: the row is retried later
             self._log.warning("could not record acknowledgement of %s: %s", envelope.key, exc)
         finally:
@@ -200,6 +214,8 @@ class Relay:
             keep = {e.key for e in pending}
             for key in [k for k in self._row_backoff if k not in keep]:
                 del self._row_backoff[key]
+            for key in [k for k, at in self._acked.items() if k not in keep or at < now - _ACKED_FOR]:
+                del self._acked[key]  # its mark is durable now (or it was lost: deliver again)
             soonest = min((b.due for b in (*self._backoff.values(), *self._row_backoff.values())), default=None)
             interval = self._config.relay_interval
             if soonest is not None:

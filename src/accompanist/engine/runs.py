@@ -26,7 +26,7 @@ from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
-from accompanist.engine.session import Park, SessionRun
+from accompanist.engine.session import Park, SessionRun, StartRefused
 from accompanist.engine.status import check_transition
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
 from accompanist.errors import (
@@ -84,7 +84,7 @@ class Runs:
         if stats is not None:
             self.metrics.store_commits.set_function(lambda: float(store.commit_stats.transactions))  # type: ignore[attr-defined]
         self.durable = self.config.mode is Mode.FAULT_TOLERANT
-        self.guard = StoreGuard(store, self.config.store_retry_max, self.log)
+        self.guard = StoreGuard(store, self.config.store_retry_max, self.log, self.config.lazy_interval)
         self.registry = TransactionRegistry(app)
         self.relay = (
             Relay(
@@ -94,6 +94,7 @@ class Runs:
                 self.metrics,
                 self.log,
                 on_refused=self._undeliverable,
+                on_acked=self.guard.defer,
                 destinations=[r.name for c in app for r in c.roles if r.name != role],
             )
             if self.durable
@@ -121,6 +122,10 @@ class Runs:
         Raises:
             StoreError: the store failed (only with ``retry=False``).
         """
+
+        deferred = self.guard.deferred(session_id)  # newer than the store's until written
+        if deferred is not None:
+            return deferred
 
         async def read() -> SessionRecord | None:
             return await self.store.get_session(session_id)
@@ -156,8 +161,12 @@ class Runs:
         batch: WriteBatch | None = None,
         state: bytes | None = None,
         error: str | None = None,
+        lazy: bool = False,
     ) -> SessionRecord:
-        """Change the session's status, durably with ``sends`` and ``batch``, then send.
+        """Change the session's status, durably with ``sends`` and ``batch`` (and with what the
+        run has not saved yet), then send. ``lazy``: the change may be lost without harm (a
+        participant's ``completed``, which it can ask for again), so it waits for the next
+        commit instead of making one.
 
         The caller holds the session's lock; the change is checked against the status table.
         Store outages are waited out (the session's state never decides on its own).
@@ -181,15 +190,19 @@ class Runs:
         record.updated_at = time.time()
         write = batch or WriteBatch()
         write.sessions.append(msgspec.structs.replace(record))
-        write.journal.extend(run.take_pending())
-        if self.durable:
-            write.outbox.extend(sends)
         try:
-            await self.guard.commit(write)
+            if lazy and not run.unsaved.waiting:
+                # Losing it costs nothing: the role asks for the outcome again (see the README).
+                run.unsaved.take(write)
+                self.guard.defer(write)
+                await self.emit(sends)
+            else:
+                await run.unsaved.save(write, sends)
         except StoreInputError:
             run.record = before
             raise
-        await self.emit(sends)
+        if run.starting is not None and not run.starting.done():
+            run.starting.set_result(None)  # a session that ends before any step with an effect
         waiting = status in _AWAITING
         if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
@@ -198,15 +211,9 @@ class Runs:
         return record
 
     async def write(self, run: SessionRun, envelopes: Sequence[Envelope] = (), batch: WriteBatch | None = None) -> None:
-        """Store the run's pending journal (and, durably, ``envelopes``) without a status
+        """Store what the run has not saved yet (and, durably, ``envelopes``) without a status
         change, then send ``envelopes``."""
-        write = batch or WriteBatch()
-        write.journal.extend(run.take_pending())
-        if self.durable:
-            write.outbox.extend(envelopes)
-        if write:
-            await self.guard.commit(write)
-        await self.emit(envelopes)
+        await run.unsaved.save(batch, envelopes)
 
     def control(self, run: SessionRun, dst: str, kind: str, payload: bytes, number: int = 0) -> Envelope:
         """A control envelope of ``run`` from this role to ``dst``."""
@@ -338,8 +345,10 @@ class Runs:
         self.metrics.sessions_live.set(len(self.live))
 
     def forget(self, run: SessionRun) -> None:
-        """The run stops being in memory (its state, if any, is in the store)."""
+        """The run stops being in memory (its state, if any, is in the store); senders of
+        envelopes it had not saved are told to deliver them again."""
         run.accepting = False
+        run.unsaved.fail(f"session {run.session_id} stopped at '{self.role}' before saving; deliver again")
         if self.live.get(run.session_id) is run:
             del self.live[run.session_id]
             if run.record.status in _AWAITING:
@@ -400,6 +409,9 @@ class Runs:
         except outcome.SessionStopped:
             run.projected = True
             return True
+        except StartRefused:
+            self.forget(run)  # nothing of it was written, nothing ran: the caller was told
+            return False
         except Exception as exc:
             run.projected = True
             run.drop_deferred()
@@ -414,8 +426,8 @@ class Runs:
         async with self.session_lock(run.session_id):
             if run.record.status != S.RUNNING:
                 return True
+            await self.transition(run, S.PARKED, error=str(park))  # with what it has not saved
             self.forget(run)
-            await self.transition(run, S.PARKED, error=str(park))
             if run.mailbox.holds(*park.awaited):  # it arrived while we parked: go on by replay
                 await self.activate(run.record, run.choreography)
         return False
@@ -426,6 +438,8 @@ class Runs:
         async with self.session_lock(run.session_id):
             if run.signal.is_set():
                 return True
+            if run.unsaved:
+                await run.unsaved.save()
             self.forget(run)
         return False
 
@@ -440,9 +454,9 @@ class Runs:
                 self.control(run, r, EnvelopeKind.DIVERGED, failure.encode(), run.record.attempts)
                 for r in self.peers_of(run)
             ]
-            self.forget(run)
             self.log.error("session %s diverged at '%s': %s", run.session_id, self.role, exc)
             await self.transition(run, S.DIVERGED, failure=failure, sends=notices)
+            self.forget(run)
 
     async def _undeliverable(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
         """A peer refused an outbox envelope for good: fail its session (never retried).

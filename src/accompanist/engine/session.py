@@ -31,6 +31,7 @@ from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
+from accompanist.engine.unsaved import Unsaved
 from accompanist.envelope import Envelope
 from accompanist.errors import (
     Abort,
@@ -38,6 +39,7 @@ from accompanist.errors import (
     NondeterminismError,
     PayloadTooLargeError,
     ReceiveTimeoutError,
+    StoreError,
     TransactionFailedError,
 )
 from accompanist.failure import Failure
@@ -46,12 +48,21 @@ from accompanist.language.choreo import LocalThunk
 from accompanist.language.choreography import Choreography
 from accompanist.language.steps import Step, StepKind
 from accompanist.language.transaction import Transaction, TxContext, commit_with_retry
-from accompanist.store.base import JournalEntry, SessionRecord, TxRecord, WriteBatch
+from accompanist.store.base import JournalEntry, SessionRecord, TxRecord
 
 if TYPE_CHECKING:
     from accompanist.engine.host import Host
 
-__all__ = ["CLOCK_HEADER", "DONE_HEADER", "Park", "SessionRun", "journal_name", "new_seed", "trace_id"]
+__all__ = [
+    "CLOCK_HEADER",
+    "DONE_HEADER",
+    "Park",
+    "SessionRun",
+    "StartRefused",
+    "journal_name",
+    "new_seed",
+    "trace_id",
+]
 
 DONE_HEADER = "accompanist-done"
 """Header on a role's last envelope to the initiator: the role finished its part (its value:
@@ -71,6 +82,11 @@ class Park(Exception):  # noqa: N818 - a signal, not an error
     def __init__(self, what: str, awaited: tuple[str, int]) -> None:
         self.awaited = awaited
         super().__init__(what)
+
+
+class StartRefused(Exception):  # noqa: N818 - a signal, not an error
+    """A session started through the API could not be made durable before its first effect:
+    the start is refused (the caller hears why) and the run stops without a trace."""
 
 
 def journal_name(step: Step) -> str:
@@ -135,6 +151,7 @@ class SessionRun:
         self.durable = host.durable
         self.journal: list[JournalEntry] = journal or []
         self.pending: list[JournalEntry] = []
+        self.unsaved = Unsaved(host, self)
         self.sent: set[tuple[str, int]] = sent or set()
         self.txlog: dict[str, TxRecord] = txlog or {}
         self.occurrences: dict[str, int] = {}
@@ -149,6 +166,7 @@ class SessionRun:
         self.stop: BaseException | None = None  # raised at the projection's next step
         self.accepting = True  # new envelopes may be handed to this run
         self.rearm = False  # something arrived that resumes the session once this run has stopped
+        self.starting: asyncio.Future[None] | None = None  # set by an API start: done once durable
         self.projected = False  # the projection ran (to its end or its failure) in this life
         # What the outcome round learned (filled from envelopes, live or from the inbox).
         self.signal = asyncio.Event()
@@ -173,6 +191,9 @@ class SessionRun:
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
+        waiting = self.unsaved.received(src, seq)  # not durable yet: still here
+        if waiting is not None:
+            return waiting
         inbox = await self.host.guard.retry(lambda: self.host.guard.store.inbox_load(self.session_id))
         return next((e for e in inbox if e.src == src and e.seq == seq), None)
 
@@ -264,7 +285,7 @@ class SessionRun:
     # -- StepRunner --------------------------------------------------------------------------
     async def send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
-        await self.flush()
+        await self.flush(sending=True)
         self._start_step(step)
         recorded = self._recorded(step)
         assert step.dst is not None and step.seq is not None
@@ -307,16 +328,35 @@ class SessionRun:
             return
         if new:
             self._note(step)
-        await self.host.guard.commit(WriteBatch(outbox=[envelope], journal=self.take_pending()))
         self.sent.add((envelope.dst, envelope.seq))
-        await self.host.emit([envelope])
+        self.unsaved.hold(envelope)  # written with the next commit: at the latest when the next step starts
 
-    async def flush(self) -> None:
-        """Send the held envelope to the initiator: this role has a next step after all."""
+    async def flush(self, *, sending: bool = False) -> None:
+        """Before the next step: the held envelope to the initiator goes out after all (this
+        role has a next step); before any step but another send, every send held so far is
+        written and sent, in one commit with whatever else waits (inbox rows, journal, log
+        rows), and so is the initiator's new record, before anything with an effect runs."""
         if self._deferred is not None:
             step, envelope, new = self._deferred
             self._deferred = None
             await self._emit(step, envelope, new)
+        if not sending and (self.unsaved.sends or (self.starting is not None and not self.starting.done())):
+            await self.save()
+
+    async def save(self) -> None:
+        """Commit what waits. A session started through the API is durable before its first
+        step with an effect: if that first commit fails, the start is refused (nothing ran)."""
+        starting = self.starting
+        if starting is None or starting.done():
+            await self.unsaved.save()
+            return
+        try:
+            await self.unsaved.save(once=True)
+        except StoreError as exc:
+            starting.set_exception(exc)
+            starting.exception()
+            raise StartRefused(str(exc)) from exc
+        starting.set_result(None)
 
     def drop_deferred(self) -> None:
         """Forget the held envelope: the session failed before it went out."""
@@ -372,6 +412,8 @@ class SessionRun:
                 self._draw(step.kind)
             self.step_now = None
             return self.codec.decode(recorded.value)
+        if step.kind in (StepKind.UUID, StepKind.RANDOM) and self.unsaved.record_pending:
+            await self.save()  # the seed must be durable before a value drawn from it is used
         if step.kind in (StepKind.UUID, StepKind.RANDOM) and self.record.seed:
             # The n-th draw of its kind, not the step index: a value stays the same even if a
             # changed deployment added other steps before it.
@@ -391,7 +433,7 @@ class SessionRun:
                 encoded = None  # not journaled: a replay runs this step again
             self._note(step, encoded)
             if step.kind is StepKind.NOW:  # the clock cannot be derived: durable before it is used
-                await self.host.guard.commit(WriteBatch(journal=self.take_pending()))
+                await self.save()
         self.step_now = None
         return value
 
@@ -421,7 +463,7 @@ class SessionRun:
 
         key = ctx(1).idempotency_key
         logged = self.txlog.get(key)
-        if logged is not None and logged.status != "uncertain":
+        if logged is not None and logged.status not in ("uncertain", "pending"):
             result = self.codec.decode(logged.result) if logged.result is not None else None
             remember(result)
             self.step_now = None
@@ -441,6 +483,9 @@ class SessionRun:
                 detail=str(failed.get("detail", "")),
             )
         atomic = self.host.atomic() if tx.atomic and self.durable else None
+        if atomic is not None and self.unsaved:
+            await self.save()  # what waits is durable before the service's own transaction
+
         try:
             encoded_args: bytes | None = self.codec.encode(args) if self.durable else None
         except CodecError:
@@ -478,11 +523,23 @@ class SessionRun:
             self.txlog[key] = entry
             return result
 
+        if atomic is None and self.durable:
+            # The intent is durable before the service is called: whatever happens next, a
+            # failed saga knows to compensate this commit (settling it first if its result was
+            # lost). It rides with whatever else waits: one commit.
+            intent = record("pending", None)
+            self.unsaved.txlog(intent)
+            self.txlog[key] = intent
+            await self.save()
         try:
             result = await commit_with_retry(tx, ctx, args, commit_atomically if atomic is not None else None)
         except TransactionFailedError as exc:
             if exc.uncertain:  # the retries ran out: it may have taken effect, so undo it too
                 remember(None)
+            elif self.durable and atomic is None:  # declined: nothing to undo, the intent is void
+                entry = record("failed", None)
+                self.unsaved.txlog(entry)
+                self.txlog[key] = entry
             if recorded is None:
                 failed = {
                     "failed": exc.reason,
@@ -493,7 +550,7 @@ class SessionRun:
                 self._note(step, self.codec.encode(failed))
             if exc.uncertain and self.durable:
                 entry = record("uncertain", None)
-                await self.host.guard.commit(WriteBatch(txlog=[entry], journal=self.take_pending()))
+                self.unsaved.txlog(entry)
                 self.txlog[key] = entry
             raise
         remember(result)  # before encoding the result: compensable even if that fails
@@ -501,7 +558,7 @@ class SessionRun:
             entry = record("committed", result)
             if recorded is None:
                 self._note(step)
-            await self.host.guard.commit(WriteBatch(txlog=[entry], journal=self.take_pending()))
+            self.unsaved.txlog(entry)  # durable with the next commit; lost, it runs again (same key)
             self.txlog[key] = entry
         self.step_now = None
         return result

@@ -75,7 +75,9 @@ class Committed:
 
     ``clock`` is the commit's Lamport time at its role: a commit that causally follows another
     (through messages) has a larger clock, so compensating in decreasing clock order undoes
-    the saga in reverse causal order.
+    the saga in reverse causal order. ``settle``: only its intent is known (the sidecar stopped
+    between the service call and recording its result), so the commit is run again with the
+    same idempotency key, to learn its result, before it is compensated.
     """
 
     tx: Transaction
@@ -83,6 +85,7 @@ class Committed:
     result: Any
     ctx: TxContext
     clock: int = 0
+    settle: bool = False
 
 
 class SagaLog:

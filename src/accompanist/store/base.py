@@ -55,9 +55,10 @@ TERMINAL_STATUSES = frozenset(
     }
 )
 
-TX_STATUSES = frozenset({"committed", "uncertain", "compensated"})
-"""What a :class:`TxRecord` may say of its commit: it took effect; retries ran out, so it may
-have taken effect; it was undone."""
+TX_STATUSES = frozenset({"pending", "committed", "uncertain", "failed", "compensated"})
+"""What a :class:`TxRecord` may say of its commit: it is about to be called (its intent, durable
+before the service hears of it); it took effect; retries ran out, so it may have taken effect;
+it was declined (nothing to undo); it was undone."""
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
