@@ -27,19 +27,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from accompanist.envelope import Envelope
 from accompanist.errors import EnvelopeRejectedError
-from accompanist.store.base import TxRecord, WriteBatch
+from accompanist.store.base import JournalEntry, SessionRecord, TxRecord, WriteBatch
 
 if TYPE_CHECKING:
     from accompanist.engine.host import Host
-    from accompanist.engine.session import SessionRun
 
-__all__ = ["Unsaved"]
+
+class Owner(Protocol):
+    """The run the rows belong to (a :class:`~accompanist.engine.session.SessionRun`)."""
+
+    record: SessionRecord
+    pending: list[JournalEntry]
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+
+    def take_pending(self) -> list[JournalEntry]:
+        """Journal entries not yet durable, for the caller's batch."""
+
+
+__all__ = ["Owner", "Unsaved"]
 
 
 class Unsaved:
@@ -50,7 +64,7 @@ class Unsaved:
         run: the run they belong to (its record and journal).
     """
 
-    def __init__(self, host: Host, run: SessionRun) -> None:
+    def __init__(self, host: Host, run: Owner) -> None:
         self._host = host
         self._run = run
         self._batch = WriteBatch()
