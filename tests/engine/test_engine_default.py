@@ -232,3 +232,15 @@ async def test_a_message_for_a_session_the_initiator_never_started_is_dropped() 
         stray = Envelope("0190f0f0-0000-7000-8000-00000000f00d", "pair", 1, "b", "a", 1, "value", b"\x05")
         await c["a"].handle(stray)
         assert await c.stores["a"].list_sessions() == []
+
+
+async def test_default_mode_keeps_a_bounded_number_of_ended_sessions() -> None:
+    config = EngineConfig(receive_timeout=5, memory_keep=50, prune_interval=0.05)
+    async with cluster(APP, ["a", "b", "c"], config=config) as c:
+        for wave in range(3):
+            assert await asyncio.gather(*(c["a"].run("pair", i) for i in range(100))) == [2 * i for i in range(100)]
+        await asyncio.sleep(0.3)  # a few retention passes
+        for role in "ab":
+            kept = len(await c.stores[role].list_sessions(limit=10_000))
+            assert kept <= 50, (role, kept)
+            assert c[role].metrics.sessions_kept._value.get() <= 50

@@ -142,3 +142,15 @@ def test_mermaid_escapes_and_aliases() -> None:
         """
     )
     assert re.search(r"^\s*end\b", mermaid_sequence(roles, trace), re.MULTILINE) is None
+
+
+def test_the_event_loop_is_a_setting() -> None:
+    from accompanist.cli.sidecar import event_loop
+
+    runner, which = event_loop("asyncio")
+    assert which == "asyncio"
+    _, which = event_loop("auto")
+    assert which.startswith("uvloop")  # the test extra installs it: auto takes the faster loop
+    assert event_loop("uvloop")[1] == which
+    with pytest.raises(ac.ConfigError, match="loop must be"):
+        event_loop("trio")

@@ -46,6 +46,9 @@ def sidecar(
     tls_key: Annotated[str | None, _opt("TLS_KEY", "PEM private key for mutual TLS.")] = None,
     tls_ca: Annotated[str | None, _opt("TLS_CA", "PEM CA bundle peers' certificates chain to.")] = None,
     grace: Annotated[float | None, _opt("GRACE", "Seconds in-flight sessions get on SIGTERM.")] = None,
+    loop: Annotated[
+        str | None, _opt("LOOP", "Event loop: 'auto' (uvloop when installed), 'uvloop' or 'asyncio'.")
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar=_ENV + "LOG_LEVEL", help="Logging level.")] = "INFO",
 ) -> None:
     """Run a sidecar: serve one role of every session of the app's choreographies."""
@@ -75,6 +78,7 @@ def sidecar(
         "tls_key": tls_key,
         "tls_ca": tls_ca,
         "grace": grace,
+        "loop": loop,
     }
     try:
         # Precedence: options (typer also reads their ACCOMPANIST_* variables), then the
@@ -84,11 +88,11 @@ def sidecar(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+        runner, which = event_loop(cfg.loop)
+    except AccompanistError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.getLogger("accompanist").info("event loop: %s (loop=%s)", which, cfg.loop)
     try:
         runner(_serve(cfg))
     except AccompanistError as exc:
@@ -115,6 +119,31 @@ async def _serve(cfg: Any) -> None:
     await stop.wait()
     logging.getLogger("accompanist").info("stopping: finishing in-flight sessions")
     await sidecar.stop()
+
+
+def event_loop(choice: str) -> tuple[Any, str]:
+    """The runner of the event loop ``choice`` names, and which loop it is.
+
+    ``auto`` takes uvloop when it is installed (``pip install 'accompanist[fast]'``): measured
+    here, a round trip between sidecars costs about a third of asyncio's (see
+    ``benchmarks/transport_rtt.py``).
+
+    Raises:
+        ConfigError: ``uvloop`` was asked for but is not installed, or an unknown choice.
+    """
+    from accompanist.errors import ConfigError
+
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError(f"loop must be 'auto', 'uvloop' or 'asyncio', got {choice!r}")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("loop=uvloop, but uvloop is not installed: pip install 'accompanist[fast]'") from None
+        else:
+            return uvloop.run, f"uvloop {getattr(uvloop, '__version__', '?')}"
+    return asyncio.run, "asyncio"
 
 
 def _addr(address: tuple[str, int] | None) -> str:

@@ -12,6 +12,7 @@ from accompanist.engine.session import SessionRun
 from accompanist.envelope import Envelope, EnvelopeKind
 from accompanist.errors import AccompanistError
 from accompanist.store.base import SessionStatus
+from accompanist.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from accompanist.engine.runs import Runs
@@ -81,13 +82,23 @@ async def nudge_loop(engine: Runs) -> None:
 
 
 async def prune_loop(engine: Runs) -> None:
-    """Retention: rows of sessions that ended long ago (and owe nothing to a peer) go."""
+    """Retention: rows of sessions that ended long ago (and owe nothing to a peer) go. In
+    default mode, ended sessions live in memory: they are kept ``memory_retention`` seconds
+    and ``memory_keep`` at most, so a busy sidecar's memory stays bounded."""
     config = engine.config
+    store = engine.store
+    interval = config.prune_interval if engine.durable else min(config.prune_interval, 5.0)
     while True:
-        await asyncio.sleep(config.prune_interval)
+        await asyncio.sleep(interval)
         now = time.time()
+        retention, tombstones = config.retention, config.tombstone_retention
+        if not engine.durable:
+            retention, tombstones = min(retention, config.memory_retention), min(tombstones, config.memory_retention)
         try:
-            removed = await engine.store.prune(now - config.retention, now - config.tombstone_retention)
+            removed = await store.prune(now - retention, now - tombstones)
+            if isinstance(store, MemoryStore) and not engine.durable:
+                removed += await store.trim(config.memory_keep)
+                engine.metrics.sessions_kept.set(len(store))
         except AccompanistError as exc:
             engine.log.warning("retention pruning failed: %s", exc)
             continue

@@ -59,6 +59,9 @@ class EngineConfig:
             (a lost connection, a full disk): writes are retried until they succeed.
         ack_linger: at most how long a received envelope waits for its session's next commit
             before it is made durable (and acknowledged) on its own, in seconds.
+        memory_keep: default mode: at most this many ended sessions are kept in memory (their
+            records answer late envelopes and ``GET /sessions``); older ones go first.
+        memory_retention: default mode: ended sessions are kept this many seconds at most.
         lazy_interval: how often writes that may be lost without harm (acknowledgement marks,
             a participant's ``completed``) are made durable when no other commit carries them.
     """
@@ -82,4 +85,6 @@ class EngineConfig:
     max_payload: int = 4 * 1024 * 1024 - 64 * 1024
     store_retry_max: float = 2.0
     ack_linger: float = 0.1
+    memory_keep: int = 100_000
+    memory_retention: float = 3600.0
     lazy_interval: float = 0.1

@@ -292,7 +292,7 @@ class Engine(Runs):
             UnknownSessionError: no such session here.
             TimeoutError: it did not end within ``timeout``.
         """
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[SessionRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(session_id, []).append(waiter)
         try:
             record = await self.get(session_id)
@@ -301,7 +301,7 @@ class Engine(Runs):
             if record.status in TERMINAL_STATUSES:
                 return record
             async with asyncio.timeout(timeout):
-                await waiter
+                return await waiter  # the record as it ended (it may be pruned since)
         finally:
             waiters = self._waiters.get(session_id)
             if waiters is not None:
@@ -309,9 +309,6 @@ class Engine(Runs):
                     waiters.remove(waiter)
                 if not waiters:
                     self._waiters.pop(session_id, None)
-        record = await self.get(session_id)
-        assert record is not None
-        return record
 
     async def run(self, name: str, *args: Any, version: int | None = None, timeout: float | None = None) -> Any:
         """Start a session, wait for it, and return its result.

@@ -47,6 +47,9 @@ class Metrics:
             "accompanist_store_failures", "Store operations that failed and were retried or refused", registry=r
         )
         self.queries = Counter("accompanist_outcome_queries", "Outcome queries sent to initiators", registry=r)
+        self.sessions_kept = Gauge(
+            "accompanist_sessions_kept", "Default mode: sessions (ended ones included) held in memory", registry=r
+        )
         self.store_commits = Gauge(
             "accompanist_store_commits",
             "Store transactions since the sidecar started (each one fsync on a durable store)",

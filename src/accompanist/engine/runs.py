@@ -105,7 +105,7 @@ class Runs:
         self.stopping = False  # stop() is under way: nothing new runs
         self.on_session_end: list[Callable[[SessionRecord], Awaitable[None] | None]] = []
         self._locks = KeyedLocks()
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[SessionRecord]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     def live_run(self, session_id: str) -> SessionRun | None:
@@ -517,7 +517,7 @@ class Runs:
             return
         for waiter in self._waiters.pop(record.session_id, []):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(msgspec.structs.replace(record))
         for hook in self.on_session_end:
             result = hook(msgspec.structs.replace(record))
             if result is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ class Choreography:
     codec: PayloadCodec = field(repr=False)
     saga: bool = False
     transactions: tuple[Transaction, ...] = field(default=(), repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def initiator(self) -> Role:
@@ -59,8 +61,30 @@ class Choreography:
     @property
     def arity(self) -> int:
         """How many arguments (after ``ch``) the choreography takes."""
-        params = list(inspect.signature(self.fn).parameters.values())[1:]
-        return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+        return len(self.parameters)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The names of its arguments (after ``ch``), read from its signature once."""
+        found = self._cache.get("parameters")
+        if found is None:
+            params = list(inspect.signature(self.fn).parameters.values())[1:]
+            found = self._cache["parameters"] = tuple(
+                p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            )
+        return found
+
+    def argument_types(self) -> dict[str, Any]:
+        """Its arguments' type hints, resolved once (on first use: they may name types the
+        module defines after the choreography); empty when they cannot be resolved."""
+        found = self._cache.get("hints")
+        if found is None:
+            try:
+                found = typing.get_type_hints(self.fn)
+            except Exception:
+                found = {}
+            self._cache["hints"] = found
+        return found
 
     def role(self, name: str) -> Role:
         """The role called ``name``.

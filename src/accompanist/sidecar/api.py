@@ -15,7 +15,6 @@ A service in any language starts sessions and reads their state here::
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 import math
 import time
@@ -93,11 +92,10 @@ def convert_args(choreography: Choreography, args: list[Any]) -> list[Any]:
     Raises:
         CodecError: an argument does not fit its declared, registered type (named).
     """
-    try:
-        hints = typing.get_type_hints(choreography.fn)
-    except Exception:
+    hints = choreography.argument_types()
+    if not hints:
         return args
-    params = list(inspect.signature(choreography.fn).parameters)[1:]
+    params = choreography.parameters
     registered = set(choreography.codec.types)
     out = []
     for index, (name, value) in enumerate(zip(params, args, strict=False)):

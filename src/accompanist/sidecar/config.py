@@ -71,6 +71,8 @@ class SidecarConfig:
         tls_key: its private key.
         tls_ca: CA bundle that peers' certificates must chain to.
         max_frame: largest accepted frame in bytes.
+        loop: the event loop of ``accompanist sidecar``: ``auto`` (uvloop when installed,
+            the faster one), ``uvloop`` or ``asyncio``.
         engine: timeouts, bounds, retries and retention (see ``EngineConfig``).
     """
 
@@ -88,6 +90,7 @@ class SidecarConfig:
     tls_key: str | None = None
     tls_ca: str | None = None
     max_frame: int = 4 * 1024 * 1024
+    loop: str = "auto"
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property

@@ -265,6 +265,24 @@ class MemoryStore:
     def _has_unacked(self, session_id: str) -> bool:
         return any(not row.acked for row in self._outbox.get(session_id, {}).values())
 
+    async def trim(self, keep: int) -> int:
+        """Forget the oldest ended sessions beyond ``keep`` (with all their rows, unless a row is
+        unacknowledged); returns how many sessions went. Bounds default mode's memory."""
+        self._check_open()
+        ended = [r for r in self._sessions.values() if r.status in TERMINAL_STATUSES]
+        if len(ended) <= keep:
+            return 0
+        ended.sort(key=lambda r: r.updated_at)
+        gone = [r.session_id for r in ended[: len(ended) - keep] if not self._has_unacked(r.session_id)]
+        for sid in gone:
+            del self._sessions[sid]
+            self._inbox.pop(sid, None)
+            self._outbox.pop(sid, None)
+            self._journal.pop(sid, None)
+        for key in [k for k, r in self._txlog.items() if r.session_id in set(gone)]:
+            del self._txlog[key]
+        return len(gone)
+
     async def counts(self) -> StoreCounts:
         """Row counts."""
         self._check_open()
@@ -276,6 +294,9 @@ class MemoryStore:
             journal=sum(len(p) for p in self._journal.values()),
             txlog=len(self._txlog),
         )
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def __repr__(self) -> str:
         return f"MemoryStore(role={self.role!r}, sessions={len(self._sessions)})"
