@@ -52,6 +52,7 @@ from accompanist.transport.base import Transport
 __all__ = ["Engine", "UnknownSessionError"]
 
 S = SessionStatus
+_RECOVERY_CONCURRENCY = 64
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -95,9 +96,15 @@ class Engine(Runs):
         await self.transport.start(self.inbound.handle)
         if self.relay is not None:
             await self.relay.start()
-            for record in await self.guard.retry(self.store.nonterminal_sessions):
-                async with self.session_lock(record.session_id):
+            # Unfinished sessions resume side by side (their reads overlap), a bounded number
+            # at a time so that a large backlog does not flood the store.
+            gate = asyncio.Semaphore(_RECOVERY_CONCURRENCY)
+
+            async def resume(record: SessionRecord) -> None:
+                async with gate, self.session_lock(record.session_id):
                     await self._resume_at_start(record)
+
+            await asyncio.gather(*(resume(r) for r in await self.guard.retry(self.store.nonterminal_sessions)))
             self.spawn_background(announce(self), "accompanist-hello")
         self.spawn_background(nudge_loop(self), "accompanist-nudge")
         self._accepting = True

@@ -169,7 +169,7 @@ class Relay:
             delay = min(self._config.retry_max * 4, self._config.retry_min * (2 ** min(b.failures - 1, 20)))
             b.due = time.monotonic() + delay * self._rng.uniform(0.5, 1.0)
             self._metrics.retries.inc()
-            if b.failures in (1, 10) or b.failures % 100 == 0:
+            if b.failures in (10, 100) or b.failures % 1000 == 0:  # once or twice is routine
                 self._log.warning("role '%s' refused %s (%d times): %s", envelope.dst, envelope.key, b.failures, exc)
             return
         # Never deliverable: stop trying, and let the session fail with the reason.

@@ -203,6 +203,8 @@ class Runs:
             raise
         if run.starting is not None and not run.starting.done():
             run.starting.set_result(None)  # a session that ends before any step with an effect
+        if status in TERMINAL_STATUSES:
+            run.accepting = False  # late envelopes are acknowledged and ignored, not handed over
         waiting = status in _AWAITING
         if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
