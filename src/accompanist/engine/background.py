@@ -98,7 +98,7 @@ async def prune_loop(engine: Runs) -> None:
             removed = await store.prune(now - retention, now - tombstones)
             if isinstance(store, MemoryStore) and not engine.durable:
                 removed += await store.trim(config.memory_keep)
-                engine.metrics.sessions_kept.set(len(store))
+                engine.metrics.sessions_kept.set(store.session_count())
         except AccompanistError as exc:
             engine.log.warning("retention pruning failed: %s", exc)
             continue

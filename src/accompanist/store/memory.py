@@ -295,7 +295,8 @@ class MemoryStore:
             txlog=len(self._txlog),
         )
 
-    def __len__(self) -> int:
+    def session_count(self) -> int:
+        """How many sessions it holds (ended ones included)."""
         return len(self._sessions)
 
     def __repr__(self) -> str:
