@@ -237,7 +237,7 @@ async def test_a_message_for_a_session_the_initiator_never_started_is_dropped() 
 async def test_default_mode_keeps_a_bounded_number_of_ended_sessions() -> None:
     config = EngineConfig(receive_timeout=5, memory_keep=50, prune_interval=0.05)
     async with cluster(APP, ["a", "b", "c"], config=config) as c:
-        for wave in range(3):
+        for _ in range(3):
             assert await asyncio.gather(*(c["a"].run("pair", i) for i in range(100))) == [2 * i for i in range(100)]
         await asyncio.sleep(0.3)  # a few retention passes
         for role in "ab":
