@@ -12,6 +12,10 @@ services; :func:`audit` checks, for every session:
 - an order that names ``fail_at`` was compensated at that step; one that does not completed,
   unless a service declined it for its own reason (out of stock, insufficient funds) or stayed
   down longer than the commit's retries (both counted apart);
+- a session an operator cancelled (its failure is a ``SessionCancelledError``) was
+  compensated, committed the saga's first steps in order and nothing else, and left nothing
+  live; or it ``failed`` everywhere with nothing committed (the cancel came first; both
+  counted apart);
 
 and over the whole run: no compensation arrived for a step that never committed (orphans;
 a commit whose retries ran out is undone anyway, since it may have taken effect),
@@ -38,6 +42,7 @@ _STEP_OF_ROW = {"reservation": "reserve", "shipment": "ship", "charge": "charge"
 _ORDER_IN_REASON = re.compile(r"order (\S+?):")
 _OWN_REASONS = ("out of stock", "insufficient funds", "unknown item", "unknown customer")
 _STEP_IN_REASON = re.compile(r"\(transaction (\w+)\)")
+_CANCELLED = "SessionCancelledError"  # the failure of a session an operator cancelled
 
 
 def _gave_up(failure: dict[str, Any]) -> bool:
@@ -81,6 +86,8 @@ class Audit:
     compensated_by_step: Counter[str] = field(default_factory=Counter)
     gave_up: int = 0
     declined: int = 0
+    cancelled: int = 0
+    cancelled_early: int = 0
     duplicates: int = 0
     unattributed: int = 0
     repeats: int = 0
@@ -173,6 +180,10 @@ def _check_session(
     statuses = {role: by_id[sid]["status"] for role, by_id in snap.sessions.items() if sid in by_id}
     if len(set(statuses.values())) != 1:
         problems.append(f"session {sid}: the participants disagree: {statuses}")
+    if status == "failed" and (record.get("failure") or {}).get("error_type") == _CANCELLED and not rows:
+        result.cancelled += 1  # cancelled before anything committed: nothing to undo
+        result.cancelled_early += 1
+        return
     if status not in ("completed", "compensated"):
         problems.append(f"session {sid} is {status} at the initiator: {record.get('error')}")
         return
@@ -200,6 +211,11 @@ def _check_session(
     if live:
         problems.append(f"session {sid} compensated but left {sorted(r['key'] for r in live.values())} live")
     error = record.get("error") or ""
+    if (record.get("failure") or {}).get("error_type") == _CANCELLED:
+        result.cancelled += 1  # the cancel landed between two steps: those before it committed
+        if sorted(committed) != sorted(STEPS[: len(committed)]):
+            problems.append(f"session {sid}: cancelled, it committed {sorted(committed)}")
+        return
     step_match = _STEP_IN_REASON.search(error)
     step = step_match.group(1) if step_match else "?"
     result.compensated_by_step[step] += 1

@@ -16,13 +16,14 @@ from pathlib import Path
 import accompanist as ac
 from accompanist.engine.stepkey import current_step
 
-__all__ = ["A", "B", "C", "app", "effect", "read_effects"]
+__all__ = ["A", "B", "C", "app", "effect", "read_effects", "read_tx"]
 
 A, B, C = ac.roles("a", "b", "c")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tx (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
 
 
@@ -96,4 +97,94 @@ async def pingpong(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
     return await ch.comm(B, A, again)
 
 
-app = ac.App(chain, pingpong)
+# -- for the edge cases across processes (tests/faults/test_edges_*.py) -----------------------
+def read_tx(directory: Path, role: str) -> dict[str, int]:
+    """``"commit:<idempotency key>"`` / ``"undo:<key>"`` -> how often ``role`` ran it."""
+    path = directory / f"effects-{role}.db"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path)
+    try:
+        return dict(db.execute("SELECT key, n FROM tx").fetchall())
+    finally:
+        db.close()
+
+
+def _count_tx(ctx: ac.TxContext, what: str) -> None:
+    db = _db(ctx.role)
+    try:
+        key = f"{what}:{ctx.idempotency_key}"
+        db.execute("INSERT INTO tx(key, n) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", (key,))
+    finally:
+        db.close()
+
+
+async def _undo(ctx: ac.TxContext, *args: object) -> None:
+    _count_tx(ctx, "undo")
+
+
+async def _commit(ctx: ac.TxContext, value: int) -> int:
+    _count_tx(ctx, "commit")
+    return value
+
+
+hold = ac.Transaction("hold", _commit, _undo)
+"""A saga step that only records its commit and its compensation (table ``tx``)."""
+
+
+@ac.choreography("echo-b", roles=(B, A))
+async def echo_b(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """Initiated at b: b -> a, an effect at a, a -> b."""
+    return await ch.comm(A, B, await ch.locally(A, effect, await ch.comm(B, A, n)))
+
+
+@ac.choreography("big", roles=(A, B))
+async def big(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """b commits ``hold``, then sends a of ``n`` bytes back: over the frame limit for a large n."""
+    at_b = await ch.comm(A, B, n)
+    await ch.transaction(B, hold, at_b)
+    blob = await ch.locally(B, lambda k: "x" * k, at_b)
+    return await ch.locally(A, len, await ch.comm(B, A, blob))
+
+
+@ac.choreography("first", roles=(A, B, C))
+async def first(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """b's part begins with local steps and a send; c only has a local step and a transaction.
+    The result is n + 7."""
+    offer = await ch.locally(B, effect, await ch.locally(B, lambda: 6))  # b/1 records 7
+    at_a = await ch.comm(B, A, offer)
+    await ch.transaction(C, hold, await ch.locally(C, lambda: 1))
+    return await ch.locally(A, lambda o, v: o + v, at_a, n)
+
+
+@ac.choreography("loop", roles=(A, B))
+async def loop(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """n round trips a -> b -> a, then a slow step at b (after an effect the test waits for):
+    the result is sum(range(n)) + 1."""
+    count = await ch.broadcast(A, n)
+    total = await ch.locally(B, lambda: 0)
+    for i in range(count):  # one at a time: never more than one envelope arrives early
+        v = await ch.comm(A, B, await ch.locally(A, lambda i=i: i))
+        total = await ch.locally(B, lambda t, x: t + x, total, v)
+        await ch.comm(B, A, v)
+    marker = await ch.locally(B, effect, total)
+    return await ch.comm(B, A, await ch.locally(B, pause, marker))
+
+
+def _slow_b(version: int) -> ac.Choreography:
+    @ac.choreography("slow-b", roles=(A, B), version=version)
+    async def slow_b(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+        """a -> b, ``hold`` and an effect and a slow step at b, b -> a: the result is n + 1."""
+        at_b = await ch.comm(A, B, n)
+        await ch.transaction(B, hold, at_b)
+        at_b = await ch.locally(B, effect, at_b)
+        return await ch.comm(B, A, await ch.locally(B, pause, at_b))
+
+    return slow_b
+
+
+_EXTRA = [echo_b, big, first, loop, _slow_b(2)]
+if os.environ.get("FAULT_WITHOUT_V1") != "1":  # a deployment that dropped version 1 of slow-b
+    _EXTRA.append(_slow_b(1))
+
+app = ac.App(chain, pingpong, *_EXTRA)
