@@ -14,24 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import os
 import random
 import subprocess
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.faults.faultapp import read_ledger
 from tests.faults.outages import (
     HealthWatch,
     Load,
     call,
+    metric,
     refusal_problem,
     saga_problems,
     settled,
     sqlite_rows,
     wait_health,
+    wait_status,
 )
 from tests.integration.procs import ProcessCluster
 from tests.support.postgres import PostgresServer, PostgresUnavailableError
@@ -149,10 +154,12 @@ async def test_a_full_disk_is_waited_out_and_recovered_from(tmp_path: Path) -> N
             running = asyncio.ensure_future(load.run())
             while len(load.started) < 20:  # noqa: ASYNC110 - polls the load's progress
                 await asyncio.sleep(0.02)
+            watch = HealthWatch(c, ["a"]).start()
             filler = disk / "filler"
             await asyncio.to_thread(_fill, filler)
             full_at = time.monotonic()
             await wait_health(c, "a", 503, timeout=30)  # the store's writes fail: unhealthy
+            unhealthy_at = time.monotonic()
             # While it is full: the API answers, and refuses starts with a JSON 503 + Retry-After.
             refusal = await call(c, "POST", "a", "/sessions", json={"choreography": "saga", "args": [1]})
             assert refusal_problem(refusal) is None and refusal.status == 503, refusal
@@ -165,8 +172,11 @@ async def test_a_full_disk_is_waited_out_and_recovered_from(tmp_path: Path) -> N
                 assert answer.status == 200 or refusal_problem(answer) is None, (path, answer)
             stalled = len(load.started) - len(load.ended)
             await asyncio.sleep(1.0)  # the disk stays full a while: nothing may be decided meanwhile
-            filler.unlink()  # space is back: the sidecar recovers by itself
             freed = time.monotonic()
+            await watch.stop()
+            during = [status for t, _, status, _ in watch.seen if unhealthy_at <= t < freed]
+            assert set(during) == {503}, f"/healthz while the disk was full: {Counter(during)}"
+            filler.unlink()  # space is back: the sidecar recovers by itself
             recovered = await wait_health(c, "a", 200, timeout=30)
             load.deadline = time.monotonic() + 60
             await running
@@ -178,7 +188,7 @@ async def test_a_full_disk_is_waited_out_and_recovered_from(tmp_path: Path) -> N
                 await wait_health(c, role, 200, timeout=30)
         print(
             f"disk full for {freed - full_at:.1f}s with {stalled} sessions in flight; healthy {recovered:.1f}s "
-            f"after space was freed; POST answers {dict(load.answers)}"
+            f"after space was freed; POST answers {dict(load.answers)}; /healthz while full {Counter(during)}"
         )
         assert load.problems == [] and after.problems == [], (load.problems + after.problems)[:20]
         assert 500 not in load.answers, load.answers
@@ -190,3 +200,107 @@ async def test_a_full_disk_is_waited_out_and_recovered_from(tmp_path: Path) -> N
         unfinished = sqlite_rows(store, "SELECT count(*) FROM acc_sessions WHERE status NOT IN "
                                         "('completed', 'compensated', 'failed', 'cancelled')")  # fmt: skip
         assert unfinished == [(0,)]
+
+
+# -- a participant down longer than the retention; a role that lost its outcome asks -----------
+def _config(path: Path, **settings: object) -> list[str]:
+    """A TOML ``--config`` file with ``settings``."""
+    path.write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()).replace("'", '"'))
+    return ["--config", str(path)]
+
+
+def _unacked_to_c(store: Path, sid: str) -> int:
+    rows = sqlite_rows(store, "SELECT count(*) FROM acc_outbox WHERE session_id = ? AND dst = 'c' AND acked = 0", sid)
+    return int(rows[0][0])
+
+
+def _ledger(directory: Path, role: str, sid: str) -> list[str]:
+    return sorted(f"{what}:{name}" for s, what, name, _ in read_ledger(directory, role) if s == sid)
+
+
+@pytest.mark.slow
+async def test_a_participant_down_longer_than_the_retention_still_gets_its_outcome(tmp_path: Path) -> None:
+    ft = {"mode": "fault-tolerant", "receive_timeout": 2.0, "retention": 0.5, "prune_interval": 0.2}
+    ft["outcome_query_after"] = 1.0
+    args = {role: _config(tmp_path / f"{role}.toml", **ft, store=f"sqlite:///./{role}.db") for role in "ab"}
+    # c makes a participant's record of the outcome durable only with its next commit: a
+    # SIGKILL soon after it was told loses what it was told (it acknowledged it already).
+    args["c"] = _config(tmp_path / "c.toml", **ft, store="sqlite:///./c.db", lazy_interval=600.0)
+    stores = {role: tmp_path / f"{role}.db" for role in ROLES}
+    async with ProcessCluster(ROLES, "tests.faults.faultapp:app", tmp_path, args, FAULT_EFFECTS_DIR=str(tmp_path)) as c:
+        # 1. c loses the outcome in a crash; back, it asks the initiator.
+        told = (await c.start_session("a", "saga", 1, wait=True))["session_id"]
+        for role in ROLES:
+            await wait_status(c, role, told, {"completed"})
+        for role in ROLES:  # nothing left to redeliver: c can only learn the outcome by asking
+            await _until(lambda r=role: _zero(c, r), 10, f"{role}'s outbox acknowledged")
+        assert sqlite_rows(stores["c"], "SELECT status FROM acc_sessions WHERE session_id = ?", told) == [("finished",)]
+        c.kill("c")
+        await c.restart("c")
+        await wait_status(c, "c", told, {"completed"}, timeout=15)
+        assert await metric(c, "c", "accompanist_outcome_queries_total") >= 1
+        # Retention runs: the ended session's rows at a go (they owe nothing to anyone).
+        await _until(lambda: _pruned(stores["a"], told), 10, "a's rows of the ended session pruned")
+
+        # 2. c commits, its part ends, and it is killed; later b fails (one session) or the
+        # initiator declares completed (another), while c stays down for many retentions.
+        failing = (await c.start_session("a", "late", -1, wait=False))["session_id"]
+        passing = (await c.start_session("a", "late", 2, wait=False))["session_id"]
+        for sid in (failing, passing):
+            await wait_status(c, "c", sid, {"finished"})
+        c.kill("c")
+        (tmp_path / "gate").touch()  # b goes on: it aborts `risky` for -1, commits it for 2
+        await wait_status(c, "a", passing, {"completed"})  # ended at a, its outcome to c unsent
+        await wait_status(c, "a", failing, {"compensating"})
+        down = time.monotonic()
+        while time.monotonic() - down < 10 * ft["retention"]:
+            assert _unacked_to_c(stores["a"], passing) >= 1, "a pruned its unacknowledged outcome to c"
+            assert _unacked_to_c(stores["a"], failing) + _unacked_to_c(stores["b"], failing) >= 1
+            await asyncio.sleep(0.25)
+        await c.restart("c")
+        seen = await settled(c, ROLES, [failing, passing], timeout=30)
+        for role in ROLES:
+            await _until(lambda r=role: _zero(c, r), 15, f"{role}'s outbox acknowledged")
+    assert {role: seen[role][failing]["status"] for role in ROLES} == dict.fromkeys(ROLES, "compensated")
+    assert {role: seen[role][passing]["status"] for role in ROLES} == dict.fromkeys(ROLES, "completed")
+    assert _ledger(tmp_path, "c", failing) == ["commit:hold", "undo:hold"]  # c undid its commit
+    assert _ledger(tmp_path, "c", passing) == ["commit:hold"]
+    assert _ledger(tmp_path, "b", failing) == [] and _ledger(tmp_path, "b", passing) == ["commit:risky"]
+    assert all(calls == 1 for role in ROLES for *_, calls in read_ledger(tmp_path, role))
+
+
+@pytest.mark.slow
+async def test_default_mode_keeps_a_finished_roles_commits_until_the_outcome(tmp_path: Path) -> None:
+    settings = {"receive_timeout": 30.0, "memory_retention": 0.5, "prune_interval": 0.2, "outcome_query_after": 1.0}
+    args = _config(tmp_path / "default.toml", **settings)
+    async with ProcessCluster(ROLES, "tests.faults.faultapp:app", tmp_path, args, FAULT_EFFECTS_DIR=str(tmp_path)) as c:
+        sid = (await c.start_session("a", "late", -1, wait=False))["session_id"]
+        await wait_status(c, "c", sid, {"finished"})
+        finished = time.monotonic()
+        while time.monotonic() - finished < 6 * settings["memory_retention"]:
+            assert await metric(c, "c", "accompanist_sessions_awaiting_outcome") == 1
+            assert (await call(c, "GET", "c", f"/sessions/{sid}")).body["status"] == "finished"
+            await asyncio.sleep(0.25)
+        (tmp_path / "gate").touch()  # long after c finished, b's commit fails
+        seen = await settled(c, ROLES, [sid], timeout=30)
+        assert await metric(c, "c", "accompanist_sessions_awaiting_outcome") == 0
+    assert {role: seen[role][sid]["status"] for role in ROLES} == dict.fromkeys(ROLES, "compensated")
+    assert _ledger(tmp_path, "c", sid) == ["commit:hold", "undo:hold"]
+
+
+async def _until(condition: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+async def _zero(c: ProcessCluster, role: str) -> bool:
+    return await metric(c, role, "accompanist_outbox_unacked") == 0
+
+
+def _pruned(store: Path, sid: str) -> bool:
+    return sqlite_rows(store, "SELECT count(*) FROM acc_outbox WHERE session_id = ?", sid) == [(0,)]
