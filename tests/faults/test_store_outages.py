@@ -42,7 +42,7 @@ from tests.integration.procs import ProcessCluster
 from tests.support.postgres import PostgresServer, PostgresUnavailableError
 
 ROLES = ("a", "b", "c")
-FT = ["--mode", "fault-tolerant", "--receive-timeout", "2"]
+FT = ["--mode", "fault-tolerant", "--receive-timeout", "1"]
 
 
 def _arguments(n: int, seed: int) -> list[int]:
@@ -74,18 +74,21 @@ async def test_postgres_restarts_under_load_decide_nothing(tmp_path: Path, own_p
         watch = HealthWatch(c, ROLES).start()
         running = asyncio.ensure_future(load.run())
         outages: list[tuple[float, float]] = []
-        for after in (50, 120):  # two restarts, a third and two thirds into the load
+        # Two restarts, a third and two thirds into the load: a short one, and one longer than
+        # the receive timeout (sessions waiting for a peer park meanwhile and must resume).
+        for after, pause in ((50, 0.3), (120, 1.5)):
             while len(load.started) < after and not running.done():  # noqa: ASYNC110 - polls the load's progress
                 await asyncio.sleep(0.02)
             down = time.monotonic()
             await asyncio.to_thread(server.stop)  # pg_ctl stop -m fast: every connection is cut
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(pause)
             await asyncio.to_thread(server.start)  # the same port and data
             outages.append((down, time.monotonic()))
         back = outages[-1][1]
         load.deadline = back + 60  # every session ends within a minute of the server's return
         await running
         seen = await settled(c, ROLES, load.started, timeout=max(1.0, load.deadline - time.monotonic()))
+        all_ended = time.monotonic() - back
         for role in ROLES:  # healthy again by itself
             await wait_health(c, role, 200, timeout=30)
         await watch.stop()
@@ -103,7 +106,7 @@ async def test_postgres_restarts_under_load_decide_nothing(tmp_path: Path, own_p
     assert problems == [], "\n".join(problems[:30])
     outcomes = {seen["a"][sid]["status"] for sid in load.started}
     assert outcomes == {"completed", "compensated"}, outcomes
-    print(f"POST answers {dict(load.answers)}; /healthz 503s {unhealthy}")
+    print(f"POST answers {dict(load.answers)}; /healthz 503s {unhealthy}; all ended {all_ended:.1f}s after")
 
 
 # -- a full disk under a SQLite store ----------------------------------------------------------
@@ -232,7 +235,7 @@ async def test_a_participant_down_longer_than_the_retention_still_gets_its_outco
         told = (await c.start_session("a", "saga", 1, wait=True))["session_id"]
         for role in ROLES:
             await wait_status(c, role, told, {"completed"})
-        for role in ROLES:  # nothing left to redeliver: c can only learn the outcome by asking
+        for role in "ab":  # nothing left to redeliver: c can only learn the outcome by asking
             await _until(lambda r=role: _zero(c, r), 10, f"{role}'s outbox acknowledged")
         assert sqlite_rows(stores["c"], "SELECT status FROM acc_sessions WHERE session_id = ?", told) == [("finished",)]
         c.kill("c")
@@ -252,14 +255,19 @@ async def test_a_participant_down_longer_than_the_retention_still_gets_its_outco
         (tmp_path / "gate").touch()  # b goes on: it aborts `risky` for -1, commits it for 2
         await wait_status(c, "a", passing, {"completed"})  # ended at a, its outcome to c unsent
         await wait_status(c, "a", failing, {"compensating"})
+        # (The API may show its status before the group commit holding those rows is done.)
+        await _until(lambda: _unacked_to_c(stores["a"], passing) >= 1, 10, "a's outcome to c stored")
+        await _until(lambda: _unacked_to_c(stores["a"], failing) >= 1, 10, "a's failure to c stored")
         down = time.monotonic()
         while time.monotonic() - down < 10 * ft["retention"]:
             assert _unacked_to_c(stores["a"], passing) >= 1, "a pruned its unacknowledged outcome to c"
-            assert _unacked_to_c(stores["a"], failing) + _unacked_to_c(stores["b"], failing) >= 1
+            assert _unacked_to_c(stores["a"], failing) >= 1, "a pruned its unacknowledged failure to c"
             await asyncio.sleep(0.25)
         await c.restart("c")
         seen = await settled(c, ROLES, [failing, passing], timeout=30)
-        for role in ROLES:
+        # Everything a and b sent reached c. (c's own acknowledgement marks wait for its next
+        # commit, by this test's lazy_interval: its gauge may count rows a already holds.)
+        for role in "ab":
             await _until(lambda r=role: _zero(c, r), 15, f"{role}'s outbox acknowledged")
     assert {role: seen[role][failing]["status"] for role in ROLES} == dict.fromkeys(ROLES, "compensated")
     assert {role: seen[role][passing]["status"] for role in ROLES} == dict.fromkeys(ROLES, "completed")
