@@ -161,9 +161,9 @@ class HealthWatch:
                     self.problems.append(f"{role} /healthz answered {answer.status}: {answer.body!r}")
             await asyncio.sleep(0.05)
 
-    def unhealthy(self, role: str, after: float = 0.0) -> int:
-        """How often ``role`` answered 503 since ``after``."""
-        return sum(1 for t, r, s, _ in self.seen if r == role and s == 503 and t >= after)
+    def unhealthy(self, role: str, after: float = 0.0, before: float = float("inf")) -> int:
+        """How often ``role`` answered 503 between ``after`` and ``before``."""
+        return sum(1 for t, r, s, _ in self.seen if r == role and s == 503 and after <= t <= before)
 
 
 async def wait_health(cluster: ProcessCluster, role: str, status: int, timeout: float) -> float:
