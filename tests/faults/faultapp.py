@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import accompanist as ac
 from accompanist.engine.stepkey import current_step
 
-__all__ = ["A", "B", "C", "app", "effect", "read_effects", "read_tx"]
+__all__ = ["A", "B", "C", "app", "effect", "read_effects", "read_ledger", "read_tx"]
 
 A, B, C = ac.roles("a", "b", "c")
 
@@ -24,6 +25,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tx (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, what TEXT NOT NULL,
+    name TEXT NOT NULL, n INTEGER NOT NULL);
 """
 
 
@@ -183,8 +186,97 @@ def _slow_b(version: int) -> ac.Choreography:
     return slow_b
 
 
+# -- sagas: transactions whose commits and compensations are recorded by idempotency key ------
+def _book(ctx: ac.TxContext, what: str) -> None:
+    """Record ``what`` (commit or undo) of ``ctx``'s transaction once; count every call."""
+    db = _db(ctx.role)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT INTO ledger(key, session_id, what, name, n) VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT(key) DO UPDATE SET n = n + 1",
+            (f"{what}:{ctx.idempotency_key}", ctx.session_id, what, ctx.name),
+        )
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def read_ledger(directory: Path, role: str) -> list[tuple[str, str, str, int]]:
+    """``(session_id, what, name, calls)`` rows of ``role``'s saga ledger."""
+    path = directory / f"effects-{role}.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    try:
+        return [tuple(r) for r in db.execute("SELECT session_id, what, name, n FROM ledger").fetchall()]
+    finally:
+        db.close()
+
+
+def _saga_tx(name: str, fails: Callable[[int], bool]) -> ac.Transaction:
+    async def commit(ctx: ac.TxContext, value: int) -> int:
+        if fails(value):
+            raise ac.Abort(f"{name} refuses {value}")
+        await asyncio.to_thread(_book, ctx, "commit")
+        return value
+
+    async def undo(ctx: ac.TxContext, value: int, result: int) -> None:
+        await asyncio.to_thread(_book, ctx, "undo")
+
+    return ac.Transaction(name, commit, undo)
+
+
+reserve = _saga_tx("reserve", lambda v: False)
+charge = _saga_tx("charge", lambda v: v % 5 == 0)
+ship = _saga_tx("ship", lambda v: v % 7 == 0)
+
+
+@ac.choreography("saga", roles=(A, B, C))
+async def saga(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """b reserves, c charges (refuses multiples of 5), a ships (refuses multiples of 7)."""
+    at_b = await ch.comm(A, B, n)
+    await ch.transaction(B, reserve, at_b)
+    at_c = await ch.comm(B, C, at_b)
+    await ch.transaction(C, charge, at_c)
+    at_a = await ch.comm(C, A, at_c)
+    await ch.transaction(A, ship, at_a)
+    return at_a
+
+
+def saga_outcome(n: int) -> tuple[str, dict[str, list[str]]]:
+    """The outcome of ``saga(n)`` and the ledger entries (``what:name``) each role ends with."""
+    if n % 5 == 0:
+        return "compensated", {"a": [], "b": ["commit:reserve", "undo:reserve"], "c": []}
+    if n % 7 == 0:
+        return "compensated", {"a": [], "b": ["commit:reserve", "undo:reserve"], "c": ["commit:charge", "undo:charge"]}
+    return "completed", {"a": ["commit:ship"], "b": ["commit:reserve"], "c": ["commit:charge"]}
+
+
+async def gate(value: int) -> int:
+    """Wait until the file ``gate`` exists in FAULT_EFFECTS_DIR (the test opens it)."""
+    path = Path(os.environ.get("FAULT_EFFECTS_DIR", ".")) / "gate"
+    while not path.exists():  # noqa: ASYNC110 - waits for a file another process creates
+        await asyncio.sleep(0.05)
+    return value
+
+
+late_hold = _saga_tx("hold", lambda v: False)
+risky = _saga_tx("risky", lambda v: v < 0)
+
+
+@ac.choreography("late", roles=(A, B, C))
+async def late(ch: ac.Choreo, n: ac.Located[int]) -> ac.Located[int]:
+    """c commits ``hold`` and its part ends; b then waits at the gate and commits ``risky``,
+    which refuses negative numbers: a failure long after c finished."""
+    await ch.transaction(C, late_hold, await ch.comm(A, C, n))
+    at_b = await ch.locally(B, gate, await ch.comm(A, B, n))
+    await ch.transaction(B, risky, at_b)
+    return await ch.comm(B, A, at_b)
+
+
 _EXTRA = [echo_b, big, first, loop, _slow_b(2)]
 if os.environ.get("FAULT_WITHOUT_V1") != "1":  # a deployment that dropped version 1 of slow-b
     _EXTRA.append(_slow_b(1))
 
-app = ac.App(chain, pingpong, *_EXTRA)
+app = ac.App(chain, pingpong, saga, late, *_EXTRA)

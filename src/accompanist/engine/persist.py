@@ -51,6 +51,7 @@ class StoreGuard:
         self.last_error = ""
         self.failures = 0
         self._last_failure = 0.0
+        self._waiting = 0  # operations in a retry loop: until they pass, the store is failing
 
     @property
     def healthy(self) -> bool:
@@ -77,7 +78,9 @@ class StoreGuard:
             self._log.warning("the store failed; retrying until it answers: %s", exc)
 
     def _worked(self) -> None:
-        if self.failing_since is not None:
+        # A read that passes while a write waits for space (a full disk still serves reads)
+        # does not make the store healthy: /healthz would flap between 200 and 503.
+        if self.failing_since is not None and not self._waiting:
             self._log.warning("the store works again after %.1fs", time.time() - self.failing_since)
             self.failing_since = None
 
@@ -169,18 +172,34 @@ class StoreGuard:
         return result
 
     async def retry(self, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` until it succeeds, backing off between tries (cancellable).
+        """Run ``op`` until it succeeds, backing off between tries (cancellable). While it
+        waits, the store counts as failing, whatever other operations succeed meanwhile.
 
         Raises:
             StoreInputError: ``op`` was refused as invalid; not retried.
             StoreCorruptError: the store is damaged; not retried.
         """
         delay = _FIRST_DELAY
-        while True:
-            try:
-                return await self.once(op)
-            except (StoreInputError, StoreCorruptError):
-                raise
-            except StoreError:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
+        waiting = False
+        try:
+            while True:
+                try:
+                    result = await op()
+                except (StoreInputError, StoreCorruptError):
+                    raise
+                except StoreError as exc:
+                    self._failed(exc)
+                    if not waiting:
+                        waiting = True
+                        self._waiting += 1
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._retry_max)
+                    continue
+                if waiting:
+                    waiting = False
+                    self._waiting -= 1
+                self._worked()
+                return result
+        finally:
+            if waiting:
+                self._waiting -= 1
