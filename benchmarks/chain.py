@@ -161,6 +161,16 @@ class Setup:
     async def stop(self) -> None:
         await asyncio.gather(*(p.terminate(10) for p in self.procs))
 
+    def cpu(self, mode: str) -> dict[str, float]:
+        """CPU seconds (user + system) each sidecar of ``mode`` has used so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        used = {}
+        for role, proc in self.sidecars[mode].items():
+            assert proc.proc is not None
+            fields = Path(f"/proc/{proc.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used[role] = (int(fields[11]) + int(fields[12])) / ticks
+        return used
+
     async def commits(self, http: aiohttp.ClientSession) -> float:
         total = 0.0
         for proc in self.sidecars["fault-tolerant"].values():
@@ -273,10 +283,17 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 call = caller(variant, 2)
                 await _measure(call, 2, 200, 64)
                 before = await setup.commits(http)
+                cpu = setup.cpu(variant) if variant != "floor" else {}
                 lat, wall = await _measure(call, 2, args.throughput, 64)
+                cpu_after = setup.cpu(variant) if variant != "floor" else {}
                 throughput[variant] = {
                     "sessions_per_s": len(lat) / wall,
                     "p50_ms": statistics.median(lat) * 1000,
+                    "cpu_ms_per_session": {
+                        role: (cpu_after[role] - cpu[role]) * 1000 / len(lat) for role in ("start", "s1", "s2")
+                    }
+                    if cpu
+                    else {},
                     **(
                         {"commits_per_session": (await setup.commits(http) - before) / len(lat)}
                         if variant == "fault-tolerant"
@@ -343,7 +360,10 @@ def main(argv: list[str] | None = None) -> None:
         extra = f"  {row['commits_per_session']:.2f} commits/session" if "commits_per_session" in row else ""
         print(f"{name:<28} p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms{extra}")
     for variant, row in data["throughput"].items():
-        print(f"3-role chain, 64 in flight, {variant:<15} {row['sessions_per_s']:8.1f} sessions/s")
+        cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in row["cpu_ms_per_session"].items())
+        print(
+            f"3-role chain, 64 in flight, {variant:<15} {row['sessions_per_s']:8.1f} sessions/s  CPU ms/session: {cpu}"
+        )
     for name, ratio in data["ratios"].items():
         print(f"{name:<44} {ratio:5.2f}x")
 
