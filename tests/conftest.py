@@ -9,6 +9,19 @@ import pytest
 from tests.support.postgres import PostgresServer, PostgresUnavailableError
 
 
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, so stopping or restarting it disturbs nobody else."""
+    try:
+        server = PostgresServer.launch()
+    except PostgresUnavailableError as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL on 127.0.0.1 for the whole test session (skips when unavailable)."""

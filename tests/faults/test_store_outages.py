@@ -44,7 +44,7 @@ from tests.faults.outages import (
     wait_status,
 )
 from tests.integration.procs import ProcessCluster
-from tests.support.postgres import PostgresServer, PostgresUnavailableError
+from tests.support.postgres import PostgresServer
 
 ROLES = ("a", "b", "c")
 FT = ["--mode", "fault-tolerant", "--receive-timeout", "1"]
@@ -54,19 +54,6 @@ def _arguments(n: int, seed: int) -> list[int]:
     """``n`` saga arguments: about a third fail a step on purpose (multiples of 5 or 7)."""
     rng = random.Random(seed)
     return [rng.randrange(1, 10_000) for _ in range(n)]
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own: the test restarts it."""
-    try:
-        server = PostgresServer.launch()
-    except PostgresUnavailableError as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.mark.slow

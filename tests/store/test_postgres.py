@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from accompanist.errors import StoreCorruptError, StoreError
 from accompanist.store.base import SessionRecord, StoreCounts, WriteBatch
 from accompanist.store.postgres import PostgresStore, redact_dsn, schema_for_role
-from tests.support.postgres import PostgresServer, PostgresUnavailableError
+from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.postgres
 
@@ -20,30 +19,17 @@ def rec(sid: str) -> SessionRecord:
     return SessionRecord(session_id=sid, choreography="order", version=1, role="wh", status="running")
 
 
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    """A server of this test's own, so stopping it disturbs nobody else."""
-    try:
-        server = PostgresServer.launch()
-    except PostgresUnavailableError as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
-async def test_survives_server_restart(own_server: PostgresServer) -> None:
-    store = PostgresStore(own_server.dsn(), "wh", connect_timeout=2.0)
+async def test_survives_server_restart(own_postgres: PostgresServer) -> None:
+    store = PostgresStore(own_postgres.dsn(), "wh", connect_timeout=2.0)
     await store.open()
     try:
         await store.commit(WriteBatch(sessions=[rec("before")]))
-        await asyncio.to_thread(own_server.stop)
+        await asyncio.to_thread(own_postgres.stop)
         with pytest.raises(StoreError, match="unreachable"):
             await store.commit(WriteBatch(sessions=[rec("while-down")]))
         with pytest.raises(StoreError):
             await store.get_session("before")
-        await asyncio.to_thread(own_server.start)
+        await asyncio.to_thread(own_postgres.start)
         await store.commit(WriteBatch(sessions=[rec("after")]))  # the pool reconnects
         assert await store.get_session("before") is not None
         assert await store.get_session("while-down") is None
