@@ -323,7 +323,7 @@ def _plot(data: dict[str, Any], ns: list[int], delays: list[float], path: Path) 
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, len(ns), figsize=(4.5 * len(ns), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(ns), figsize=(max(7.5, 4.5 * len(ns)), 4.2), squeeze=False)
     for ax, n in zip(axes[0], ns, strict=True):
         for variant in VARIANTS:
             ys = [data["results"][f"N{n}/d{d}/{variant}"]["p50_ms"] for d in delays]
@@ -331,7 +331,7 @@ def _plot(data: dict[str, Any], ns: list[int], delays: list[float], path: Path) 
         ax.set_title(f"N = {n} services: p50 per token, ms")
         ax.set_xlabel("one-way delay per link, ms")
         ax.legend()
-    fig.suptitle("chain: choreography (default, fault-tolerant) vs raw-socket floor and orchestrator")
+    fig.suptitle("chain: choreography vs raw-socket floor and orchestrator")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
