@@ -50,15 +50,24 @@ def sidecar(
         str | None, _opt("LOOP", "Event loop: 'auto' (uvloop when installed), 'uvloop' or 'asyncio'.")
     ] = None,
     log_level: Annotated[str, typer.Option(envvar=_ENV + "LOG_LEVEL", help="Logging level.")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(envvar=_ENV + "LOG_FORMAT", help="'text' or 'json' (one object per line).")
+    ] = "text",
 ) -> None:
     """Run a sidecar: serve one role of every session of the app's choreographies."""
     from accompanist.sidecar.config import SidecarConfig
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if log_format not in ("text", "json"):
+        typer.echo(f"error: --log-format must be 'text' or 'json', got {log_format!r}", err=True)
+        raise typer.Exit(2)
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from accompanist.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
     overrides: dict[str, Any] = {
         "app": app,
         "role": role,

@@ -256,6 +256,7 @@ class Engine(Runs):
                 await self.guard.commit_once(WriteBatch(sessions=[msgspec.structs.replace(record)]))
                 await self.emit(starts)
                 self.spawn(run)
+                self.event(record, "start")
                 return sid
             # The record goes with the session's first commit, made before its first step with
             # an effect (often with its first sends): the id is returned once it is durable, and
@@ -266,6 +267,7 @@ class Engine(Runs):
             run.starting = asyncio.get_running_loop().create_future()
             self.spawn(run)
         await run.starting
+        self.event(run.record, "start")
         return sid
 
     async def _taken(self, session_id: str, choreography: Choreography) -> bool:

@@ -250,6 +250,7 @@ class Inbound:
             seed=new_seed(),
         )
         run = SessionRun(e, record, choreography)
+        e.event(record, "joined", before=None)
         inbox = [envelope] if e.durable else []
         if kind == EnvelopeKind.FAILURE:  # failed before it reached us: nothing to undo here
             decided = failure_of(envelope.payload)

@@ -42,6 +42,7 @@ from accompanist.failure import Failure
 from accompanist.interpreters.common import Committed, session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreography import App, Choreography
+from accompanist.logs import SESSION_LOGGER, session_event
 from accompanist.store.base import TERMINAL_STATUSES, AtomicScope, SessionRecord, SessionStatus, Store, WriteBatch
 from accompanist.transport.base import Transport
 
@@ -79,6 +80,7 @@ class Runs:
         self.transport = transport
         self.config = config or EngineConfig()
         self.log = log or logging.getLogger(f"accompanist.engine.{role}")
+        self.events = logging.getLogger(SESSION_LOGGER)  # one line per session event
         self.metrics = Metrics(role)
         stats = getattr(store, "commit_stats", None)
         if stats is not None:
@@ -208,9 +210,34 @@ class Runs:
         waiting = status in _AWAITING
         if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
+        self.event(record, status, before=before.status, failure=failure)
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
             await self.ended(record)
         return record
+
+    def event(
+        self, record: SessionRecord, event: str, *, before: str | None = None, failure: Failure | None = None
+    ) -> None:
+        """Log one session event (see :mod:`accompanist.logs`): outcomes, parks, divergences and
+        replays at INFO; a part joined, finished or resumed at DEBUG."""
+        level = logging.DEBUG if event in (S.FINISHED, S.RUNNING, "joined") else logging.INFO
+        session_event(
+            self.events,
+            event,
+            session_id=record.session_id,
+            role=self.role,
+            choreography=record.choreography,
+            version=record.version,
+            level=level,
+            status=record.status,
+            previous=before,
+            reason=record.error if event == S.PARKED else None,
+            failed_role=failure.role if failure else None,
+            error_type=failure.error_type if failure else None,
+            error=failure.message if failure else None,
+            step=failure.step if failure else None,
+            attempts=record.attempts or None,
+        )
 
     async def write(self, run: SessionRun, envelopes: Sequence[Envelope] = (), batch: WriteBatch | None = None) -> None:
         """Store what the run has not saved yet (and, durably, ``envelopes``) without a status
@@ -322,6 +349,7 @@ class Runs:
         if status in (S.RUNNING, S.PARKED, S.DIVERGED):
             run = await self.load(record, choreography, projection=True)
             self.metrics.replays.inc()
+            self.event(record, "replay")
             sends: list[Envelope] = []
             if status == S.DIVERGED and self._diverged_here(record):  # fixed code deployed: tell the others
                 sends = [self.control(run, r, EnvelopeKind.RESUME, b"", record.attempts) for r in self.peers_of(run)]
