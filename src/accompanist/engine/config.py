@@ -88,3 +88,4 @@ class EngineConfig:
     memory_keep: int = 100_000
     memory_retention: float = 3600.0
     lazy_interval: float = 0.1
+    traces_file: str | None = None

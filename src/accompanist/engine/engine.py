@@ -159,6 +159,7 @@ class Engine(Runs):
             await self.guard.flush()  # the deferred writes (acknowledgement marks, outcomes)
         await self.transport.close()
         await self.store.close()
+        self.tracing.close()
 
     @property
     def live_sessions(self) -> int:

@@ -18,6 +18,7 @@ from accompanist.engine.persist import StoreGuard
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.envelope import Envelope
 from accompanist.store.base import AtomicScope
+from accompanist.tracing import Tracing
 
 __all__ = ["Host"]
 
@@ -32,6 +33,7 @@ class Host(Protocol):
     metrics: Metrics
     registry: TransactionRegistry
     guard: StoreGuard
+    tracing: Tracing
 
     def atomic(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AtomicScope]] | None:
         """The store's atomic scope for ``atomic=True`` transactions (fault-tolerant mode), or None."""

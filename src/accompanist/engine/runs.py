@@ -44,6 +44,7 @@ from accompanist.interpreters.projected import project
 from accompanist.language.choreography import App, Choreography
 from accompanist.logs import SESSION_LOGGER, session_event
 from accompanist.store.base import TERMINAL_STATUSES, AtomicScope, SessionRecord, SessionStatus, Store, WriteBatch
+from accompanist.tracing import Tracing, setup_tracing
 from accompanist.transport.base import Transport
 
 __all__ = ["Runs"]
@@ -73,6 +74,7 @@ class Runs:
         transport: Transport,
         config: EngineConfig | None = None,
         log: logging.Logger | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self.role = role
@@ -81,6 +83,7 @@ class Runs:
         self.config = config or EngineConfig()
         self.log = log or logging.getLogger(f"accompanist.engine.{role}")
         self.events = logging.getLogger(SESSION_LOGGER)  # one line per session event
+        self.tracing = tracing or setup_tracing(role, self.config.traces_file)
         self.metrics = Metrics(role)
         stats = getattr(store, "commit_stats", None)
         if stats is not None:
@@ -211,6 +214,8 @@ class Runs:
         if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
         self.event(record, status, before=before.status, failure=failure)
+        if status in TERMINAL_STATUSES and self.tracing.enabled:
+            self.tracing.end(record.session_id, status)
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
             await self.ended(record)
         return record
@@ -360,6 +365,11 @@ class Runs:
             if status == S.FINISHED and run.initiator:
                 outcome.restore_contacts(run)
         self.spawn(run)
+        if self.tracing.enabled and run.journal:  # replayed steps emit no spans: this one says how many
+            with self.tracing.step(
+                record.session_id, "replay", replayed_steps=len(run.journal), attempt=record.attempts
+            ):
+                pass
         return run
 
     def spawn(self, run: SessionRun) -> None:
@@ -368,6 +378,9 @@ class Runs:
         if self.stopping:
             return
         self.live[run.session_id] = run
+        if self.tracing.enabled:
+            c = run.choreography
+            self.tracing.session(run.session_id, c.name, c.version, c.initiator.name)
         if run.record.status in _AWAITING:
             self.metrics.awaiting_outcome.inc()
         run.task = asyncio.create_task(self._drive(run), name=f"session-{run.session_id}")

@@ -49,6 +49,7 @@ from accompanist.language.choreography import Choreography
 from accompanist.language.steps import Step, StepKind
 from accompanist.language.transaction import Transaction, TxContext, commit_with_retry
 from accompanist.store.base import JournalEntry, SessionRecord, TxRecord
+from accompanist.tracing import session_span_id, trace_id_of
 
 if TYPE_CHECKING:
     from accompanist.engine.host import Host
@@ -104,14 +105,13 @@ def new_seed() -> bytes:
 def trace_id(session_id: str) -> str:
     """The W3C trace id of a session (one session is one trace): its UUID's hex, or a hash
     of an id the client chose."""
-    try:
-        return uuid.UUID(session_id).hex
-    except ValueError:
-        return hashlib.blake2b(session_id.encode(), digest_size=16).hexdigest()
+    return f"{trace_id_of(session_id):032x}"
 
 
-def _traceparent(session_id: str) -> str:
-    return f"00-{trace_id(session_id)}-{os.urandom(8).hex()}-01"
+def _traceparent(session_id: str, role: str) -> str:
+    """W3C trace context of the envelopes a role sends: the session's trace, the role's
+    session span (see :mod:`accompanist.tracing`), the same after a replay."""
+    return f"00-{trace_id(session_id)}-{session_span_id(session_id, role):016x}-01"
 
 
 def _derive(seed: bytes, kind: StepKind, step: int) -> Any:
@@ -187,7 +187,7 @@ class SessionRun:
         self._defer_to = initiator if record.role != initiator else None
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
-        self._traceparent = _traceparent(record.session_id)
+        self._traceparent = _traceparent(record.session_id, record.role)
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
@@ -242,6 +242,10 @@ class SessionRun:
                 await self.signal.wait()
 
     # -- journal -----------------------------------------------------------------------------
+    def _replayed(self, step: Step) -> bool:
+        """Whether ``step`` is replayed from the journal (checked against it by :meth:`_recorded`)."""
+        return self.durable and step.index < len(self.journal)
+
     def _recorded(self, step: Step) -> JournalEntry | None:
         """The journal entry for ``step`` if this step is a replay; checks it matches."""
         if not self.durable or step.index >= len(self.journal):
@@ -284,6 +288,15 @@ class SessionRun:
 
     # -- StepRunner --------------------------------------------------------------------------
     async def send(self, step: Step, value: Any) -> None:
+        """Traced (when tracing is on) unless the step is replayed; see :meth:`_send`."""
+        tracing = self.host.tracing
+        if not tracing.enabled or self._replayed(step):
+            await self._send(step, value)
+            return
+        with tracing.step(self.session_id, "send", peer=step.dst, seq=step.seq, step=step.index):
+            await self._send(step, value)
+
+    async def _send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
         await self.flush(sending=True)
         self._start_step(step)
@@ -377,6 +390,15 @@ class SessionRun:
         return msgspec.structs.replace(envelope, headers={**envelope.headers, DONE_HEADER: done})
 
     async def recv(self, step: Step) -> Any:
+        """Traced (when tracing is on) unless the step is replayed; see :meth:`_recv`."""
+        tracing = self.host.tracing
+        if not tracing.enabled or self._replayed(step):
+            return await self._recv(step)
+
+        with tracing.step(self.session_id, "receive", peer=step.src, seq=step.seq, step=step.index):
+            return await self._recv(step)
+
+    async def _recv(self, step: Step) -> Any:
         """Receive one message: from the mailbox, fed by the transport and (on replay) the inbox."""
         await self.flush()
         self._start_step(step)
@@ -402,6 +424,15 @@ class SessionRun:
         return value
 
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
+        """Traced (when tracing is on) unless the step is replayed; see :meth:`_local`."""
+        tracing = self.host.tracing
+        if not tracing.enabled or self._replayed(step):
+            return await self._local(step, thunk)
+
+        with tracing.step(self.session_id, "local", step=step.index):
+            return await self._local(step, thunk)
+
+    async def _local(self, step: Step, thunk: LocalThunk) -> Any:
         """Run a local step, or return its recorded result when replaying (journal policy)."""
         await self.flush()
         self._start_step(step)
@@ -443,6 +474,15 @@ class SessionRun:
         return number
 
     async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
+        """Traced (when tracing is on) unless the step is replayed; see :meth:`_transaction`."""
+        tracing = self.host.tracing
+        if not tracing.enabled or self._replayed(step):
+            return await self._transaction(step, tx, args)
+
+        with tracing.step(self.session_id, "transaction", step=step.index, transaction=tx.name):
+            return await self._transaction(step, tx, args)
+
+    async def _transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
         and a commit that failed before fails again without running."""
         await self.flush()

@@ -226,6 +226,8 @@ def _convert_engine(key: str, value: Any, annotation: Any) -> Any:
             return ReplayPolicy(str(value))
         except ValueError:
             raise ConfigError(f"replay_policy must be 'journal' or 'rerun', got {value!r}") from None
+    if "str" in text:
+        return str(value) or None
     if "int" in text:
         number = _to_int(key, value)
         if number < 1:
