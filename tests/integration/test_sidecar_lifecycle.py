@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import accompanist as ac
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.store.base import SessionStatus
 from accompanist.store.url import open_store
-from tests.integration.procs import ProcessCluster, free_port
+from tests.integration.procs import ROOT, ProcessCluster, free_port
 
 
 @pytest.mark.parametrize("mode", [Mode.DEFAULT, Mode.FAULT_TOLERANT])
@@ -75,3 +79,28 @@ async def test_overload_answers_429(tmp_path: Path) -> None:
         assert status == 429 and "max_inflight=1" in body["error"]
         status, done = await cluster.request("GET", "a", f"/sessions/{first['session_id']}")
         assert status == 200
+
+
+@pytest.mark.parametrize("mode", ["default", "fault-tolerant"])
+@pytest.mark.parametrize("taken", ["--listen", "--api"])
+def test_a_sidecar_on_a_taken_port_exits_non_zero_at_once(tmp_path: Path, mode: str, taken: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ports = ["--listen", f"127.0.0.1:{port}"] if taken == "--listen" else ["--listen", "127.0.0.1:0"]
+        ports += ["--api", f"127.0.0.1:{port}"] if taken == "--api" else []
+        cmd = [sys.executable, "-m", "accompanist", "sidecar", "--app", "examples.app:app", "--role", "buyer",
+               "--mode", mode, "--store", f"sqlite:///{tmp_path / 'buyer.db'}" if mode != "default" else "memory:",
+               *ports]  # fmt: skip
+        began = time.monotonic()
+        # Before the fix, a fault-tolerant sidecar printed the error and hung (its store's writer
+        # thread was left open), and a taken API port gave a traceback.
+        done = subprocess.run(
+            cmd, cwd=tmp_path, capture_output=True, text=True, timeout=30, env={"PYTHONPATH": str(ROOT)}
+        )
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - began < 15
+    where = "cannot listen" if taken == "--listen" else "the API cannot listen"
+    assert f"{where} on 127.0.0.1:{port}" in done.stderr and "address already in use" in done.stderr
+    assert "Traceback" not in done.stderr and "│" not in done.stderr

@@ -34,6 +34,7 @@ from accompanist.errors import (
     OverloadedError,
     SessionError,
     StoreError,
+    TransportError,
     UnknownChoreographyError,
     UnknownSessionError,
 )
@@ -284,11 +285,19 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
-    """Start serving ``app``; return the runner (to clean up) and the bound address."""
+    """Start serving ``app``; return the runner (to clean up) and the bound address.
+
+    Raises:
+        TransportError: the address cannot be bound (taken, or not this host's).
+    """
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise TransportError(f"the API cannot listen on {host}:{port}: {exc}") from exc
     bound = (host, port)
     for address in runner.addresses:  # the real port when 0 was asked for
         if isinstance(address, tuple) and len(address) >= 2:
