@@ -13,13 +13,14 @@ import typer
 
 from accompanist._version import __version__
 from accompanist.cli.check import check
+from accompanist.cli.inspect import sessions, show
 from accompanist.cli.sidecar import sidecar
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="accompanist",
-    help="Resilient choreographic programming: check choreographies and run sidecars.",
+    help="Resilient choreographic programming: check choreographies, run sidecars, inspect sessions.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -45,6 +46,8 @@ def _root(
 # One line per command module; each module holds one command function.
 app.command("check")(check)
 app.command("sidecar")(sidecar)
+app.command("sessions")(sessions)
+app.command("show")(show)
 
 
 def main() -> None:
