@@ -121,3 +121,39 @@ async def test_a_crash_and_replay_adds_no_duplicate_span(tmp_path: Path) -> None
     assert replays[0]["attributes"]["accompanist.replayed_steps"] >= 2
     # Every step of a's part is traced exactly once across its two lives.
     assert sorted(k[1] for k in steps if k[0] == "a") == ["local", "receive", "receive", "send", "send"]
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of one sample line ``name value`` (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_the_metrics_move_through_a_real_run(tmp_path: Path) -> None:
+    async with _cluster(tmp_path, FAULT_PAUSE="1") as cluster:
+        for n in (1, 5):  # completed, then compensated (c refuses multiples of 5)
+            status, body = await cluster.request(
+                "POST", "a", "/sessions?wait=true", json={"choreography": "saga", "args": [n]}
+            )
+            assert status == 200, body
+        started = await cluster.start_session("a", "pingpong", 2, wait=False)
+        await asyncio.sleep(0.6)  # a is in its slow step
+        cluster.kill("a")
+        await cluster.restart("a")
+        for _ in range(200):
+            record = await cluster.session("a", started["session_id"])
+            if record is not None and record["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        _, text = await cluster.request("GET", "a", "/metrics")
+        _, at_c = await cluster.request("GET", "c", "/metrics")
+    assert _metric(text, 'accompanist_sessions_ended_total{status="completed"}') >= 1
+    assert _metric(at_c, 'accompanist_sessions_ended_total{status="compensated"}') >= 1
+    assert _metric(at_c, 'accompanist_step_seconds_count{kind="transaction"}') >= 2
+    assert _metric(text, 'accompanist_step_seconds_count{kind="receive"}') >= 1  # counted after the restart
+    assert _metric(text, "accompanist_replay_seconds_count") == 1
+    assert _metric(text, "accompanist_replays_total") == 1
+    assert _metric(text, "accompanist_store_commit_seconds_count") >= 1
+    assert "accompanist_outbox_oldest_unacked_seconds" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
@@ -62,6 +64,37 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+
+        fast = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+        self.step_seconds = Histogram(
+            "accompanist_step_seconds",
+            "A live step's duration at this role (a receive's includes its wait), by kind",
+            ["kind"],
+            buckets=fast,
+            registry=r,
+        )
+        self._steps: dict[str, Any] = {}
+        self.replay_seconds = Histogram(
+            "accompanist_replay_seconds",
+            "Loading and resuming a stored session (before its replay runs on)",
+            buckets=fast,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "accompanist_store_commit_seconds", "One durable commit of the engine's writes", buckets=fast, registry=r
+        )
+        self.outbox_oldest = Gauge(
+            "accompanist_outbox_oldest_unacked_seconds",
+            "Age of the oldest unacknowledged outbox envelope (0 when none)",
+            registry=r,
+        )
+
+    def step(self, kind: str, seconds: float) -> None:
+        """Observe one live step (the labelled child is looked up once per kind)."""
+        child = self._steps.get(kind)
+        if child is None:
+            child = self._steps[kind] = self.step_seconds.labels(kind=kind)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

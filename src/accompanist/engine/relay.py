@@ -76,6 +76,7 @@ class Relay:
         self._inflight: set[tuple[str, str, str, int]] = set()
         self._backoff: dict[str, _Backoff] = {}
         self._row_backoff: dict[tuple[str, str, str, int], _Backoff] = {}
+        self._pending_since: dict[tuple[str, str, str, int], float] = {}  # key -> first seen pending (monotonic)
         self._on_refused = on_refused
         self._destinations = sorted(set(destinations))
         self._on_acked = on_acked
@@ -212,6 +213,12 @@ class Relay:
             self._metrics.outbox_unacked.set(len(pending))
             self._wakeup.clear()
             keep = {e.key for e in pending}
+            for key in keep:
+                self._pending_since.setdefault(key, now)
+            for key in [k for k in self._pending_since if k not in keep]:
+                del self._pending_since[key]
+            oldest = min(self._pending_since.values(), default=now)
+            self._metrics.outbox_oldest.set(now - oldest)
             for key in [k for k in self._row_backoff if k not in keep]:
                 del self._row_backoff[key]
             for key in [k for k, at in self._acked.items() if k not in keep or at < now - _ACKED_FOR]:

@@ -90,6 +90,7 @@ class Runs:
             self.metrics.store_commits.set_function(lambda: float(store.commit_stats.transactions))  # type: ignore[attr-defined]
         self.durable = self.config.mode is Mode.FAULT_TOLERANT
         self.guard = StoreGuard(store, self.config.store_retry_max, self.log, self.config.lazy_interval)
+        self.guard.on_commit = self.metrics.commit_seconds.observe
         self.registry = TransactionRegistry(app)
         self.relay = (
             Relay(
@@ -352,7 +353,9 @@ class Runs:
             return None
         record.attempts += 1  # resumed once more after a stop (saved with its next change)
         if status in (S.RUNNING, S.PARKED, S.DIVERGED):
+            began = time.perf_counter()
             run = await self.load(record, choreography, projection=True)
+            self.metrics.replay_seconds.observe(time.perf_counter() - began)
             self.metrics.replays.inc()
             self.event(record, "replay")
             sends: list[Envelope] = []

@@ -22,8 +22,8 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -50,6 +50,8 @@ from accompanist.language.steps import Step, StepKind
 from accompanist.language.transaction import Transaction, TxContext, commit_with_retry
 from accompanist.store.base import JournalEntry, SessionRecord, TxRecord
 from accompanist.tracing import session_span_id, trace_id_of
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from accompanist.engine.host import Host
@@ -287,14 +289,25 @@ class SessionRun:
         return pending
 
     # -- StepRunner --------------------------------------------------------------------------
+    async def _live(self, kind: str, step: Step, work: Awaitable[T], **attrs: Any) -> T:
+        """Run a live step: its duration goes to ``accompanist_step_seconds``, and a span to the
+        tracer when tracing is on (replayed steps get neither: they did not run again)."""
+        began = time.perf_counter()
+        try:
+            tracing = self.host.tracing
+            if not tracing.enabled:
+                return await work
+            with tracing.step(self.session_id, kind, step=step.index, **attrs):
+                return await work
+        finally:
+            self.host.metrics.step(kind, time.perf_counter() - began)
+
     async def send(self, step: Step, value: Any) -> None:
-        """Traced (when tracing is on) unless the step is replayed; see :meth:`_send`."""
-        tracing = self.host.tracing
-        if not tracing.enabled or self._replayed(step):
+        """Timed and traced (when tracing is on) unless replayed; see :meth:`_send`."""
+        if self._replayed(step):
             await self._send(step, value)
             return
-        with tracing.step(self.session_id, "send", peer=step.dst, seq=step.seq, step=step.index):
-            await self._send(step, value)
+        await self._live("send", step, self._send(step, value), peer=step.dst, seq=step.seq)
 
     async def _send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
@@ -390,13 +403,10 @@ class SessionRun:
         return msgspec.structs.replace(envelope, headers={**envelope.headers, DONE_HEADER: done})
 
     async def recv(self, step: Step) -> Any:
-        """Traced (when tracing is on) unless the step is replayed; see :meth:`_recv`."""
-        tracing = self.host.tracing
-        if not tracing.enabled or self._replayed(step):
+        """Timed and traced (when tracing is on) unless replayed; see :meth:`_recv`."""
+        if self._replayed(step):
             return await self._recv(step)
-
-        with tracing.step(self.session_id, "receive", peer=step.src, seq=step.seq, step=step.index):
-            return await self._recv(step)
+        return await self._live("receive", step, self._recv(step), peer=step.src, seq=step.seq)
 
     async def _recv(self, step: Step) -> Any:
         """Receive one message: from the mailbox, fed by the transport and (on replay) the inbox."""
@@ -424,13 +434,10 @@ class SessionRun:
         return value
 
     async def local(self, step: Step, thunk: LocalThunk) -> Any:
-        """Traced (when tracing is on) unless the step is replayed; see :meth:`_local`."""
-        tracing = self.host.tracing
-        if not tracing.enabled or self._replayed(step):
+        """Timed and traced (when tracing is on) unless replayed; see :meth:`_local`."""
+        if self._replayed(step):
             return await self._local(step, thunk)
-
-        with tracing.step(self.session_id, "local", step=step.index):
-            return await self._local(step, thunk)
+        return await self._live("local", step, self._local(step, thunk))
 
     async def _local(self, step: Step, thunk: LocalThunk) -> Any:
         """Run a local step, or return its recorded result when replaying (journal policy)."""
@@ -474,13 +481,10 @@ class SessionRun:
         return number
 
     async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
-        """Traced (when tracing is on) unless the step is replayed; see :meth:`_transaction`."""
-        tracing = self.host.tracing
-        if not tracing.enabled or self._replayed(step):
+        """Timed and traced (when tracing is on) unless replayed; see :meth:`_transaction`."""
+        if self._replayed(step):
             return await self._transaction(step, tx, args)
-
-        with tracing.step(self.session_id, "transaction", step=step.index, transaction=tx.name):
-            return await self._transaction(step, tx, args)
+        return await self._live("transaction", step, self._transaction(step, tx, args), transaction=tx.name)
 
     async def _transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
