@@ -170,3 +170,53 @@ async def test_bad_paths(tmp_path: Path, setup: Callable[[Path], None], match: s
     setup(path)
     with pytest.raises(StoreError, match=match):
         await SQLiteStore(path, "wh").open()
+
+
+def _cut_checkpoint(path: Path) -> None:
+    """Leave ``path`` as a crash in the middle of a WAL checkpoint does: page 1 (the header,
+    with the new page count) already written to the main file, the file not yet extended,
+    the WAL still holding every page. Nothing is lost: SQLite reads the pages from the WAL."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.executemany("INSERT INTO t (v) VALUES (?)", [(b"y" * 300,) for _ in range(400)])
+    old_main = path.read_bytes()
+    wal = path.with_name(path.name + "-wal").read_bytes()
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    new_main = path.read_bytes()
+    db.close()
+    page = int.from_bytes(new_main[16:18], "big")
+    assert len(new_main) > len(old_main), "the checkpoint grew the file"
+    path.write_bytes(new_main[:page] + old_main[page:])  # header says more pages than the file holds
+    path.with_name(path.name + "-wal").write_bytes(wal)
+
+
+async def test_a_store_cut_mid_checkpoint_opens_with_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "wh.db"
+    await make_store(path, sessions=50)
+    _cut_checkpoint(path)
+    header = path.read_bytes()[:100]
+    pages, page = int.from_bytes(header[28:32], "big"), int.from_bytes(header[16:18], "big")
+    assert path.stat().st_size < pages * page, "the main file is shorter than its header says"
+    store = SQLiteStore(path, "wh")
+    await store.open()  # before the fix: refused as "truncated"
+    try:
+        assert len(await store.list_sessions(limit=1000)) == 50
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (400,)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
+async def test_a_refusal_never_advises_discarding_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "wh.db"
+    await make_store(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    error = await refused(path, match="truncated")
+    assert "move this file away" not in str(error)
+    assert "keep a copy of wh.db, wh.db-wal and wh.db-shm" in str(error) and ".recover" in str(error)

@@ -137,16 +137,41 @@ class SQLiteStore(SQLStore):
         return f"SQLiteStore({str(self.path)!r}, role={self.role!r})"
 
     def _corrupt(self, what: str) -> StoreCorruptError:
+        name = self.path.name
         return StoreCorruptError(
-            f"{self._name} cannot be used by role '{self.role}': {what}. The file was left unchanged; "
-            "point the sidecar at another path, or move this file away to start with an empty store."
+            f"{self._name} cannot be used by role '{self.role}': {what}. The files were left unchanged. "
+            f"It may hold sessions that are still running: keep a copy of {name}, {name}-wal and {name}-shm "
+            f"together (copy all three) before anything else; `sqlite3 {name} .recover` can rescue the rows "
+            "of a damaged file into a new one. To serve meanwhile, point the sidecar at another path."
         )
 
     def _error(self, exc: BaseException) -> StoreError:
         text = str(exc)
         if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
             return self._corrupt(f"the database is damaged ({text})")
+        if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text or "unable to open" in text):
+            return StoreError(f"{self._name}: {text}: {self._access_problem()}")
         return StoreError(f"{self._name}: {type(exc).__name__}: {text}")
+
+    def _access_problem(self) -> str:
+        """Why SQLite could not open or write the store, as far as the file system tells."""
+        directory = self.path.parent
+        uid = os.geteuid() if hasattr(os, "geteuid") else "?"
+        if not directory.is_dir():
+            return f"directory {str(directory)!r} does not exist; create it or choose another store path"
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            return (
+                f"the file is read-only for this process (uid {uid}); make it writable (chmod u+w) or run as its owner"
+            )
+        if not os.access(directory, os.W_OK):
+            return (
+                f"directory {str(directory)!r} is not writable by this process (uid {uid}): SQLite must create "
+                f"{self.path.name}-wal and {self.path.name}-shm beside the store; fix its permissions"
+            )
+        return (
+            "the file system refused the write (mounted read-only, immutable, or full); "
+            "make it writable, or choose another store path"
+        )
 
     async def open(self) -> None:
         """Check the file read-only, then create or migrate the schema and start the writer.
@@ -217,6 +242,9 @@ class SQLiteStore(SQLStore):
         if size % page_size:
             raise self._corrupt(f"the file is truncated ({size} bytes is not a whole number of {page_size}-byte pages)")
         pages = int.from_bytes(header[28:32], "big")
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            return False  # a checkpoint was cut short: the WAL holds the rest; quick_check judges
         if pages and header[24:28] == header[92:96] and size < pages * page_size:
             raise self._corrupt(f"the file is truncated (its header says {pages} pages, it holds {size // page_size})")
         return False
