@@ -49,6 +49,15 @@ def sidecar(
     loop: Annotated[
         str | None, _opt("LOOP", "Event loop: 'auto' (uvloop when installed), 'uvloop' or 'asyncio'.")
     ] = None,
+    insecure: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure",
+            envvar=_ENV + "INSECURE",
+            help="Allow a peer endpoint off loopback without --hmac-key or TLS (unauthenticated).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar=_ENV + "LOG_LEVEL", help="Logging level.")] = "INFO",
     log_format: Annotated[
         str, typer.Option(envvar=_ENV + "LOG_FORMAT", help="'text' or 'json' (one object per line).")
@@ -88,6 +97,7 @@ def sidecar(
         "tls_ca": tls_ca,
         "grace": grace,
         "loop": loop,
+        "insecure": insecure,
     }
     try:
         # Precedence: options (typer also reads their ACCOMPANIST_* variables), then the

@@ -73,6 +73,17 @@ class SidecarConfig:
         max_frame: largest accepted frame in bytes.
         loop: the event loop of ``accompanist sidecar``: ``auto`` (uvloop when installed,
             the faster one), ``uvloop`` or ``asyncio``.
+        peer_max_connections: incoming peer connections open at once (more are closed at once).
+        peer_max_connections_per_address: the same, per remote IP address.
+        peer_first_frame_timeout: seconds a new peer connection has to send its first frame
+            header (and to finish its TLS handshake).
+        peer_frame_timeout: seconds the rest of a frame may take once its header arrived.
+        peer_idle_timeout: seconds a peer connection may stay silent when no answer is owed.
+        peer_unauth_frame_limit: largest frame read freely from a connection that has not sent
+            a verified frame yet (always so without hmac_key or TLS), in bytes.
+        peer_unauth_budget: bytes all such connections together may be reading in larger frames.
+        insecure: allow a peer endpoint off loopback without hmac_key or TLS (anyone who can
+            reach it can forge envelopes).
         engine: timeouts, bounds, retries and retention (see ``EngineConfig``).
     """
 
@@ -91,6 +102,14 @@ class SidecarConfig:
     tls_ca: str | None = None
     max_frame: int = 4 * 1024 * 1024
     loop: str = "auto"
+    peer_max_connections: int = 512
+    peer_max_connections_per_address: int = 64
+    peer_first_frame_timeout: float = 10.0
+    peer_frame_timeout: float = 10.0
+    peer_idle_timeout: float = 300.0
+    peer_unauth_frame_limit: int = 64 * 1024
+    peer_unauth_budget: int = 8 * 1024 * 1024
+    insecure: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
@@ -168,8 +187,12 @@ class SidecarConfig:
                 kwargs[key] = parse_peers(value)
             elif key == "old_hmac_keys":
                 kwargs[key] = dict(value) if isinstance(value, Mapping) else _pairs(value, key)
-            elif key == "max_frame":
+            elif key == "max_frame" or key in _PEER_INT_KEYS:
                 kwargs[key] = _to_int(key, value)
+            elif key in _PEER_FLOAT_KEYS:
+                kwargs[key] = _to_float(key, value)
+            elif key == "insecure":
+                kwargs[key] = _to_bool(key, value)
             else:
                 kwargs[key] = None if value is None else str(value)
         sync = str(kwargs.get("sqlite_synchronous", "FULL")).upper()
@@ -183,6 +206,23 @@ class SidecarConfig:
         except (TypeError, ValueError) as exc:  # pragma: no cover - conversions above catch these
             raise ConfigError(str(exc)) from exc
         return cls(engine=engine, **kwargs)
+
+
+_PEER_INT_KEYS = frozenset(
+    {"peer_max_connections", "peer_max_connections_per_address", "peer_unauth_frame_limit", "peer_unauth_budget"}
+)
+_PEER_FLOAT_KEYS = frozenset({"peer_first_frame_timeout", "peer_frame_timeout", "peer_idle_timeout"})
+
+
+def _to_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
 def _known_keys() -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from types import TracebackType
 from typing import Any
@@ -16,7 +17,7 @@ from accompanist.sidecar.api import build_api, serve
 from accompanist.sidecar.config import SidecarConfig
 from accompanist.store.base import SessionRecord, Store
 from accompanist.store.url import open_store
-from accompanist.transport.tcp import TcpTransport, tls_contexts
+from accompanist.transport.tcp import PeerLimits, TcpTransport, tls_contexts
 
 __all__ = ["Sidecar"]
 
@@ -68,10 +69,11 @@ class Sidecar:
     def _make_transport(self) -> Any:
         c = self.config
         keys: dict[str, bytes] | None = None
+        tls = bool(c.tls_cert and c.tls_key)
         if c.hmac_key:
             keys = {c.hmac_key_id: c.hmac_key.encode()}
             keys.update({k: v.encode() for k, v in c.old_hmac_keys.items()})
-        else:
+        elif not tls:
             self.log.warning(
                 "no hmac_key configured: frames between sidecars are not authenticated "
                 "(fine for local development only)"
@@ -90,6 +92,26 @@ class Sidecar:
             ssl_server=ssl_server,
             ssl_client=ssl_client,
             max_frame=c.max_frame,
+            limits=PeerLimits(
+                max_connections=c.peer_max_connections,
+                max_connections_per_address=c.peer_max_connections_per_address,
+                first_frame_timeout=c.peer_first_frame_timeout,
+                frame_timeout=c.peer_frame_timeout,
+                idle_timeout=c.peer_idle_timeout,
+                unauth_frame_limit=c.peer_unauth_frame_limit,
+                unauth_budget=c.peer_unauth_budget,
+            ),
+        )
+
+    def _check_peer_security(self) -> None:
+        """Refuse an unauthenticated peer endpoint off loopback unless ``insecure`` says so."""
+        c = self.config
+        if c.hmac_key or (c.tls_cert and c.tls_key) or c.insecure or is_loopback(c.listen[0]):
+            return
+        raise ConfigError(
+            f"refusing to listen for peers on {c.listen[0]}:{c.listen[1]} without hmac_key or TLS: anyone "
+            "who can reach it could forge envelopes; set --hmac-key or --tls-cert/--tls-key/--tls-ca, "
+            "listen on 127.0.0.1, or pass --insecure (ACCOMPANIST_INSECURE=1)"
         )
 
     async def start(self) -> None:
@@ -100,6 +122,8 @@ class Sidecar:
             ConfigError: a malformed setting.
         """
         c = self.config
+        if self._transport is None:
+            self._check_peer_security()  # before anything is opened
         store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
         transport = self._transport or self._make_transport()
         self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
@@ -193,4 +217,32 @@ class Sidecar:
             lines.append(f'accompanist_frames_rejected_total{{reason="{safe}"}} {count}')
         lines.append("# TYPE accompanist_transport_reconnects_total counter")
         lines.append(f"accompanist_transport_reconnects_total {stats.reconnects}")
+        closed = getattr(stats, "closed", None)
+        if closed is not None:
+            lines.append(
+                "# HELP accompanist_peer_connections_closed_total Incoming peer connections refused or "
+                "closed by a bound of the peer port, by reason"
+            )
+            lines.append("# TYPE accompanist_peer_connections_closed_total counter")
+            for reason, count in sorted(closed.items()):
+                lines.append(f'accompanist_peer_connections_closed_total{{reason="{reason}"}} {count}')
+            lines.append("# HELP accompanist_peer_connections Incoming peer connections open now")
+            lines.append("# TYPE accompanist_peer_connections gauge")
+            lines.append(f"accompanist_peer_connections {getattr(stats, 'connections', 0)}")
+            lines.append("# HELP accompanist_peer_unauth_bytes Bytes of large frames being read before authentication")
+            lines.append("# TYPE accompanist_peer_unauth_bytes gauge")
+            lines.append(f"accompanist_peer_unauth_bytes {getattr(stats, 'unauth_bytes', 0)}")
         return ("\n".join(lines) + "\n").encode()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address or ``localhost``) is only reachable from this machine.
+
+    A name other than ``localhost`` counts as not loopback: it may resolve to anything.
+    """
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -19,13 +19,20 @@ answers the sender with the error's message (and counts it)."""
 
 @dataclass
 class TransportStats:
-    """Counters a transport keeps for ``/metrics`` and for tests."""
+    """Counters (and a few gauges) a transport keeps for ``/metrics`` and for tests."""
 
     sent: int = 0
     received: int = 0
     acked: int = 0
     reconnects: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    #: incoming connections refused or closed by a bound of the peer port, by reason
+    closed: Counter[str] = field(default_factory=Counter)
+    #: incoming connections open now
+    connections: int = 0
+    #: bytes of frames being read on connections that have not authenticated yet (over the
+    #: per-frame allowance, i.e. what draws on the shared budget)
+    unauth_bytes: int = 0
 
 
 class Transport(Protocol):

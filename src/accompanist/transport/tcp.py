@@ -10,16 +10,25 @@ dropped, counted in ``stats.rejected[reason]`` and logged (rate-limited); if the
 still be told (its correlation id is readable) it gets a reject. Only framing errors that lose
 the stream's boundaries (bad length, oversized, truncated) close the connection, and only that
 one. The event loop is whatever the caller runs: install uvloop yourself if you want it.
+
+The listener is bounded before anyone has authenticated (see :class:`PeerLimits`): connections
+per remote address and in total, a deadline for the first frame and for the rest of any frame
+once its header arrived, an idle timeout, and the bytes that connections which have not yet
+sent a verified frame may make it buffer. Each refusal is counted in ``stats.closed[reason]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
+import resource
 import ssl
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, TransportError
@@ -42,9 +51,79 @@ from accompanist.transport.frames import (
 )
 from accompanist.transport.tls import tls_contexts
 
-__all__ = ["TcpTransport", "tls_contexts"]
+__all__ = ["CloseReason", "PeerLimits", "TcpTransport", "tls_contexts"]
 
 _LOGGER_NAME = "accompanist.transport"
+# File descriptors a sidecar needs besides its incoming peer connections: store, API,
+# outgoing links, logs, the interpreter's own.
+FD_RESERVE = 64
+
+
+class CloseReason(enum.StrEnum):
+    """Why the peer port refused or closed a connection; the keys of ``TransportStats.closed``."""
+
+    LIMIT_TOTAL = "limit-total"  # max_connections connections are open already
+    LIMIT_PER_ADDRESS = "limit-per-address"  # max_connections_per_address from this address
+    FIRST_FRAME_TIMEOUT = "first-frame-timeout"  # no frame header within first_frame_timeout of connecting
+    FRAME_TIMEOUT = "frame-timeout"  # the rest of a frame did not come within frame_timeout of its header
+    IDLE_TIMEOUT = "idle-timeout"  # nothing for idle_timeout with no answer owed
+    UNAUTH_BUDGET = "unauth-budget"  # a large frame before authentication, budget exhausted
+
+
+@dataclass(frozen=True)
+class PeerLimits:
+    """Bounds of the peer port, so unauthenticated clients cannot exhaust the sidecar.
+
+    Attributes:
+        max_connections: incoming connections open at once; beyond, a new one is closed at once.
+        max_connections_per_address: the same, per remote IP address.
+        first_frame_timeout: seconds from connect (after the TLS handshake, which is bounded
+            by the same time) until the first frame header must have arrived.
+        frame_timeout: seconds the rest of a frame may take once its 4-byte header arrived.
+        idle_timeout: seconds a connection may stay silent while no answer is owed to it.
+        unauth_frame_limit: the largest frame a connection that has not sent a verified frame
+            yet (always, without HMAC key or TLS) may send freely, in bytes.
+        unauth_budget: bytes that all such connections together may be reading in frames
+            larger than ``unauth_frame_limit``; a frame that does not fit closes its connection.
+    """
+
+    max_connections: int = 512
+    max_connections_per_address: int = 64
+    first_frame_timeout: float = 10.0
+    frame_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    unauth_frame_limit: int = 64 * 1024
+    unauth_budget: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_connections_per_address < 1:
+            raise ConfigError("max_connections and max_connections_per_address must be at least 1")
+        if min(self.first_frame_timeout, self.frame_timeout, self.idle_timeout) <= 0:
+            raise ConfigError("first_frame_timeout, frame_timeout and idle_timeout must be > 0")
+        if self.unauth_frame_limit < 64 or self.unauth_budget < 0:
+            raise ConfigError("unauth_frame_limit must be at least 64 and unauth_budget not negative")
+
+
+_FIRST, _FRAME, _IDLE = 0, 1, 2  # what an incoming connection is waiting for
+
+
+class _Inbound:
+    """The state of one incoming connection that the watchdog looks at."""
+
+    __slots__ = ("address", "authenticated", "deadline", "inflight", "peer", "phase", "reason", "task", "writer")
+
+    def __init__(
+        self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str, address: str, deadline: float
+    ) -> None:
+        self.task = task
+        self.writer = writer
+        self.peer = peer
+        self.address = address
+        self.phase = _FIRST
+        self.deadline = deadline
+        self.inflight = 0
+        self.authenticated = False
+        self.reason: CloseReason | None = None
 
 
 class TcpTransport:
@@ -66,6 +145,7 @@ class TcpTransport:
         send_timeout: default ``timeout`` of :meth:`send`, in seconds.
         max_concurrency: handler calls in flight per incoming connection; the connection stops
             being read while all are busy, which pushes back on the sender.
+        limits: bounds of the listener before and after authentication (:class:`PeerLimits`).
         logger: where rejected frames and lost connections are logged.
         rng: randomness for backoff jitter (seed it for reproducible tests).
 
@@ -73,7 +153,8 @@ class TcpTransport:
         stats: ``sent`` envelopes written to a connection, ``received`` envelopes passed to the
             handler, ``acked`` acknowledgements received, ``reconnects`` connections reopened
             to a peer after the first, ``rejected`` frames refused, by :class:`Reason` value
-            (on either side of a connection).
+            (on either side of a connection), ``closed`` incoming connections refused or
+            closed by a bound, by :class:`CloseReason` value.
 
     Raises:
         ConfigError: an argument is out of range or the key ring is malformed.
@@ -95,6 +176,7 @@ class TcpTransport:
         backoff_max: float = 5.0,
         send_timeout: float = 10.0,
         max_concurrency: int = 256,
+        limits: PeerLimits | None = None,
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -137,6 +219,11 @@ class TcpTransport:
         self._connections: set[asyncio.Task[None]] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._limits = limits or PeerLimits()
+        self._max_connections = self._limits.max_connections
+        self._inbound: dict[asyncio.Task[None], _Inbound] = {}
+        self._per_address: Counter[str] = Counter()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -170,58 +257,172 @@ class TcpTransport:
         if self._server is not None or self._closed:
             raise TransportError(f"transport of role '{self.role}' is already started or closed")
         self._handler = handler
+        self._check_fd_budget()
         host, port = self._listen
         try:
             # A failed TLS handshake never reaches _serve: asyncio drops the connection (and logs
             # it only in debug mode). Upgrading each connection with start_tls in _serve would let
             # us count it, but races with the ClientHello already read into the stream buffer.
             self._server = await asyncio.start_server(
-                self._serve, host, port, ssl=self._ssl_server, limit=2**16, reuse_address=True
+                self._serve,
+                host,
+                port,
+                ssl=self._ssl_server,
+                ssl_handshake_timeout=self._limits.first_frame_timeout if self._ssl_server else None,
+                limit=2**16,
+                reuse_address=True,
+                backlog=min(1024, self._max_connections),
             )
         except OSError as exc:
             raise TransportError(f"role '{self.role}' cannot listen on {host}:{port}: {exc}") from exc
         sockname = self._server.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
+        self._schedule_watchdog()
+
+    def _check_fd_budget(self) -> None:
+        """Warn (and lower the connection cap) when ``ulimit -n`` cannot hold ``max_connections``."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = self._limits.max_connections
+        if soft == resource.RLIM_INFINITY or soft >= wanted + FD_RESERVE:
+            return
+        usable = max(1, soft - FD_RESERVE)
+        self._max_connections = min(wanted, usable)
+        self._logger.warning(
+            "%s: the open-file limit (ulimit -n) is %d, too low for peer_max_connections=%d plus %d for "
+            "the store, API and peers; accepting at most %d peer connections (raise ulimit -n to %d)",
+            self.role,
+            soft,
+            wanted,
+            FD_RESERVE,
+            self._max_connections,
+            wanted + FD_RESERVE,
+        )
+
+    # The watchdog: deadlines are plain floats the read loop sets (no timer per frame on the
+    # hot path); a periodic scan closes every connection past its deadline.
+
+    def _schedule_watchdog(self) -> None:
+        lim = self._limits
+        period = max(0.05, min(1.0, lim.first_frame_timeout / 4, lim.frame_timeout / 4, lim.idle_timeout / 4))
+        self._watchdog = asyncio.get_running_loop().call_later(period, self._watch)
+
+    def _watch(self) -> None:
+        if self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        for conn in list(self._inbound.values()):
+            if conn.reason is not None or now < conn.deadline:
+                continue
+            if conn.phase == _IDLE and conn.inflight:
+                conn.deadline = now + self._limits.idle_timeout  # it is waiting for our answers
+                continue
+            reason = (
+                CloseReason.FIRST_FRAME_TIMEOUT
+                if conn.phase == _FIRST
+                else CloseReason.FRAME_TIMEOUT
+                if conn.phase == _FRAME
+                else CloseReason.IDLE_TIMEOUT
+            )
+            self._drop(conn, reason)
+        self._schedule_watchdog()
+
+    def _drop(self, conn: _Inbound, reason: CloseReason, *, cancel: bool = True) -> None:
+        conn.reason = reason
+        self._count_closed(reason, conn.peer)
+        conn.writer.transport.abort()  # frees the descriptor and the buffers now
+        if cancel:
+            conn.task.cancel()
+
+    def _count_closed(self, reason: CloseReason, peer: str) -> None:
+        self.stats.closed[reason.value] += 1
+        self._throttle.warning(
+            f"close:{reason.value}", "%s: closed a connection from %s (%s)", self.role, peer, reason.value
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         peer = _peername(writer)
+        address = _peerhost(writer)
+        lim = self._limits
+        refused = None
+        if len(self._inbound) >= self._max_connections:
+            refused = CloseReason.LIMIT_TOTAL
+        elif self._per_address[address] >= lim.max_connections_per_address:
+            refused = CloseReason.LIMIT_PER_ADDRESS
+        if refused is not None:
+            self._count_closed(refused, peer)
+            writer.transport.abort()
+            return
+        loop = asyncio.get_running_loop()
+        conn = _Inbound(task, writer, peer, address, loop.time() + lim.first_frame_timeout)
+        # With mutual TLS the handshake has verified the peer's certificate already.
+        conn.authenticated = self._ssl_server is not None
+        self._connections.add(task)
+        self._inbound[task] = conn
+        self._per_address[address] += 1
+        self.stats.connections += 1
         busy = asyncio.Semaphore(self._max_concurrency)
         write_lock = asyncio.Lock()
+
+        def handled(_: object) -> None:
+            conn.inflight -= 1
+            busy.release()
+
         try:
             while True:
                 header = await reader.readexactly(HEADER_SIZE)
+                conn.phase = _FRAME
+                conn.deadline = loop.time() + lim.frame_timeout
                 length = read_length(header, max_frame=self._max_frame)
-                body = await reader.readexactly(length)
+                if length > lim.unauth_frame_limit and not conn.authenticated:
+                    if self.stats.unauth_bytes + length > lim.unauth_budget:
+                        self._drop(conn, CloseReason.UNAUTH_BUDGET, cancel=False)
+                        return
+                    self.stats.unauth_bytes += length
+                    try:
+                        body = await reader.readexactly(length)
+                    finally:
+                        self.stats.unauth_bytes -= length
+                else:
+                    body = await reader.readexactly(length)
+                conn.phase = _IDLE
+                conn.deadline = loop.time() + lim.idle_timeout
                 await busy.acquire()
-                handling = self._dispatch(body, writer, write_lock, peer)
+                handling = self._dispatch(body, writer, write_lock, peer, conn)
                 if handling is None:
                     busy.release()
                 else:
-                    handling.add_done_callback(lambda _: busy.release())
+                    conn.inflight += 1
+                    handling.add_done_callback(handled)
         except asyncio.IncompleteReadError as exc:
-            if exc.partial:  # a clean close between frames is not an error
+            if exc.partial and conn.reason is None:  # a clean close between frames is not an error
                 self._reject(Reason.TRUNCATED, peer, f"connection closed {len(exc.partial)} bytes into a frame")
         except InvalidFrameError as exc:  # bad length prefix: frame boundaries are lost
             self._reject(exc.reason, peer, f"{exc.detail}; closing the connection")
         except (OSError, ssl.SSLError) as exc:
             self._logger.debug("%s: connection from %s ended: %s", self.role, peer, exc)
         except asyncio.CancelledError:
-            # Only close() cancels this task. Python 3.11's stream callback reports a cancelled
-            # connection task as an unhandled error, so end it normally instead.
+            # Only close() and the watchdog cancel this task. Python 3.11's stream callback
+            # reports a cancelled connection task as an unhandled error, so end it normally.
             pass
         finally:
             self._connections.discard(task)
+            self._inbound.pop(task, None)
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+            self.stats.connections -= 1
             writer.close()
 
     def _dispatch(
-        self, body: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str
+        self, body: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str, conn: _Inbound | None = None
     ) -> asyncio.Task[None] | None:
         """Decode one frame and start its handler call (returned), or reject it (None)."""
         try:
             frame = decode_body(body, ring=self._ring)
+            if self._ring is not None and conn is not None:
+                conn.authenticated = True  # its MAC verified under our key ring
         except InvalidFrameError as exc:
             self._reject(exc.reason, peer, exc.detail)
             corr = _readable_corr(body)
@@ -360,6 +561,8 @@ class TcpTransport:
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._server is not None:
             self._server.close()
         current = asyncio.current_task()
@@ -381,6 +584,13 @@ def _peername(writer: asyncio.StreamWriter) -> str:
     name = writer.get_extra_info("peername")
     if isinstance(name, tuple) and len(name) >= 2:
         return f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+def _peerhost(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and name:
+        return str(name[0])
     return str(name)
 
 
