@@ -104,7 +104,7 @@ class Sidecar:
         self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
         await self.engine.start()
         if c.api is not None:
-            api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics)
+            api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics, token=c.api_token)
             self._api_runner, self.api_address = await serve(api, *c.api)
         self.log.info(
             "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
