@@ -56,6 +56,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
 def too_deep(value: Any, limit: int) -> bool:
     """Whether ``value`` nests lists and objects more than ``limit`` levels (no recursion)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -78,7 +85,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     """
     raw = await request.read()
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError:
         raise ApiError("too-deep", f"the request body nests deeper than {MAX_DEPTH} levels", "body") from None
     except (UnicodeDecodeError, ValueError) as exc:
