@@ -20,6 +20,7 @@ _get = Engine.get
 
 
 async def _get_or_fail(self: Engine, session_id: str) -> Any:
+    """``Engine.get``, but a bug for :data:`BOOM`."""
     if session_id == BOOM:
         raise RuntimeError("an injected bug in the engine")
     return await _get(self, session_id)

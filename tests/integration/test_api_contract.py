@@ -20,10 +20,10 @@ import pytest
 from accompanist.engine.engine import Engine
 from accompanist.sidecar.api import build_api, serve
 from accompanist.sidecar.api_errors import CODES
-from tests.integration.api_app import BOOM
 from tests.integration.procs import ProcessCluster
 
 APP = "tests.integration.api_app:app"
+BOOM = "boom-internal"  # the id api_app fails on (not imported: that would patch this process's Engine)
 
 
 def cluster(tmp_path: Path, args: Any = (), **env: str) -> ProcessCluster:
