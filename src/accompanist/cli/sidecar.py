@@ -27,6 +27,9 @@ def sidecar(
     role: Annotated[str | None, _opt("ROLE", "The role this sidecar plays.")] = None,
     listen: Annotated[str | None, _opt("LISTEN", "Peer endpoint HOST:PORT (other sidecars connect here).")] = None,
     api: Annotated[str | None, _opt("API", "Service-facing HTTP API HOST:PORT.")] = None,
+    api_token: Annotated[
+        str | None, _opt("API_TOKEN", "Bearer token the API requires (all but /healthz, /metrics).")
+    ] = None,
     peer: Annotated[list[str] | None, _opt("PEERS", "ROLE=HOST:PORT of another sidecar (repeat).")] = None,
     config: Annotated[str | None, _opt("CONFIG", "TOML file with any of these settings.")] = None,
     mode: Annotated[str | None, _opt("MODE", "'default' (in memory) or 'fault-tolerant' (durable).")] = None,
@@ -82,6 +85,7 @@ def sidecar(
         "role": role,
         "listen": listen,
         "api": api,
+        "api_token": api_token,
         "peers": peer or None,
         "mode": mode,
         "store": store,

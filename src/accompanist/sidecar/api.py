@@ -10,56 +10,55 @@ A service in any language starts sessions and reads their state here::
     POST /sessions/{id}/resume
     GET  /healthz
     GET  /metrics                            Prometheus text
+    GET  /openapi.json                       this API as an OpenAPI 3.1 document
+
+Errors are JSON ``{"error", "code", "field"}`` (see :mod:`.api_errors`); with a token set,
+every path but ``/healthz`` and ``/metrics`` needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
+import ipaddress
+import logging
 import time
-import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from accompanist.engine.engine import Engine
+from accompanist.engine.engine import _SESSION_ID, Engine
 from accompanist.errors import (
     AccompanistError,
     CodecError,
     DefinitionError,
     OutcomeDecidedError,
     OverloadedError,
+    SessionConflictError,
     SessionError,
-    StoreError,
+    StoreInputError,
     TransportError,
     UnknownChoreographyError,
     UnknownSessionError,
 )
-from accompanist.language.choreography import Choreography
-from accompanist.language.located import Located
+from accompanist.sidecar.api_errors import ApiError, auth_middleware, errors_middleware
+from accompanist.sidecar.api_input import MAX_DEPTH, convert_args, field, flag, json_object, timeout_of, too_deep
+from accompanist.sidecar.openapi import openapi_document
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus
 
 __all__ = ["build_api", "record_json"]
 
-_MAX_BODY = 1024 * 1024
+#: Largest request body accepted (413 beyond).
+MAX_BODY = 1024 * 1024
+API_TOKEN_SET = web.AppKey("api_token_set", bool)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("accompanist.api")
 
 
 def _iso(ts: float) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
-
-
-def _unavailable(exc: BaseException) -> web.Response:
-    """The store is failing: try again later (nothing was lost or decided)."""
-    return web.json_response({"error": str(exc), "code": "store-unavailable"}, status=503, headers={"Retry-After": "1"})
 
 
 def record_json(engine: Engine, record: SessionRecord) -> dict[str, Any]:
@@ -87,91 +86,91 @@ def record_json(engine: Engine, record: SessionRecord) -> dict[str, Any]:
     }
 
 
-def convert_args(choreography: Choreography, args: list[Any]) -> list[Any]:
-    """Turn JSON arguments into the types the choreography declares (``Located[Order]``).
+_START_FIELDS = ("choreography", "version", "args", "session_id")
 
-    Raises:
-        CodecError: an argument does not fit its declared, registered type (named).
+
+def build_api(
+    engine: Engine,
+    *,
+    mode: str,
+    extra_metrics: Callable[[], bytes] | None = None,
+    token: str | None = None,
+) -> web.Application:
+    """The aiohttp application serving ``engine``'s sessions.
+
+    Args:
+        engine: the engine whose sessions are served.
+        mode: shown by ``/healthz``.
+        extra_metrics: more Prometheus text for ``/metrics``.
+        token: when set, every path but ``/healthz`` and ``/metrics`` needs
+            ``Authorization: Bearer <token>``.
     """
-    hints = choreography.argument_types()
-    if not hints:
-        return args
-    params = choreography.parameters
-    registered = set(choreography.codec.types)
-    out = []
-    for index, (name, value) in enumerate(zip(params, args, strict=False)):
-        target = hints.get(name)
-        inner = typing.get_args(target)[0] if typing.get_origin(target) is Located and typing.get_args(target) else None
-        if isinstance(inner, type) and inner in registered:
-            try:
-                if hasattr(inner, "model_validate"):
-                    value = inner.model_validate(value)
-                else:
-                    value = msgspec.convert(value, inner, strict=False)
-            except Exception as exc:
-                raise CodecError(f"argument {index} ({name}) is not a valid {inner.__qualname__}: {exc}") from exc
-        out.append(value)
-    return out
-
-
-def _timeout(request: web.Request) -> float | None:
-    """``?timeout=S``: a finite, non-negative number of seconds, or None.
-
-    Raises:
-        ValueError: it is not.
-    """
-    if "timeout" not in request.query:
-        return None
-    value = float(request.query["timeout"])
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(value)
-    return value
-
-
-def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] | None = None) -> web.Application:
-    """The aiohttp application serving ``engine``'s sessions."""
 
     async def start_session(request: web.Request) -> web.Response:
-        try:
-            body = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            return _error(400, "request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object with 'choreography' and 'args'")
-        name = body.get("choreography")
-        version = body.get("version")
-        args = body.get("args", [])
-        if not isinstance(name, str) or not name:
-            return _error(400, "field 'choreography' (string) is required")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            return _error(400, "field 'version' must be an integer")
-        if not isinstance(args, list):
-            return _error(400, "field 'args' must be a JSON array")
-        session_id = body.get("session_id")
-        if session_id is not None and not isinstance(session_id, str):
-            return _error(400, "field 'session_id' must be a string")
-        unknown = sorted(set(body) - {"choreography", "version", "args", "session_id"})
+        body = await json_object(request)
+        unknown = sorted(set(body) - set(_START_FIELDS))
         if unknown:
-            return _error(400, f"unknown field(s): {', '.join(unknown)}")
-        wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
-        try:
-            timeout = _timeout(request)
-        except ValueError:
-            return _error(400, "query parameter 'timeout' must be a finite number of seconds")
+            raise ApiError("unknown-field", f"unknown field(s): {', '.join(unknown)}", unknown[0])
+        name = field(body, "choreography", str, "a string", required=True)
+        if not name:
+            raise ApiError("invalid-field", "field 'choreography' must not be empty", "choreography")
+        version = field(body, "version", int, "an integer")
+        args = field(body, "args", list, "a JSON array")
+        args = [] if args is None else args
+        session_id = field(body, "session_id", str, "a string")
+        if session_id is not None and not _SESSION_ID.match(session_id):
+            raise ApiError(
+                "invalid-field",
+                f"invalid session_id {session_id!r}: use 1-128 letters, digits and '._:-', starting with a letter "
+                "or digit",
+                "session_id",
+            )
+        wait = flag(request, "wait")
+        timeout = timeout_of(request)
         try:
             choreography = engine.app.get(name, version)
-            session_id = await engine.start_session(name, convert_args(choreography, args), version, session_id)
         except UnknownChoreographyError as exc:
-            return _error(404, str(exc))
-        except (DefinitionError, CodecError) as exc:
-            return _error(400, str(exc))
+            raise ApiError(
+                "unknown-choreography", str(exc), "version" if version is not None else "choreography"
+            ) from None
+        for index, arg in enumerate(args):
+            if too_deep(arg, MAX_DEPTH - 2):
+                raise ApiError(
+                    "too-deep", f"argument {index} nests deeper than {MAX_DEPTH - 2} levels", f"args[{index}]"
+                )
+        initiator, arity = choreography.initiator.name, choreography.arity
+        # An idempotent retry with a taken session_id is answered before these checks (by the
+        # engine, as for any start), so convert only what the engine would run.
+        converted = convert_args(choreography, args) if initiator == engine.role and len(args) == arity else args
+        try:
+            session_id = await engine.start_session(name, converted, version, session_id)
+        except UnknownChoreographyError as exc:
+            raise ApiError("unknown-choreography", str(exc), "choreography") from None
+        except (CodecError, StoreInputError) as exc:  # an argument the wire or the store cannot hold
+            raise ApiError("invalid-argument", str(exc), "args") from None
+        except DefinitionError as exc:
+            if initiator != engine.role:
+                raise ApiError(
+                    "not-initiator",
+                    f"choreography {choreography.name!r} starts at role '{initiator}', not at '{engine.role}': "
+                    "start it through that role's sidecar",
+                    "choreography",
+                ) from None
+            if len(args) != arity:
+                raise ApiError(
+                    "wrong-arity",
+                    f"choreography {choreography.name!r} takes {arity} argument(s), got {len(args)}",
+                    "args",
+                    expected=arity,
+                ) from None
+            raise ApiError("invalid-field", str(exc)) from None
         except OverloadedError as exc:
-            status = 429 if engine.live_sessions else 503
-            return web.json_response({"error": str(exc)}, status=status, headers={"Retry-After": "1"})
-        except SessionError as exc:  # a session_id taken by another choreography
-            return _error(409, str(exc))
-        except StoreError as exc:
-            return _unavailable(exc)
+            code = "overloaded" if engine.live_sessions else "not-accepting"
+            raise ApiError(code, str(exc), headers={"Retry-After": "1"}) from None
+        except SessionConflictError as exc:
+            raise ApiError("session-conflict", str(exc), "session_id") from None
+        except SessionError as exc:
+            raise ApiError("conflict", str(exc)) from None
         if not wait:
             return web.json_response(
                 {"session_id": session_id, "status": SessionStatus.RUNNING},
@@ -181,67 +180,65 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
         try:
             record = await engine.wait(session_id, timeout)
         except TimeoutError:
-            return web.json_response({"session_id": session_id, "status": "running"}, status=202)
-        except StoreError as exc:
-            return _unavailable(exc)
+            return web.json_response(
+                {"session_id": session_id, "status": "running"},
+                status=202,
+                headers={"Location": f"/sessions/{session_id}"},
+            )
         return web.json_response(record_json(engine, record))
 
     async def get_session(request: web.Request) -> web.Response:
-        try:
-            record = await engine.get(request.match_info["session_id"])
-        except StoreError as exc:
-            return _unavailable(exc)
+        session_id = request.match_info["session_id"]
+        record = await engine.get(session_id)
         if record is None:
-            return _error(404, f"no session {request.match_info['session_id']} at role '{engine.role}'")
+            raise ApiError("unknown-session", f"no session {session_id} at role '{engine.role}'", "session_id")
         return web.json_response(record_json(engine, record))
 
     async def list_sessions(request: web.Request) -> web.Response:
         status = request.query.get("status")
         known = [s.value for s in SessionStatus] + ["blocked"]
         if status is not None and status not in known:
-            return _error(400, f"unknown status {status!r}; one of {', '.join(known)}")
+            raise ApiError("invalid-query", f"unknown status {status!r}; one of {', '.join(known)}", "status")
         try:
             limit = max(1, min(int(request.query.get("limit", "100")), 10_000))
         except ValueError:
-            return _error(400, "query parameter 'limit' must be an integer")
-        try:
-            if status == "blocked":
-                found = [await engine.stored(sid, retry=False) for sid in list(engine.blocked)[:limit]]
-                records = [r for r in found if r is not None]
-            else:
-                records = await engine.guard.once(lambda: engine.store.list_sessions(status, limit))
-        except StoreError as exc:
-            return _unavailable(exc)
+            raise ApiError("invalid-query", "query parameter 'limit' must be an integer", "limit") from None
+        if status == "blocked":
+            found = [await engine.stored(sid, retry=False) for sid in list(engine.blocked)[:limit]]
+            records = [r for r in found if r is not None]
+        else:
+            records = await engine.guard.once(lambda: engine.store.list_sessions(status, limit))
         return web.json_response({"sessions": [record_json(engine, r) for r in records]})
 
     async def cancel_session(request: web.Request) -> web.Response:
         """A cancel is a request: it wins unless the initiator has declared the outcome."""
         session_id = request.match_info["session_id"]
-        wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
-        try:
-            timeout = _timeout(request)
-        except ValueError:
-            return _error(400, "query parameter 'timeout' must be a finite number of seconds")
+        wait = flag(request, "wait")
+        timeout = timeout_of(request)
         try:
             record = await engine.cancel(session_id)
             if wait and record.status not in TERMINAL_STATUSES:
                 record = await engine.wait(session_id, timeout)
         except UnknownSessionError as exc:
-            return _error(404, str(exc))
+            raise ApiError("unknown-session", str(exc), "session_id") from None
         except OutcomeDecidedError as exc:
-            return _error(409, str(exc), outcome=exc.status)
+            raise ApiError("outcome-decided", str(exc), outcome=exc.status) from None
         except TimeoutError:
             record = await engine.get(session_id) or record
         except SessionError as exc:
-            return _error(409, str(exc))
-        except StoreError as exc:
-            return _unavailable(exc)
+            raise ApiError("conflict", str(exc)) from None
         body = record_json(engine, record)
         if record.status == SessionStatus.COMPLETED:  # the request lost: the outcome stands
-            return web.json_response({"error": "the session completed before the cancel", **body}, status=409)
+            body.update(
+                error="the session completed before the cancel", code="outcome-decided", field=None, outcome="completed"
+            )
+            return web.json_response(body, status=409)
         if record.status in TERMINAL_STATUSES:
             return web.json_response(body)
-        initiator = engine.app.get(record.choreography, record.version).initiator.name
+        try:
+            initiator = engine.app.get(record.choreography, record.version).initiator.name
+        except UnknownChoreographyError:  # its version is not deployed here (blocked)
+            initiator = engine.role
         if initiator != engine.role and record.status != SessionStatus.COMPENSATING:
             body["cancel"] = f"requested from the initiator '{initiator}'"
         return web.json_response(body, status=202)
@@ -251,10 +248,12 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
         session_id = request.match_info["session_id"]
         try:
             record = await engine.resume(session_id)
-        except (UnknownSessionError, UnknownChoreographyError) as exc:
-            return _error(404, str(exc))
-        except StoreError as exc:
-            return _unavailable(exc)
+        except UnknownSessionError as exc:
+            raise ApiError("unknown-session", str(exc), "session_id") from None
+        except UnknownChoreographyError as exc:
+            raise ApiError("unknown-choreography", str(exc)) from None
+        except SessionError as exc:
+            raise ApiError("conflict", str(exc)) from None
         return web.json_response(record_json(engine, record), status=202)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -273,7 +272,14 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
         text = engine.metrics.render() + (extra_metrics() if extra_metrics else b"")
         return web.Response(body=text, content_type="text/plain", charset="utf-8")
 
-    app = web.Application(client_max_size=_MAX_BODY)
+    middlewares: list[Middleware] = [errors_middleware] + ([auth_middleware(token)] if token else [])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
+    app[API_TOKEN_SET] = bool(token)
+    document = openapi_document(secured=bool(token))
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
     app.router.add_post("/sessions", start_session)
     app.router.add_get("/sessions", list_sessions)
     app.router.add_get("/sessions/{session_id}", get_session)
@@ -281,7 +287,17 @@ def build_api(engine: Engine, *, mode: str, extra_metrics: Callable[[], bytes] |
     app.router.add_post("/sessions/{session_id}/resume", resume_session)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     return app
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
@@ -292,6 +308,12 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     """
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    if not app.get(API_TOKEN_SET) and not _loopback(host):
+        log.warning(
+            "the service-facing API listens on %s without a token: anyone who can reach it can start, list and "
+            "cancel sessions; set api_token (--api-token, ACCOMPANIST_API_TOKEN)",
+            host,
+        )
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()

@@ -59,6 +59,8 @@ class SidecarConfig:
         app: ``MODULE:ATTR`` of the ``ac.App`` (not needed when an App is passed in code).
         listen: peer endpoint, ``(host, port)``; port 0 picks a free port.
         api: service-facing HTTP endpoint, or None for none (embedded use).
+        api_token: when set, every API path but ``/healthz`` and ``/metrics`` needs
+            ``Authorization: Bearer <api_token>`` (an empty string is the same as None).
         peers: address of every other role's sidecar.
         mode: ``default`` or ``fault-tolerant``.
         store: store URL: ``memory:``, ``sqlite:///path.db`` or ``postgresql://...``;
@@ -91,6 +93,7 @@ class SidecarConfig:
     app: str | None = None
     listen: tuple[str, int] = ("127.0.0.1", 0)
     api: tuple[str, int] | None = None
+    api_token: str | None = None
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
     store: str | None = None
     sqlite_synchronous: str = "FULL"
@@ -187,6 +190,8 @@ class SidecarConfig:
                 kwargs[key] = parse_peers(value)
             elif key == "old_hmac_keys":
                 kwargs[key] = dict(value) if isinstance(value, Mapping) else _pairs(value, key)
+            elif key == "api_token":
+                kwargs[key] = str(value) if value not in (None, "") else None
             elif key == "max_frame" or key in _PEER_INT_KEYS:
                 kwargs[key] = _to_int(key, value)
             elif key in _PEER_FLOAT_KEYS:

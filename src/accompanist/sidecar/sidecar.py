@@ -130,7 +130,7 @@ class Sidecar:
         try:
             await self.engine.start()
             if c.api is not None:
-                api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics)
+                api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics, token=c.api_token)
                 self._api_runner, self.api_address = await serve(api, *c.api)
         except BaseException:
             await self._release(store, transport)  # a failed start leaves nothing open (no writer thread)
