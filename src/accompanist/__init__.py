@@ -7,6 +7,7 @@ run each role's part in a sidecar beside its service.
 from accompanist import testing
 from accompanist._version import __version__
 from accompanist.codec import PayloadCodec
+from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
 from accompanist.engine.stepkey import StepKey, current_step
 from accompanist.errors import (
     Abort,
@@ -52,12 +53,15 @@ __all__ = [
     "Choreo",
     "Choreography",
     "CodecError",
+    "CompensationOrder",
     "ConfigError",
     "DefinitionError",
+    "EngineConfig",
     "EnvelopeRejectedError",
     "Failure",
     "FrameError",
     "Located",
+    "Mode",
     "NondeterminismError",
     "OutcomeDecidedError",
     "OverloadedError",
