@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from types import TracebackType
 from typing import Any
@@ -96,16 +97,32 @@ class Sidecar:
 
         Raises:
             StoreCorruptError: the store cannot be used.
-            ConfigError: a malformed setting.
+            StoreError: the store cannot be opened (permissions, a missing directory).
+            TransportError: the peer endpoint cannot listen (its port is taken).
+            ConfigError: a malformed setting, or the API port cannot be bound.
+
+        A failed start releases what it opened (store, peer port) before raising.
         """
         c = self.config
         store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
         transport = self._transport or self._make_transport()
         self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
-        await self.engine.start()
+        await self.engine.start()  # releases what it opened when it fails
         if c.api is not None:
             api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics)
-            self._api_runner, self.api_address = await serve(api, *c.api)
+            try:
+                self._api_runner, self.api_address = await serve(api, *c.api)
+            except BaseException as exc:
+                # Release the store (its writer thread) and the peer port before reporting.
+                with contextlib.suppress(Exception):
+                    await self.engine.stop(0)
+                if isinstance(exc, OSError):
+                    host, port = c.api
+                    raise ConfigError(
+                        f"role '{c.role}' cannot serve its API on {host}:{port}: {exc.strerror or exc}; "
+                        "choose a free port with --api (or stop what holds it)"
+                    ) from exc
+                raise
         self.log.info(
             "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
             c.role,
