@@ -307,3 +307,54 @@ def test_a_taken_port_exits_non_zero_at_once(tmp_path: Path, mode: str, which: s
     if mode == "fault-tolerant":
         # The store was released (closed cleanly: no -wal left behind) and opens again at once.
         assert (tmp_path / "b.db").exists() and not (tmp_path / "b.db-wal").exists()
+
+
+_WRITER = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA wal_autocheckpoint=0")
+db.execute("PRAGMA synchronous=OFF")
+db.executemany(
+    "INSERT INTO acc_sessions (session_id, choreography, version, role, status, args, attempts, created_at, "
+    "updated_at) VALUES (?, 'chain', 1, 'b', 'completed', ?, 0, 0, 0)",
+    [(f"k{i}", os.urandom(300)) for i in range(int(sys.argv[2]))],
+)
+print("ready", flush=True)
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+print("done", flush=True)
+"""
+
+
+async def test_a_writer_killed_during_a_checkpoint_leaves_a_store_that_starts_intact(tmp_path: Path) -> None:
+    """SIGKILL a real writer process during ``PRAGMA wal_checkpoint`` until it lands mid-way."""
+    import random
+
+    sessions = 40_000
+    for attempt in range(30):
+        work = tmp_path / f"try{attempt}"
+        work.mkdir()
+        path = work / "b.db"
+        await _make_store(path, 0)
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WRITER, str(path), str(sessions), stdout=asyncio.subprocess.PIPE
+        )
+        assert writer.stdout is not None
+        assert (await writer.stdout.readline()).strip() == b"ready"
+        await asyncio.sleep(random.uniform(0, 0.03))
+        writer.kill()
+        await writer.wait()
+        wal = work / "b.db-wal"
+        if wal.exists() and wal.stat().st_size > 0 and path.stat().st_size < _header_bytes(path):
+            break
+    else:
+        pytest.skip("30 kills never landed inside a checkpoint on this machine")
+    async with ProcessCluster(["b"], APP, work, FT) as cluster:
+        for sid in ("k0", f"k{sessions // 2}", f"k{sessions - 1}"):
+            record = await cluster.session("b", sid)
+            assert record is not None and record["status"] == "completed", (sid, record)
+    store = SQLiteStore(path, "b")
+    await store.open()
+    try:
+        assert (await store.counts()).sessions == sessions
+    finally:
+        await store.close()
