@@ -90,8 +90,19 @@ class Engine(Runs):
 
         Raises:
             StoreCorruptError: the store cannot be used; nothing was started.
+            TransportError: the peer endpoint cannot listen; the store was closed again.
         """
         await self.store.open()
+        try:
+            await self._start_opened()
+        except BaseException:
+            # A failed start (the listen port taken, the store failing during recovery)
+            # releases what it opened: the store's writer thread would keep the process alive.
+            with contextlib.suppress(Exception):
+                await self.stop(0)
+            raise
+
+    async def _start_opened(self) -> None:
         self._started_at = time.time()
         await self.transport.start(self.inbound.handle)
         if self.relay is not None:

@@ -119,7 +119,11 @@ class Sidecar:
 
         Raises:
             StoreCorruptError: the store cannot be used.
-            ConfigError: a malformed setting.
+            StoreError: the store cannot be opened (permissions, a missing directory).
+            TransportError: the peer endpoint cannot listen (its port is taken).
+            ConfigError: a malformed setting, or the API port cannot be bound.
+
+        A failed start releases what it opened (store, peer port) before raising.
         """
         c = self.config
         if self._transport is None:

@@ -13,6 +13,7 @@ code knows. Such a file is never modified, so nothing is lost by a misconfigured
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -32,6 +33,7 @@ __all__ = ["SQLiteStore"]
 
 _SYNCHRONOUS = ("FULL", "NORMAL", "OFF")
 _MAGIC = b"SQLite format 3\x00"
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 _ENV_DDL = """session_id TEXT NOT NULL, choreography TEXT NOT NULL, version INTEGER NOT NULL,
     src TEXT NOT NULL, dst TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
     payload BLOB NOT NULL, headers TEXT NOT NULL, auth TEXT NOT NULL"""
@@ -136,42 +138,85 @@ class SQLiteStore(SQLStore):
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, role={self.role!r})"
 
-    def _corrupt(self, what: str) -> StoreCorruptError:
-        name = self.path.name
+    def _corrupt(self, what: str, *, damaged: bool = False) -> StoreCorruptError:
+        """The refusal; ``damaged``: the file looks like a damaged store (not a wrong path)."""
+        if damaged:
+            p = str(self.path)
+            advice = (
+                f"Keep a copy of {p!r} together with {p + '-wal'!r} and {p + '-shm'!r} (if present), "
+                f"taken while no sidecar uses them; its rows can often be salvaged with "
+                f"'sqlite3 {p} .recover > recovered.sql', and the role's peers still hold their side "
+                "of its sessions"
+            )
+        else:
+            advice = "point the sidecar at this role's own store (--store)"
         return StoreCorruptError(
-            f"{self._name} cannot be used by role '{self.role}': {what}. The files were left unchanged. "
-            f"It may hold sessions that are still running: keep a copy of {name}, {name}-wal and {name}-shm "
-            f"together (copy all three) before anything else; `sqlite3 {name} .recover` can rescue the rows "
-            "of a damaged file into a new one. To serve meanwhile, point the sidecar at another path."
+            f"{self._name} cannot be used by role '{self.role}': {what}. The file was left unchanged; {advice}."
         )
 
     def _error(self, exc: BaseException) -> StoreError:
         text = str(exc)
         if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
-            return self._corrupt(f"the database is damaged ({text})")
-        if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text or "unable to open" in text):
-            return StoreError(f"{self._name}: {text}: {self._access_problem()}")
+            return self._corrupt(f"the database is damaged ({text})", damaged=True)
+        if isinstance(exc, sqlite3.OperationalError) and ("unable to open" in text or "readonly" in text):
+            return StoreError(
+                f"{self._name}: SQLite cannot open it for writing ({text}): the file, its -wal and -shm "
+                f"files and the directory {str(self.path.parent)!r} must be writable by this process; "
+                "the file was left unchanged"
+            )
         return StoreError(f"{self._name}: {type(exc).__name__}: {text}")
 
-    def _access_problem(self) -> str:
-        """Why SQLite could not open or write the store, as far as the file system tells."""
-        directory = self.path.parent
-        uid = os.geteuid() if hasattr(os, "geteuid") else "?"
-        if not directory.is_dir():
-            return f"directory {str(directory)!r} does not exist; create it or choose another store path"
-        if self.path.exists() and not os.access(self.path, os.W_OK):
-            return (
-                f"the file is read-only for this process (uid {uid}); make it writable (chmod u+w) or run as its owner"
-            )
-        if not os.access(directory, os.W_OK):
-            return (
-                f"directory {str(directory)!r} is not writable by this process (uid {uid}): SQLite must create "
-                f"{self.path.name}-wal and {self.path.name}-shm beside the store; fix its permissions"
-            )
-        return (
-            "the file system refused the write (mounted read-only, immutable, or full); "
-            "make it writable, or choose another store path"
+    def _companions(self) -> list[Path]:
+        return [self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")]
+
+    def _has_wal(self) -> bool:
+        wal = self._companions()[0]
+        try:
+            return wal.is_file() and wal.stat().st_size > 0
+        except OSError:
+            return False
+
+    def _unwritable(self, path: Path, what: str) -> StoreError:
+        """The error for a path this process cannot write, naming why and what to do."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            reason = exc
+        else:
+            os.close(fd)
+            reason = OSError(errno.EACCES, "cannot write it")
+        return self._open_problem(path, what, reason)
+
+    def _open_problem(self, path: Path, what: str, exc: OSError) -> StoreError:
+        code = exc.errno
+        if code == errno.EROFS:
+            why, fix = "it is on a read-only file system", "remount it read-write or point --store at a writable path"
+        elif code == errno.EPERM:
+            why = "the operating system does not permit writing it (an immutable or append-only attribute?)"
+            fix = f"check 'lsattr {path}' and clear the attribute (chattr -i), or point --store elsewhere"
+        elif code == errno.EACCES:
+            user = os.getuid()
+            why = f"permission denied for this process (uid {user})"
+            fix = "give this user write permission (chown/chmod) or point --store at a writable path"
+        else:
+            why, fix = f"{exc.strerror or exc}", "fix it or point --store at another path"
+        return StoreError(
+            f"{self._name}: cannot write {what} {str(path)!r}: {why}. SQLite needs to write the file, its "
+            f"-wal and -shm files and to create them in its directory; {fix}. The file was left unchanged"
         )
+
+    def _check_writable(self) -> None:
+        """Refuse, naming the cause, a store this process could read but not write."""
+        parent = self.path.parent
+        for path in (self.path, *self._companions()):
+            if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+                raise self._unwritable(path, "the file" if path == self.path else "the companion file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            readonly_fs = False
+            with contextlib.suppress(OSError):
+                readonly_fs = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+            code = errno.EROFS if readonly_fs else (errno.EACCES if os.geteuid() else errno.EPERM)
+            raise self._open_problem(parent, "in the directory", OSError(code, os.strerror(code)))
 
     async def open(self) -> None:
         """Check the file read-only, then create or migrate the schema and start the writer.
@@ -184,6 +229,7 @@ class SQLiteStore(SQLStore):
         if self._committer is not None:
             return
         fresh = self._inspect_header()
+        self._check_writable()
         if not fresh:
             await self._inspect_contents()
         writer = SQLiteWriter()
@@ -216,41 +262,81 @@ class SQLiteStore(SQLStore):
         await conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
 
     def _inspect_header(self) -> bool:
-        """Check the file's header and size; True when there is no file yet."""
+        """Check the file's header and size; True when there is no file yet.
+
+        The size is judged only without a -wal file: with one, the main file may legitimately
+        be shorter than its header says (a checkpoint cut short by a kill or a full disk, the
+        rest of its pages still in the WAL), so SQLite's ``quick_check`` judges it instead.
+        """
         if not self.path.exists():
             if not self.path.parent.is_dir():
-                raise StoreError(f"{self._name}: directory {str(self.path.parent)!r} does not exist")
+                what = "is not a directory" if self.path.parent.exists() else "does not exist"
+                raise StoreError(
+                    f"{self._name}: directory {str(self.path.parent)!r} {what}; create it (or mount its volume) "
+                    "or point --store at a path in an existing directory"
+                )
             return True
         if not self.path.is_file():
-            raise self._corrupt("the path is not a regular file")
+            kind = "a directory" if self.path.is_dir() else "not a regular file"
+            raise StoreError(
+                f"{self._name}: the path is {kind} (not a regular file), so it cannot be the store; point --store "
+                "at a file path (it is created when missing). Nothing was changed"
+            )
         try:
             size = self.path.stat().st_size
             with self.path.open("rb") as f:
                 header = f.read(100)
         except OSError as exc:
-            raise StoreError(f"{self._name}: cannot read the file: {exc}") from exc
+            raise (
+                self._open_problem(self.path, "the file", exc)
+                if exc.errno in _DENIED
+                else StoreError(f"{self._name}: cannot read the file: {exc}")
+            ) from exc
+        wal = self._has_wal()
+        if size == 0 and not wal:
+            raise self._corrupt("the file is empty (0 bytes): truncated, or created by something else", damaged=True)
         if size == 0:
-            raise self._corrupt("the file is empty (0 bytes): truncated, or created by something else")
+            return False  # SQLite judges a WAL with an empty main file
         if not header.startswith(_MAGIC[: min(len(header), 16)]) or len(header) < 16:
             raise self._corrupt("it is not a SQLite database (no SQLite header)")
         if len(header) < 100:
-            raise self._corrupt(f"the file is truncated ({size} bytes, shorter than a SQLite header)")
+            raise self._corrupt(f"the file is truncated ({size} bytes, shorter than a SQLite header)", damaged=True)
         page_size = int.from_bytes(header[16:18], "big")
         page_size = 65536 if page_size == 1 else page_size
         if page_size < 512 or page_size & (page_size - 1):
-            raise self._corrupt(f"the SQLite header is damaged (page size {page_size})")
+            raise self._corrupt(f"the SQLite header is damaged (page size {page_size})", damaged=True)
+        if wal:
+            return False
         if size % page_size:
-            raise self._corrupt(f"the file is truncated ({size} bytes is not a whole number of {page_size}-byte pages)")
+            raise self._corrupt(
+                f"the file is truncated ({size} bytes is not a whole number of {page_size}-byte pages, "
+                "and there is no -wal file)",
+                damaged=True,
+            )
         pages = int.from_bytes(header[28:32], "big")
-        wal = self.path.with_name(self.path.name + "-wal")
-        if wal.exists() and wal.stat().st_size > 0:
-            return False  # a checkpoint was cut short: the WAL holds the rest; quick_check judges
         if pages and header[24:28] == header[92:96] and size < pages * page_size:
-            raise self._corrupt(f"the file is truncated (its header says {pages} pages, it holds {size // page_size})")
+            raise self._corrupt(
+                f"the file is truncated (its header says {pages} pages, it holds {size // page_size}, "
+                "and there is no -wal file holding the rest)",
+                damaged=True,
+            )
         return False
 
     async def _inspect_contents(self) -> None:
         """Read-only: integrity, and that this is our schema, role and a version we know."""
+        absent = [p for p in self._companions() if not p.exists()]
+        try:
+            await self._read_contents()
+        except StoreCorruptError:
+            # Reading a WAL-mode store makes SQLite create the -shm index (a cache, rebuilt from
+            # the -wal) and an empty -wal. A refused store must be left as it was found.
+            for created in absent:
+                with contextlib.suppress(OSError):
+                    if created.name.endswith("-shm") or created.stat().st_size == 0:
+                        created.unlink()
+            raise
+
+    async def _read_contents(self) -> None:
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
         try:
             conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
@@ -260,7 +346,7 @@ class SQLiteStore(SQLStore):
             await self._pragmas(conn)
             problems = [" ".join(str(r[0]).split()) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
-                raise self._corrupt("PRAGMA quick_check found damage: " + "; ".join(problems))
+                raise self._corrupt("PRAGMA quick_check found damage: " + "; ".join(problems), damaged=True)
             rows = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
             tables = sorted(str(r[0]) for r in rows)
             if not tables:
