@@ -9,9 +9,8 @@ import pytest
 from tests.support.postgres import PostgresServer, PostgresUnavailableError
 
 
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of the test's own, so stopping or restarting it disturbs nobody else."""
+def _launched() -> Iterator[PostgresServer]:
+    """A real PostgreSQL on 127.0.0.1, destroyed afterwards (the test skips when unavailable)."""
     try:
         server = PostgresServer.launch()
     except PostgresUnavailableError as exc:
@@ -20,19 +19,18 @@ def own_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, so stopping or restarting it disturbs nobody else."""
+    yield from _launched()
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL on 127.0.0.1 for the whole test session (skips when unavailable)."""
-    try:
-        server = PostgresServer.launch()
-    except PostgresUnavailableError as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    try:
-        yield server
-    finally:
-        server.destroy()
+    yield from _launched()
 
 
 @pytest.fixture

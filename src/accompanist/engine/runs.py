@@ -227,6 +227,8 @@ class Runs:
         """Log one session event (see :mod:`accompanist.logs`): outcomes, parks, divergences and
         replays at INFO; a part joined, finished or resumed at DEBUG."""
         level = logging.DEBUG if event in (S.FINISHED, S.RUNNING, "joined") else logging.INFO
+        if not self.events.isEnabledFor(level):
+            return
         session_event(
             self.events,
             event,

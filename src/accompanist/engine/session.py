@@ -64,7 +64,6 @@ __all__ = [
     "StartRefused",
     "journal_name",
     "new_seed",
-    "trace_id",
 ]
 
 DONE_HEADER = "accompanist-done"
@@ -104,16 +103,10 @@ def new_seed() -> bytes:
     return os.urandom(16)
 
 
-def trace_id(session_id: str) -> str:
-    """The W3C trace id of a session (one session is one trace): its UUID's hex, or a hash
-    of an id the client chose."""
-    return f"{trace_id_of(session_id):032x}"
-
-
 def _traceparent(session_id: str, role: str) -> str:
     """W3C trace context of the envelopes a role sends: the session's trace, the role's
     session span (see :mod:`accompanist.tracing`), the same after a replay."""
-    return f"00-{trace_id(session_id)}-{session_span_id(session_id, role):016x}-01"
+    return f"00-{trace_id_of(session_id):032x}-{session_span_id(session_id, role):016x}-01"
 
 
 def _derive(seed: bytes, kind: StepKind, step: int) -> Any:

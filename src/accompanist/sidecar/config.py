@@ -13,6 +13,7 @@ from typing import Any
 
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode, ReplayPolicy
 from accompanist.errors import ConfigError
+from accompanist.transport.tcp import PeerLimits
 
 __all__ = ["SidecarConfig", "parse_address", "parse_peers"]
 
@@ -48,6 +49,9 @@ def parse_peers(items: Any) -> dict[str, tuple[str, int]]:
             raise ConfigError(f"invalid peer {item!r}: expected ROLE=HOST:PORT, e.g. seller=127.0.0.1:7002")
         peers[role.strip()] = parse_address(address.strip(), f"address of peer '{role}'")
     return peers
+
+
+_PEER = PeerLimits()  # the peer port's defaults, defined once in the transport
 
 
 @dataclass
@@ -105,13 +109,13 @@ class SidecarConfig:
     tls_ca: str | None = None
     max_frame: int = 4 * 1024 * 1024
     loop: str = "auto"
-    peer_max_connections: int = 512
-    peer_max_connections_per_address: int = 64
-    peer_first_frame_timeout: float = 10.0
-    peer_frame_timeout: float = 10.0
-    peer_idle_timeout: float = 300.0
-    peer_unauth_frame_limit: int = 64 * 1024
-    peer_unauth_budget: int = 8 * 1024 * 1024
+    peer_max_connections: int = _PEER.max_connections
+    peer_max_connections_per_address: int = _PEER.max_connections_per_address
+    peer_first_frame_timeout: float = _PEER.first_frame_timeout
+    peer_frame_timeout: float = _PEER.frame_timeout
+    peer_idle_timeout: float = _PEER.idle_timeout
+    peer_unauth_frame_limit: int = _PEER.unauth_frame_limit
+    peer_unauth_budget: int = _PEER.unauth_budget
     insecure: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
 

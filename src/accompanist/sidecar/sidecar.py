@@ -131,14 +131,15 @@ class Sidecar:
         store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
         transport = self._transport or self._make_transport()
         self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
-        try:
-            await self.engine.start()
-            if c.api is not None:
-                api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics, token=c.api_token)
+        await self.engine.start()  # a failed start releases what it opened (store, peer port)
+        if c.api is not None:
+            api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics, token=c.api_token)
+            try:
                 self._api_runner, self.api_address = await serve(api, *c.api)
-        except BaseException:
-            await self._release(store, transport)  # a failed start leaves nothing open (no writer thread)
-            raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.engine.stop(grace=0)  # no writer thread or peer port left behind
+                raise
         self.log.info(
             "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
             c.role,
@@ -147,20 +148,6 @@ class Sidecar:
             self.api_address,
             c.store_url,
         )
-
-    async def _release(self, store: Any, transport: Any) -> None:
-        """Close whatever a failed start opened, ignoring what was never opened."""
-        if self._api_runner is not None:
-            with contextlib.suppress(Exception):
-                await self._api_runner.cleanup()
-            self._api_runner = None
-        engine, self.engine = self.engine, None
-        if engine is not None:
-            with contextlib.suppress(Exception):
-                await engine.stop(grace=0)
-        for closing in (transport.close, store.close):
-            with contextlib.suppress(Exception):
-                await closing()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop the API, let running sessions finish within ``grace``, close everything."""
