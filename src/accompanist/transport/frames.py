@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
     "MAC_SIZE",
+    "MIN_KEY_BYTES",
     "Frame",
     "FrameType",
     "InvalidFrameError",
@@ -53,7 +54,7 @@ HEADER_SIZE: Final = 4
 MAC_SIZE: Final = 32
 DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
 DEFAULT_KEY_ID: Final = "k1"
-_MIN_KEY_BYTES: Final = 16
+MIN_KEY_BYTES: Final = 16
 _HEADER: Final = struct.Struct(">I")
 _EMPTY_BIN: Final = b"\xc4\x00"  # msgpack bin8 of length 0
 _MAC_HEADER: Final = b"\xc4\x20"  # msgpack bin8 of length 32
@@ -150,8 +151,8 @@ class KeyRing:
         if current not in keys:
             raise ConfigError(f"current key id '{current}' is not in the key ring {sorted(keys)}")
         for key_id, secret in keys.items():
-            if not isinstance(secret, bytes) or len(secret) < _MIN_KEY_BYTES:
-                raise ConfigError(f"HMAC key '{key_id}' must be bytes of at least {_MIN_KEY_BYTES} bytes")
+            if not isinstance(secret, bytes) or len(secret) < MIN_KEY_BYTES:
+                raise ConfigError(f"HMAC key '{key_id}' must be bytes of at least {MIN_KEY_BYTES} bytes")
         self.keys: dict[str, bytes] = dict(keys)
         self.current = current
         # HMAC per RFC 2104 with the padded-key hash states computed once per key: copying
