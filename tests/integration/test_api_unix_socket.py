@@ -40,7 +40,8 @@ def _command(role: str, ports: dict[str, int], api: str | None, *extra: str) -> 
 
 async def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     """Start a sidecar and wait for its ready line (on stdout, copied to ``log``)."""
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=log.open("ab"))
+    with log.open("ab") as err:
+        proc = await asyncio.to_thread(subprocess.Popen, command, env=_env(), stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
     assert b"accompanist sidecar ready" in line, (line, log.read_text())
@@ -128,7 +129,8 @@ async def test_the_api_on_a_unix_socket_serves_its_user_only(tmp_path: Path, soc
             status, listed = await _json(http, "GET", "/sessions")
             assert status == 200 and [s["session_id"] for s in listed["sessions"]] == [body["session_id"]]
         assert await asyncio.to_thread(_connects_as_nobody, sock) in (False, None)
-        listing = subprocess.run(
+        listing = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "accompanist", "sessions", "--sidecar", f"unix:{sock}"],
             env=_env(),
             capture_output=True,
@@ -138,7 +140,8 @@ async def test_the_api_on_a_unix_socket_serves_its_user_only(tmp_path: Path, soc
         assert listing.returncode == 0 and body["session_id"] in listing.stdout, listing
 
         # A second sidecar on the same path refuses, leaving the live socket alone.
-        other = subprocess.run(
+        other = await asyncio.to_thread(
+            subprocess.run,
             _command("buyer", {**ports, "buyer": free_port()}, f"unix:{sock}"),
             env=_env(),
             capture_output=True,

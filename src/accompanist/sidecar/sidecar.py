@@ -81,7 +81,7 @@ class Sidecar:
             )
         ssl_server = ssl_client = None
         if c.tls_cert and c.tls_key and c.tls_ca:
-            ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca)
+            ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca, role=c.role)
         return TcpTransport(
             c.role,
             c.listen,
@@ -216,4 +216,15 @@ class Sidecar:
             lines.append("# HELP accompanist_peer_unauth_bytes Bytes of large frames being read before authentication")
             lines.append("# TYPE accompanist_peer_unauth_bytes gauge")
             lines.append(f"accompanist_peer_unauth_bytes {getattr(stats, 'unauth_bytes', 0)}")
+        tls_failed = getattr(stats, "tls_failed", None)
+        if tls_failed is not None:
+            lines.append(
+                "# HELP accompanist_tls_handshakes_failed_total TLS connections between sidecars that failed or "
+                "were refused for their identity, by direction (in: to this sidecar, out: to a peer) and reason"
+            )
+            lines.append("# TYPE accompanist_tls_handshakes_failed_total counter")
+            for (direction, reason), count in sorted(tls_failed.items()):
+                lines.append(
+                    f'accompanist_tls_handshakes_failed_total{{direction="{direction}",reason="{reason}"}} {count}'
+                )
         return ("\n".join(lines) + "\n").encode()

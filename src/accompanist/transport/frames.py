@@ -85,6 +85,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_KEY = "unknown-key"  # signed with a key id that is not in the ring
     BAD_MAC = "bad-mac"  # the MAC does not match
     WRONG_DST = "wrong-dst"  # the envelope is addressed to another role
+    WRONG_SRC = "wrong-src"  # the envelope claims a role its connection's certificate does not name
     UNEXPECTED = "unexpected"  # a frame type that makes no sense in this direction
     HANDLER = "handler"  # the handler raised
 
