@@ -13,7 +13,6 @@ frame after the handshake are unchanged. (Upgrading an accepted plain connection
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import socket
@@ -58,31 +57,40 @@ class TlsListener:
         self._context = context
         self._timeout = handshake_timeout
         self._limit = limit
-        self._sock: socket.socket | None = None
-        self._acceptor: asyncio.Task[None] | None = None
+        self._sockets: list[socket.socket] = []
+        self._acceptors: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int, *, backlog: int) -> tuple[str, int]:
-        """Listen on ``host:port``; return the address bound (the real port for port 0).
+        """Listen on every address ``host`` resolves to (as ``start_server`` does); return the
+        first address bound (the real port for port 0).
 
         Raises:
-            OSError: the address cannot be bound.
+            OSError: an address cannot be bound.
         """
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                if self._sockets and port == 0:  # the other addresses take the port the first got
+                    address = (address[0], self._sockets[0].getsockname()[1], *address[2:])
+                sock = socket.socket(family, kind, proto)
+                self._sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(backlog)
+                sock.setblocking(False)
         except OSError:
-            sock.close()
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
             raise
-        self._sock = sock
-        self._acceptor = loop.create_task(self._accept_loop(sock), name="accompanist-tls-accept")
-        name = sock.getsockname()
+        self._acceptors = [
+            loop.create_task(self._accept_loop(sock), name="accompanist-tls-accept") for sock in self._sockets
+        ]
+        name = self._sockets[0].getsockname()
         return str(name[0]), int(name[1])
 
     async def _accept_loop(self, sock: socket.socket) -> None:
@@ -123,13 +131,12 @@ class TlsListener:
     async def close(self) -> None:
         """Stop listening and abandon the handshakes in progress (served connections are the
         caller's to close)."""
-        sock, self._sock = self._sock, None
-        acceptor, self._acceptor = self._acceptor, None
-        if acceptor is not None:
+        acceptors, self._acceptors = self._acceptors, []
+        for acceptor in acceptors:
             acceptor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await acceptor
-        if sock is not None:
+        await asyncio.gather(*acceptors, return_exceptions=True)
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
             sock.close()
         tasks = list(self._connections)
         for task in tasks:
