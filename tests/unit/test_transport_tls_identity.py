@@ -198,3 +198,22 @@ def test_identities_on_uvloop(certs: dict[str, Identity]) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(main()) == (["a"], 1)
+
+
+async def test_handshakes_in_progress_count_against_the_connection_cap(
+    make: Callable[..., TcpTransport], certs: dict[str, Identity]
+) -> None:
+    """Connections that never finish their handshake hold a descriptor each: capped too."""
+    b = await server_b(make, certs, limits=PeerLimits(max_connections=2, first_frame_timeout=30))
+    held = [await asyncio.open_connection(*b.address) for _ in range(2)]
+    await asyncio.sleep(0.2)  # both accepted, both in their handshake
+    reader, writer = await asyncio.open_connection(*b.address)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+    writer.close()
+    assert b.stats.closed["limit-total"] == 1
+    for _, w in held:
+        w.close()
+    a = make("a", peers={"b": b.address}, ssl_client=contexts(certs["a"], "a")[1])
+    await eventually(lambda: not b._tls or len(b._tls._connections) == 0, "handshakes still counted")
+    await a.send(env("a"))  # room again once they are gone
+    assert [e.src for e in inbox_of(b)] == ["a"]

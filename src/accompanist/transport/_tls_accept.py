@@ -41,6 +41,8 @@ class TlsListener:
         context: the server's TLS context.
         handshake_timeout: seconds a handshake may take.
         limit: the ``StreamReader`` buffer limit.
+        max_connections: connections (in their handshake or served) open at once; one more is
+            closed at once and reported to ``over_limit`` with its peer's ``host:port``.
     """
 
     def __init__(
@@ -51,12 +53,16 @@ class TlsListener:
         *,
         handshake_timeout: float,
         limit: int,
+        max_connections: int,
+        over_limit: Callable[[str], None],
     ) -> None:
         self._connected = connected
         self._failed = failed
         self._context = context
         self._timeout = handshake_timeout
         self._limit = limit
+        self._max_connections = max_connections
+        self._over_limit = over_limit
         self._sockets: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -106,6 +112,11 @@ class TlsListener:
                 if sock.fileno() == -1:
                     return  # closed
                 raise
+            if len(self._connections) >= self._max_connections:
+                # Handshakes hold a descriptor each until their deadline: cap them with the rest.
+                conn.close()
+                self._over_limit(_format(address))
+                continue
             task = loop.create_task(self._handshake(conn, _format(address)))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)

@@ -204,6 +204,8 @@ class TcpTransport:
                     self._ssl_server,
                     handshake_timeout=self._limits.first_frame_timeout,
                     limit=2**16,
+                    max_connections=self._max_connections,
+                    over_limit=lambda peer: self._count_closed(CloseReason.LIMIT_TOTAL, peer),
                 )
                 self._address = await self._tls.start(host, port, backlog=backlog)
             else:
