@@ -34,6 +34,7 @@ ROLES = ("a", "b", "c")
 K1, K2 = "rotation-key-one-0123456789abcdef", "rotation-key-two-0123456789abcdef"
 ARGS = ["--mode", "fault-tolerant", "--store", "sqlite:///./{role}.db", "--grace", "1", "--receive-timeout", "5"]
 IN_FLIGHT = 6
+TERMINAL = frozenset({"completed", "compensated", "failed", "cancelled", "diverged"})
 # Refusals that would mean the rotation broke authentication somewhere.
 AUTH_REJECTIONS = ("unsigned", "unknown-key", "bad-mac", "wrong-src")
 
@@ -181,7 +182,7 @@ async def final_statuses(cluster: ProcessCluster, started: dict[str, int]) -> di
             record = await cluster.session("a", sid)
             status = None if record is None else record["status"]
             statuses[sid] = status
-            if status not in (None, "running"):
+            if status in TERMINAL:  # a parked session resumes once its peer is back: wait on
                 pending.discard(sid)
                 if status == "completed":
                     assert record is not None and record["result"] == started[sid] + 4, record
