@@ -130,6 +130,7 @@ class Inbound:
             # A message (or 'done') for a running session: it is handed over now and made
             # durable with the session's next commit; the sender hears back after that commit.
             self._same_session(run.record, envelope)
+            run.reach.hear(envelope.src)
             saved = run.unsaved.arrived(envelope) if e.durable else None
             self._offer(run, envelope)
             await self._acknowledge(saved)
@@ -177,6 +178,8 @@ class Inbound:
         if record is None:
             return await self._unknown(envelope, choreography)
         self._same_session(record, envelope)
+        if run is not None:
+            run.reach.hear(envelope.src)
         if record.status in TERMINAL_STATUSES:
             e.metrics.ignored.inc()
             return None
@@ -296,6 +299,8 @@ class Inbound:
         e = self._engine
         sid = envelope.session_id
         run = e.live.get(sid)
+        if run is not None:
+            run.reach.hear(envelope.src)  # it waits, so it has not given up on the session: it will answer
         record = run.record if run is not None else None
         if record is None:
             try:
