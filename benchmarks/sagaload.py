@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Driver", "make_orders", "place_all", "serve_stdio"]
+__all__ = ["Driver", "make_orders", "place_all", "place_open", "serve_stdio"]
 
 Place = Callable[[dict[str, Any]], Awaitable[str]]
 
@@ -74,6 +74,25 @@ async def place_all(
     return {"latencies": latencies, "wall": time.perf_counter() - began, "outcomes": outcomes}
 
 
+async def place_open(place: Place, orders: list[dict[str, Any]], rate: float, t0: float) -> dict[str, Any]:
+    """Open loop: order ``i`` is placed at wall-clock ``t0 + i / rate`` whatever the others
+    are doing, and awaited. Returns ``{"timeline": {order_id: [start, end, status]}}`` in
+    wall-clock seconds (``time.time()``, so another process can line its events up with it)."""
+    timeline: dict[str, list[Any]] = {}
+
+    async def one(i: int, order: dict[str, Any]) -> None:
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
+        began = time.time()
+        try:
+            status = await place(order)
+        except Exception as exc:
+            status = f"error: {type(exc).__name__}: {exc}"[:300]
+        timeline[order["order_id"]] = [began, time.time(), status]
+
+    await asyncio.gather(*(one(i, order) for i, order in enumerate(orders)))
+    return {"timeline": timeline}
+
+
 async def serve_stdio(place: Place) -> None:
     """Answer phases from stdin until ``{"quit": true}`` or end of input (stdout: one JSON
     line per phase; ``ready`` first). Logs belong on stderr."""
@@ -86,7 +105,10 @@ async def serve_stdio(place: Place) -> None:
         command = json.loads(line)
         if command.get("quit"):
             return
-        result = await place_all(place, command["orders"], int(command["concurrency"]))
+        if "open" in command:
+            result = await place_open(place, command["orders"], command["open"]["rate"], command["open"]["t0"])
+        else:
+            result = await place_all(place, command["orders"], int(command["concurrency"]))
         print(json.dumps(result), flush=True)
 
 
@@ -137,6 +159,14 @@ class Driver:
         """One phase: place ``orders`` at ``concurrency``; its :func:`place_all` result."""
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write((json.dumps({"orders": orders, "concurrency": concurrency}) + "\n").encode())
+        await self.proc.stdin.drain()
+        return await self._answer(timeout)
+
+    async def run_open(self, orders: list[dict[str, Any]], rate: float, t0: float, timeout: float) -> dict[str, Any]:
+        """An open-loop phase (see :func:`place_open`)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        command = {"orders": orders, "open": {"rate": rate, "t0": t0}}
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
         await self.proc.stdin.drain()
         return await self._answer(timeout)
 

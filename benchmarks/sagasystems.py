@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from examples.warehouse.cluster import Proc, wait_healthy
 from harness import ROOT, free_port
-from sagaload import Driver, place_all
+from sagaload import Driver, place_all, place_open
 from sagaservices import SERVICES
 
 __all__ = ["SYSTEMS", "AccompanistSystem", "DBOSSystem", "Services", "System", "TemporalSystem", "make_system"]
@@ -92,7 +92,10 @@ class System:
         self.http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        # No connection limit: an open-loop client may wait on hundreds of orders at once.
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0)
+        )
         await self.services.start(self.http)
         await self._start()
 
@@ -101,6 +104,10 @@ class System:
 
     async def run(self, orders: list[dict[str, Any]], concurrency: int, tick: Any = None) -> dict[str, Any]:
         """Place ``orders`` at ``concurrency`` (see :func:`sagaload.place_all`)."""
+        raise NotImplementedError
+
+    async def run_open(self, orders: list[dict[str, Any]], rate: float, t0: float, timeout: float) -> dict[str, Any]:
+        """Place ``orders`` open loop at ``rate`` per second from ``t0`` (see :func:`sagaload.place_open`)."""
         raise NotImplementedError
 
     def durable_pids(self) -> list[int]:
@@ -185,6 +192,9 @@ class AccompanistSystem(System):
     async def run(self, orders: list[dict[str, Any]], concurrency: int, tick: Any = None) -> dict[str, Any]:
         return await place_all(self.place, orders, concurrency, tick)
 
+    async def run_open(self, orders: list[dict[str, Any]], rate: float, t0: float, timeout: float) -> dict[str, Any]:
+        return await asyncio.wait_for(place_open(self.place, orders, rate, t0), timeout)
+
     def durable_pids(self) -> list[int]:
         return [p.proc.pid for p in self.sidecars.values() if p.proc is not None]
 
@@ -251,6 +261,9 @@ class TemporalSystem(System):
 
     async def run(self, orders: list[dict[str, Any]], concurrency: int, tick: Any = None) -> dict[str, Any]:
         return await self.driver.run(orders, concurrency)
+
+    async def run_open(self, orders: list[dict[str, Any]], rate: float, t0: float, timeout: float) -> dict[str, Any]:
+        return await self.driver.run_open(orders, rate, t0, timeout)
 
     def durable_pids(self) -> list[int]:
         return [self.server.pid, *(w.pid for w in self.workers.values())]
