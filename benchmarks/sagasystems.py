@@ -151,11 +151,12 @@ class AccompanistSystem(System):
         listen = {role: free_port() for role in ROLES}
         self.sidecars: dict[str, Proc] = {}
         env = {**ENV, "SAGA_URLS": json.dumps(self.services.urls), "ACCOMPANIST_HMAC_KEY": secrets.token_hex(16)}
+        level = os.environ.get("SAGA_LOG_LEVEL", "WARNING")  # INFO to see what the sidecars do
         for role in ROLES:
             api = free_port()
             command = [
                 sys.executable, "-m", "accompanist", "sidecar", "--app", "sagaapp:app", "--role", role,
-                "--listen", f"127.0.0.1:{listen[role]}", "--api", f"127.0.0.1:{api}", "--log-level", "WARNING",
+                "--listen", f"127.0.0.1:{listen[role]}", "--api", f"127.0.0.1:{api}", "--log-level", level,
                 "--mode", mode, "--max-inflight", "10000", "--receive-timeout", "5",
             ]  # fmt: skip
             if mode == "fault-tolerant":
