@@ -168,7 +168,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.delay, args.samples, args.rounds, args.warmup = [5], [0, 9], 60, 2, 10
+        args.n, args.delay, args.samples, args.rounds, args.warmup = [5], [0, 9], 50, 2, 8
     started = harness.machine()
     with harness.progress("chain") as tick, tempfile.TemporaryDirectory(prefix="chain-bench-") as tmp:
         rows = asyncio.run(_run(args, Path(tmp), tick))

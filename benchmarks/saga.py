@@ -46,6 +46,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import harness  # noqa: E402
 from fsyncs import FsyncCounter, strace_missing  # noqa: E402
+from profiles import Sampler, summarize  # noqa: E402
 from sagaload import make_orders  # noqa: E402
 from sagaservices import check_orders  # noqa: E402
 from sagasystems import SYSTEMS, System, make_system  # noqa: E402
@@ -72,6 +73,7 @@ class Run:
         self.outcomes: dict[str, str] = {}
         self.fsyncs: dict[int, float] = {}
         self.own: dict[int, float] = {}
+        self.profile: dict[str, object] = {}
         self.error: str | None = None
 
     def add(self, concurrency: int, orders: list[dict[str, Any]], result: dict[str, Any], timed: bool) -> None:
@@ -139,10 +141,15 @@ async def _measure(args: Any, workdir: Path, tick: harness.Ticker) -> list[Run]:
                 turn = live if (round_ + level) % 2 == 0 else list(reversed(live))
                 for run in turn:
                     tick(f"round {round_ + 1}/{args.rounds}, {level} in flight: {run.name}")
-                    await _phase(run, level, batch, True, tick)
+                    if args.profile and round_ == 0 and level == 1 and run.name in ("accompanist", "dbos"):
+                        await _profiled(run, level, batch, workdir, tick)
+                    else:
+                        await _phase(run, level, batch, True, tick)
         why_not = strace_missing()
         if why_not is None:
-            levels = [(c, args.count_orders * (1 if c == 1 else max(1, c // 4))) for c in args.concurrency]
+            # strace attached slows every system call of a process (Temporal's Go server most):
+            # few orders, enough to fill each level once.
+            levels = [(c, args.count_orders if c == 1 else max(c, 2 * args.count_orders)) for c in args.concurrency]
             tick("counting fsyncs (strace attached)", total=len(live) * sum(n for _, n in levels))
             for level, count in levels:
                 batch = orders(count)
@@ -171,6 +178,28 @@ async def _phase(run: Run, level: int, batch: list[dict[str, Any]], timed: bool,
     if not in_process:
         tick(advance=len(batch))
     run.add(level, batch, result, timed)
+
+
+async def _profiled(run: Run, level: int, batch: list[dict[str, Any]], workdir: Path, tick: harness.Ticker) -> None:
+    """A timed phase with py-spy sampling each of the system's processes (the samples slow it
+    a little; every system's first one-at-a-time phase of a ``--profile`` run pays it alike)."""
+    assert run.system is not None
+    why = Sampler.missing()
+    if why is not None:
+        run.profile = {"error": why}
+        await _phase(run, level, batch, True, tick)
+        return
+    names = list(getattr(run.system, "sidecars", {})) or [run.name]
+    samplers = {
+        name: Sampler(pid, workdir / f"profile-{run.name}-{name}.txt")
+        for name, pid in zip(names, run.system.durable_pids(), strict=False)
+    }
+    await asyncio.gather(*(s.start() for s in samplers.values()))
+    try:
+        await _phase(run, level, batch, True, tick)
+    finally:
+        await asyncio.gather(*(s.stop() for s in samplers.values()))
+    run.profile = {name: summarize(s.out) for name, s in samplers.items() if s.out.exists()}
 
 
 async def _quietly(aw: Any) -> None:
@@ -267,17 +296,22 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--count-orders", type=int, default=40, help="orders per system in the fsync count (x4 at 16)")
+    parser.add_argument("--count-orders", type=int, default=20, help="orders one at a time in the fsync count")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the Accompanist sidecars and DBOS one order at a time"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.orders, args.throughput_orders, args.rounds, args.warmup, args.count_orders = 40, 96, 1, 16, 16
+        args.orders, args.throughput_orders, args.rounds, args.warmup, args.count_orders = 30, 64, 1, 12, 4
         args.concurrency = [c for c in args.concurrency if c <= 16] or [1]
     started = harness.machine()
     with harness.progress("saga") as tick, tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp:
         runs = asyncio.run(_measure(args, Path(tmp), tick))
         rows = _rows(runs, args)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    extra = {"settings": settings, "ratios": _ratios(rows), "notes": [NOTE]}
+    extra: dict[str, Any] = {"settings": settings, "ratios": _ratios(rows), "notes": [NOTE]}
+    if args.profile:
+        extra["profile"] = {r.name: r.profile for r in runs if r.profile}
     data = harness.write_results("saga", rows, path=args.json, extra=extra, plot=_plot, started=started)
     print(NOTE)
     for row in rows:
@@ -292,6 +326,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         )
     for name, ratio in data["ratios"].items():
         print(f"{name:<48} {ratio:6.2f}x")
+    for system, by_process in data.get("profile", {}).items():
+        for process, summary in by_process.items():
+            if not isinstance(summary, dict) or "own" not in summary:
+                continue
+            top = ", ".join(f"{f} {p}%" for f, p in summary["own"][:6])
+            print(f"profile {system}/{process}: idle {summary['idle_share']:.0%}; own time: {top}")
     return data
 
 
