@@ -83,17 +83,17 @@ def _saga(data: dict[str, Any]) -> list[str]:
 def _recovery(data: dict[str, Any]) -> list[str]:
     lines = [
         "| system | orders | completed | duplicates | outage cohort | recovery after the return (s) "
-        "| restart took (s) | verified |",
-        "|---|---|---|---|---|---|---|---|",
+        "| restart took (s) | p50 before the outage (ms) | verified |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         if "error" in r:
-            lines.append(f"| {r['system']} | error: {r['error']} |||||||")
+            lines.append(f"| {r['system']} | error: {r['error']} ||||||||")
             continue
         lines.append(
             f"| {r['system']} | {r['orders']} | {r['completed']} | {r['duplicates']} "
             f"| {r['outage_cohort_completed']}/{r['outage_cohort']} | {_fmt(r['recovery_s'])} "
-            f"| {_fmt(r['restart_to_ready_s'])} | {r['verified']} |"
+            f"| {_fmt(r['restart_to_ready_s'])} | {_fmt(r.get('p50_before_outage_ms'), 1)} | {r['verified']} |"
         )
     return lines
 
