@@ -71,9 +71,26 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _fdatasync_ms(samples: int = 20) -> float:
+    """Median ``fdatasync`` of a small write in the temporary directory, where every benchmark
+    keeps its stores: durable systems pay it per commit, so a busy disk shows here."""
+    import statistics
+    import tempfile
+
+    times = []
+    with tempfile.NamedTemporaryFile() as f:
+        for _ in range(samples):
+            f.write(b"x" * 128)
+            f.flush()
+            began = time.perf_counter()
+            os.fdatasync(f.fileno())
+            times.append(time.perf_counter() - began)
+    return round(statistics.median(times) * 1000, 3)
+
+
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on, including how busy the machine was at the start
-    (it is shared: a high load average marks the numbers as noisy)."""
+    """What the numbers were measured on, including how busy the machine and its disk were at
+    the start (a high load average or a slow fdatasync marks the numbers as noisy)."""
     try:
         import uvloop
 
@@ -88,6 +105,7 @@ def machine() -> dict[str, Any]:
         "os": platform.platform(),
         "event_loop": loop,
         "load_average_at_start": [round(x, 2) for x in load],
+        "fdatasync_ms_at_start": _fdatasync_ms(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
 

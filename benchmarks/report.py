@@ -31,7 +31,8 @@ def _machine(data: dict[str, Any]) -> str:
     load = m.get("load_average_at_start", [])
     return (
         f"*{m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, {m.get('event_loop')}, "
-        f"{m.get('date', '')}; load average at the start {load[0] if load else '?'}*"
+        f"{m.get('date', '')}; at the start: load average {load[0] if load else '?'}, "
+        f"fdatasync {m.get('fdatasync_ms_at_start', '?')} ms*"
     )
 
 
