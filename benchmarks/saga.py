@@ -75,6 +75,7 @@ class Run:
         self.own: dict[int, float] = {}
         self.profile: dict[str, object] = {}
         self.error: str | None = None
+        self.count_error: str | None = None
 
     def add(self, concurrency: int, orders: list[dict[str, Any]], result: dict[str, Any], timed: bool) -> None:
         self.orders += orders
@@ -140,11 +141,17 @@ async def _measure(args: Any, workdir: Path, tick: harness.Ticker) -> list[Run]:
                 batch = orders(count)  # the same orders (ids and declines) for every system
                 turn = live if (round_ + level) % 2 == 0 else list(reversed(live))
                 for run in turn:
+                    if run.error is not None:
+                        continue
                     tick(f"round {round_ + 1}/{args.rounds}, {level} in flight: {run.name}")
-                    if args.profile and round_ == 0 and level == 1 and run.name in ("accompanist", "dbos"):
-                        await _profiled(run, level, batch, workdir, tick)
-                    else:
-                        await _phase(run, level, batch, True, tick)
+                    try:
+                        if args.profile and round_ == 0 and level == 1 and run.name in ("accompanist", "dbos"):
+                            await _profiled(run, level, batch, workdir, tick)
+                        else:
+                            await _phase(run, level, batch, True, tick)
+                    except Exception as exc:  # a system that breaks mid-run is a row saying why
+                        run.error = f"failed at {level} in flight: {harness.error_text(exc)}"
+                        print(f"{run.name}: {run.error}", file=sys.stderr)
         why_not = strace_missing()
         if why_not is None:
             # strace attached slows every system call of a process (Temporal's Go server most):
@@ -154,12 +161,14 @@ async def _measure(args: Any, workdir: Path, tick: harness.Ticker) -> list[Run]:
             for level, count in levels:
                 batch = orders(count)
                 for run in live:
+                    if run.error is not None:
+                        continue
                     tick(f"counting fsyncs, {level} in flight: {run.name}")
                     try:
                         await _count(run, level, batch, workdir)
-                    except Exception as exc:
-                        run.fsyncs[level] = float("nan")
-                        print(f"fsync count failed for {run.name}: {harness.error_text(exc)}", file=sys.stderr)
+                    except Exception as exc:  # the timed numbers stand; the count says why it is missing
+                        run.count_error = harness.error_text(exc)
+                        print(f"fsync count failed for {run.name}: {run.count_error}", file=sys.stderr)
                     tick(advance=count)
         else:
             print(f"fsyncs not counted: {why_not}", file=sys.stderr)
@@ -227,7 +236,9 @@ def _rows(runs: list[Run], args: Any) -> list[dict[str, Any]]:
                 "commits_per_order": round(run.fsyncs[level], 2) if level in run.fsyncs else None,
                 "verified": check["verified"],
                 "orders": run.counts.get(level, 0),
-                "commits_counted_by": run.system.how_counted if level in run.fsyncs else "not counted",
+                "commits_counted_by": run.system.how_counted
+                if level in run.fsyncs
+                else f"not counted: {run.count_error or strace_missing() or 'no count pass'}",
                 "duplicates": check["duplicates"],
                 "service_repeats": check["repeats"],
             }
