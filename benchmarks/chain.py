@@ -170,8 +170,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.n, args.delay, args.samples, args.rounds, args.warmup = [5], [0, 9], 50, 2, 8
     started = harness.machine()
-    with harness.progress("chain") as tick, tempfile.TemporaryDirectory(prefix="chain-bench-") as tmp:
-        rows = asyncio.run(_run(args, Path(tmp), tick))
+    with harness.progress("chain") as tick:
+        for attempt in range(3):
+            try:
+                with tempfile.TemporaryDirectory(prefix="chain-bench-") as tmp:
+                    rows = asyncio.run(_run(args, Path(tmp), tick))
+                break
+            except RuntimeError as exc:
+                if attempt == 2 or not harness.bind_clash(exc):
+                    raise
+                tick("a port was taken while the processes started: again with fresh ports")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     data = harness.write_results(
         "chain", rows, path=args.json, extra={"settings": settings}, plot=_plot, started=started

@@ -35,6 +35,7 @@ __all__ = [
     "RESULTS",
     "ROOT",
     "Ticker",
+    "bind_clash",
     "error_text",
     "free_port",
     "machine",
@@ -122,6 +123,14 @@ def error_text(exc: BaseException) -> str:
     """A one-line reason for an ``"error"`` row (a peer that cannot be installed or started)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def bind_clash(exc: BaseException) -> bool:
+    """Whether ``exc`` is a process of ours failing to bind a port handed out free a moment
+    before (on a shared machine another process may take it in between): worth one more try
+    with fresh ports, never a result."""
+    text = str(exc)
+    return "address already in use" in text or "cannot listen on" in text
 
 
 def free_port() -> int:

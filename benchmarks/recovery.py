@@ -53,9 +53,18 @@ SYSTEMS = ("accompanist", "temporal")
 async def _one(name: str, args: Any, workdir: Path, tick: harness.Ticker) -> dict[str, Any]:
     system: System | None = None
     try:
-        system = make_system(name, workdir / name)
-        tick(f"{name}: starting")
-        await system.start()
+        for attempt in range(3):
+            system = make_system(name, workdir / f"{name}-{attempt}")
+            tick(f"{name}: starting")
+            try:
+                await system.start()
+                break
+            except RuntimeError as exc:
+                await system.stop()
+                system = None
+                if attempt == 2 or not harness.bind_clash(exc):  # a port taken meanwhile: again
+                    raise
+        assert system is not None
         orders = make_orders(f"r-{name}", 0, int(args.duration * args.rate), fail_every=0)
         warm = make_orders(f"w-{name}", 0, 10, fail_every=0)
         await system.run(warm, 2)

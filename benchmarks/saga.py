@@ -111,15 +111,20 @@ async def _measure(args: Any, workdir: Path, tick: harness.Ticker) -> list[Run]:
     for name in args.systems:
         run = Run(name)
         runs.append(run)
-        try:
-            tick(f"starting {name}")
-            run.system = make_system(name, workdir / name)
-            await run.system.start()
-        except Exception as exc:
-            run.error = harness.error_text(exc)
-            print(f"{name} cannot run: {run.error}", file=sys.stderr)
-            if run.system is not None:
-                await _quietly(run.system.stop())
+        for attempt in range(3):
+            try:
+                tick(f"starting {name}")
+                run.system = make_system(name, workdir / f"{name}-{attempt}")
+                await run.system.start()
+                run.error = None
+                break
+            except Exception as exc:
+                run.error = harness.error_text(exc)
+                print(f"{name} cannot run: {run.error}", file=sys.stderr)
+                if run.system is not None:
+                    await _quietly(run.system.stop())
+                if not harness.bind_clash(exc):  # a port taken meanwhile: again, fresh ports
+                    break
     live = [r for r in runs if r.error is None]
     counter = 0
 

@@ -36,8 +36,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -50,6 +51,7 @@ from examples.warehouse.cluster import Proc, free_port, wait_healthy  # noqa: E4
 __all__ = ["ROW_KEYS", "main", "run"]
 
 ROW_KEYS = ("mode", "store", "sessions_per_s")
+T = TypeVar("T")
 ROLES = ("start", "s1", "s2")
 IN_FLIGHT = 64
 _REPLAYS = re.compile(rb"^accompanist_replays_total (\S+)$", re.MULTILINE)
@@ -227,6 +229,19 @@ async def _replay(n: int, workdir: Path, tick: harness.Ticker) -> dict[str, Any]
     return found
 
 
+def _again_on_clash(measure: Callable[[Path], Coroutine[Any, Any, T]], tick: harness.Ticker) -> T:
+    """Run ``measure`` in a fresh directory; again (fresh ports) if a port was taken meanwhile."""
+    for attempt in range(3):
+        try:
+            with tempfile.TemporaryDirectory(prefix="throughput-bench-") as tmp:
+                return asyncio.run(measure(Path(tmp)))
+        except RuntimeError as exc:
+            if attempt == 2 or not harness.bind_clash(exc):
+                raise
+            tick("a port was taken while the processes started: again with fresh ports")
+    raise AssertionError("unreachable")
+
+
 def _start_postgres() -> tuple[Any, str | None, str | None]:
     """A throwaway PostgreSQL server, its DSN, or why there is none."""
     try:
@@ -269,12 +284,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     started = harness.machine()
     server, dsn, why = (None, None, "left out (--no-postgres)") if args.no_postgres else _start_postgres()
     try:
-        with harness.progress("throughput") as tick, tempfile.TemporaryDirectory(prefix="throughput-bench-") as tmp:
-            found = asyncio.run(_throughput(args, Path(tmp), tick, dsn))
+        with harness.progress("throughput") as tick:
+            found = _again_on_clash(lambda tmp: _throughput(args, tmp, tick, dsn), tick)
             replay: dict[str, Any] = {}
             if args.replay > 0:
                 try:
-                    replay = asyncio.run(_replay(args.replay, Path(tmp) / "replay", tick))
+                    replay = _again_on_clash(lambda tmp: _replay(args.replay, tmp, tick), tick)
                 except Exception as exc:
                     replay = {"sessions": args.replay, "error": harness.error_text(exc)}
     finally:
