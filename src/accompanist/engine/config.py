@@ -43,7 +43,7 @@ class EngineConfig:
         retry_min: first redelivery delay (seconds) of an unacknowledged envelope.
         retry_max: largest redelivery delay.
         deliver_timeout: how long one delivery attempt waits for the peer's acknowledgement
-            (the relay waits longer for a peer that is slow to answer, up to 12 times this).
+            (the relay waits longer for a peer that is slow to answer, up to a minute).
         delivery_concurrency: deliveries in flight at once (fault-tolerant relay).
         relay_interval: how often the relay rescans the outbox for due retries.
         retention: seconds terminal sessions keep their inbox/outbox/journal rows.

@@ -38,6 +38,9 @@ __all__ = ["Inbound"]
 S = SessionStatus
 _KNOWN_KINDS = frozenset(k.value for k in EnvelopeKind)
 _FAST = frozenset({*MESSAGE_KINDS, EnvelopeKind.DONE})  # handed to a running session without its lock
+_WAKE_COMPENSATING = frozenset(
+    {EnvelopeKind.COMPENSATE, EnvelopeKind.OUTCOME, EnvelopeKind.REPORT, EnvelopeKind.UNDONE}
+)  # what a compensating session without a task may be waiting for
 _CONTROL_TO_INITIATOR = frozenset(
     {EnvelopeKind.DONE, EnvelopeKind.CANCEL, EnvelopeKind.QUERY, EnvelopeKind.UNDONE, EnvelopeKind.REPORT}
 )
@@ -183,6 +186,7 @@ class Inbound:
         if record.status in TERMINAL_STATUSES:
             e.metrics.ignored.inc()
             return None
+        before = record.status
         completed = kind == EnvelopeKind.OUTCOME and record.status == S.FINISHED and _completes(envelope)
         if e.durable and completed:
             e.guard.defer(WriteBatch(inbox=[envelope]))  # if lost, the role asks for it again
@@ -209,15 +213,22 @@ class Inbound:
             await self._tombstone_mail(target, envelope)
         elif completed:  # a finished part needs nothing but the news: no replay, no commit now
             await e.transition(target, S.COMPLETED, lazy=True)
-        elif self._wakes(target.record, envelope, choreography):
+        elif target.record.status != before or self._wakes(target.record, envelope, choreography):
             await e.activate(target.record, choreography)
         return None
 
     def _wakes(self, record: SessionRecord, envelope: Envelope, choreography: Choreography) -> bool:
-        """Whether an envelope for a session without a task resumes it."""
+        """Whether an envelope for a session without a task resumes it (one that changed its
+        status always does)."""
         status, kind = record.status, envelope.kind
-        if status in (S.PARKED, S.COMPENSATING):
+        if status == S.PARKED:
             return True
+        if status == S.COMPENSATING:
+            # It waits for an order, an answer or the outcome. Anything else (a copy of the
+            # decision it knows, answering its own query; a late message) would only run its
+            # wait again, which asks the initiator again, whose answer would wake it again: on
+            # a loaded machine, for as long as the initiator waits.
+            return kind in _WAKE_COMPENSATING
         if status == S.FINISHED:
             return kind not in MESSAGE_KINDS  # a late duplicate message changes nothing
         if status == S.DIVERGED:

@@ -9,8 +9,10 @@ A delivery that waits its whole timeout without an answer does not prove the env
 on a slow link (a loaded peer) it is still queued there, and a copy sent now would only queue
 behind it, making the link slower still until every envelope is sent again and again and none
 gets through. So a peer that leaves deliveries unanswered is given twice as long to answer the
-next ones (up to ``_PATIENCE_LIMIT`` delivery timeouts), and less again as its answers come
-back quicker, as TCP backs off its retransmission timer.
+next ones (up to a minute), and less again as its answers come back quicker, as TCP backs off
+its retransmission timer. A long wait costs nothing when the peer is well (it answers at once)
+nor when the connection breaks (the send fails at once); a short bound would keep an
+overloaded peer overloaded with copies, for good.
 
 A peer that answers but refuses one envelope is reachable: only that envelope backs off (a
 refusal that may pass, such as a version not deployed yet), or, when the refusal is for good
@@ -38,7 +40,7 @@ from accompanist.transport.base import Transport
 __all__ = ["Relay"]
 
 _ACKED_FOR = 10.0  # seconds a deferred acknowledgement mark keeps a row from being redelivered
-_PATIENCE_LIMIT = 12  # a delivery waits for its answer at most this many delivery timeouts
+_PATIENCE_LIMIT = 60.0  # seconds a delivery may wait for its answer, at most (or deliver_timeout if longer)
 _PER_DESTINATION = 2_000  # rows per destination and scan; more wait for the next scan
 
 
@@ -160,7 +162,8 @@ class Relay:
                     return
                 except (AccompanistError, OSError, TimeoutError) as exc:
                     if time.monotonic() - began >= patience:  # unanswered, not refused: maybe only slow
-                        self._patience[envelope.dst] = min(2 * patience, _PATIENCE_LIMIT * self._config.deliver_timeout)
+                        longest = max(_PATIENCE_LIMIT, self._config.deliver_timeout)
+                        self._patience[envelope.dst] = min(2 * patience, longest)
                     self._failed(envelope.dst, exc)
                     return
                 self._answered(envelope.dst, time.monotonic() - began)
