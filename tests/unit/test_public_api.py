@@ -34,6 +34,7 @@ EXPECTED_ALL = [
     "EnvelopeRejectedError",
     "Failure",
     "FrameError",
+    "LifecycleError",
     "Located",
     "Mode",
     "NondeterminismError",
