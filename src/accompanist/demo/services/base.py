@@ -82,8 +82,7 @@ class Database:
         """Run ``work`` once per ``(request_id, method)``; a repeat gets the first answer.
 
         Raises:
-            Declined: ``work`` refused, now or the first time.
-            ValueError: no request id.
+            Declined: ``work`` refused, now or the first time (or there is no request id).
         """
         if not request_id:
             raise Declined(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: a request_id is required")
@@ -95,19 +94,25 @@ class Database:
                 if row["answer"] is None:
                     raise Declined(grpc.StatusCode[row["code"]], row["detail"])
                 return kind.FromString(row["answer"])
+            conn.execute("SAVEPOINT work")
             try:
                 answer = work(conn)
             except Declined as refusal:
+                # Nothing of the refused work stays, but the refusal does: the same request
+                # id is refused the same way, as a payment API answers a repeated decline.
+                conn.execute("ROLLBACK TO work")
                 conn.execute(
                     "INSERT INTO requests (request_id, method, code, detail, at) VALUES (?, ?, ?, ?, ?)",
                     (request_id, method, refusal.code.name, refusal.detail, time.time()),
                 )
-                raise
-            conn.execute(
-                "INSERT INTO requests (request_id, method, answer, at) VALUES (?, ?, ?, ?)",
-                (request_id, method, answer.SerializeToString(), time.time()),
-            )
-            return answer
+                refused = refusal
+            else:
+                conn.execute(
+                    "INSERT INTO requests (request_id, method, answer, at) VALUES (?, ?, ?, ?)",
+                    (request_id, method, answer.SerializeToString(), time.time()),
+                )
+                return answer
+        raise refused
 
 
 class Service(Protocol):
