@@ -27,6 +27,9 @@ def demo(
         Path | None, typer.Option(help="Keep databases, stores and logs in this directory (default: a temp dir).")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Orders in flight at once.")] = 16,
+    delay: Annotated[
+        float, typer.Option(min=0, help="Milliseconds of one-way delay on every link between hosts (a proxy).")
+    ] = 0.0,
 ) -> None:
     """Run the Online Boutique checkout: 15 processes, N orders, a crash, every order verified."""
     if mode not in ("fault-tolerant", "default"):
@@ -48,10 +51,10 @@ def demo(
     console = Console()
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        code = _run(DemoOptions(orders, not no_crash, mode, keep, concurrency), console)
+        code = _run(DemoOptions(orders, not no_crash, mode, keep, concurrency, delay), console)
     else:
         with tempfile.TemporaryDirectory(prefix="accompanist-demo-") as tmp:
-            code = _run(DemoOptions(orders, not no_crash, mode, Path(tmp), concurrency), console)
+            code = _run(DemoOptions(orders, not no_crash, mode, Path(tmp), concurrency, delay), console)
     raise typer.Exit(code)
 
 

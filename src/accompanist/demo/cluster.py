@@ -126,25 +126,48 @@ class Cluster:
         workdir: where databases, stores and logs go.
         mode: the sidecars' mode, ``fault-tolerant`` (SQLite stores) or ``default``.
         log_level: the sidecars' log level.
+        delay_ms: one-way delay on every link between hosts (:mod:`.delay`): sidecar to
+            sidecar, the frontend to the orchestrated checkout, and that checkout to each
+            service. A service and its sidecar are one host: no delay between them.
     """
 
-    def __init__(self, workdir: Path, *, mode: str = "fault-tolerant", log_level: str = "WARNING") -> None:
+    def __init__(
+        self, workdir: Path, *, mode: str = "fault-tolerant", log_level: str = "WARNING", delay_ms: float = 0
+    ) -> None:
         self.workdir = workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mode = mode
-        ports = free_ports(len(SERVICES) + 2 * len(ROLES))
+        self.delay_ms = delay_ms
+        remote = [s for s in SERVICES if s != "frontend"]  # what the checkout and frontend reach over the network
+        ports = free_ports(len(SERVICES) + 2 * len(ROLES) + (len(ROLES) + len(remote) if delay_ms > 0 else 0))
         self.service_ports = dict(zip(SERVICES, ports, strict=False))
         self.peer_ports = dict(zip(ROLES, ports[len(SERVICES) :], strict=False))
-        self.api_ports = dict(zip(ROLES, ports[len(SERVICES) + len(ROLES) :], strict=True))
+        self.api_ports = dict(zip(ROLES, ports[len(SERVICES) + len(ROLES) :], strict=False))
+        extra = ports[len(SERVICES) + 2 * len(ROLES) :]
+        # Where the others reach a sidecar's peer port, or a service: through the proxy or not.
+        self.peer_via = {r: extra[i] if extra else self.peer_ports[r] for i, r in enumerate(ROLES)}
+        self.remote_via = {s: extra[len(ROLES) + i] if extra else self.service_ports[s] for i, s in enumerate(remote)}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCOMPANIST_", "BOUTIQUE_"))}
         env.update({address_env(s): self.address(s) for s in SERVICES})
         env[SIDECAR_ENV] = self.api("frontend")
+        remote_env = {**env, **{address_env(s): f"127.0.0.1:{p}" for s, p in self.remote_via.items()}}
         self.procs: dict[str, Proc] = {}
+        if delay_ms > 0:
+            links = [f"{self.peer_via[r]}={self.peer_ports[r]}" for r in ROLES]
+            links += [f"{self.remote_via[s]}={self.service_ports[s]}" for s in remote]
+            command = [sys.executable, "-m", "accompanist.demo.delay", f"{delay_ms:g}", *links]
+            self.procs["delay-proxy"] = Proc(
+                "delay-proxy", command, env, self.workdir / "delay-proxy.log", self.workdir
+            )
         for service in SERVICES:
             command = [sys.executable, "-m", "accompanist.demo.services", service]
             command += ["--port", str(self.service_ports[service]), "--db", str(self.db(service)), "--seed"]
             self.procs[f"{service}-service"] = Proc(
-                f"{service}-service", command, env, self.workdir / f"{service}-service.log", self.workdir
+                f"{service}-service",
+                command,
+                remote_env if service in ("checkout", "frontend") else env,
+                self.workdir / f"{service}-service.log",
+                self.workdir,
             )
         sidecar_env = {
             **env,
@@ -162,7 +185,7 @@ class Cluster:
             command += ["--receive-timeout", "30"]
             for peer in ROLES:
                 if peer != role:
-                    command += ["--peer", f"{peer}=127.0.0.1:{self.peer_ports[peer]}"]
+                    command += ["--peer", f"{peer}=127.0.0.1:{self.peer_via[peer]}"]
             self.procs[role] = Proc(role, command, sidecar_env, self.workdir / f"{role}-sidecar.log", self.workdir)
         self.http: aiohttp.ClientSession | None = None
 
@@ -223,6 +246,13 @@ class Cluster:
         raise RuntimeError(f"{name} did not answer within {timeout:g} s:\n{proc.tail()}")
 
     async def _answers(self, name: str) -> bool:
+        if name == "delay-proxy":
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.peer_via[ROLES[0]])
+            except OSError:
+                return False
+            writer.close()
+            return True
         if name in ROLES:
             assert self.http is not None
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):

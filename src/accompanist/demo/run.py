@@ -32,7 +32,7 @@ from accompanist.demo.orders import DemoOrder, make_orders
 from accompanist.demo.verify import Outcome, Verdict, verify
 from accompanist.demo.wire import item_to_pb, request_to_pb
 
-__all__ = ["DemoOptions", "DemoReport", "run_demo"]
+__all__ = ["DemoOptions", "DemoReport", "fill_carts", "place", "run_demo"]
 
 VICTIMS = ("payment", "shipping-service")
 """What the demo SIGKILLs mid-run: one sidecar and one service."""
@@ -49,6 +49,7 @@ class DemoOptions:
     mode: str = "fault-tolerant"
     workdir: Path = Path(".")
     concurrency: int = 16
+    delay_ms: float = 0.0
 
 
 @dataclass
@@ -78,7 +79,8 @@ def _progress(console: Console) -> Progress:
     )
 
 
-async def _fill_carts(cluster: Cluster, orders: list[DemoOrder]) -> None:
+async def fill_carts(cluster: Cluster, orders: list[DemoOrder]) -> None:
+    """Put each order's lines in its shopper's cart, as the shoppers would before checking out."""
     async with grpc.aio.insecure_channel(cluster.address("cart")) as channel:
         cart = pb_grpc.CartServiceStub(channel)
         gate = asyncio.Semaphore(32)
@@ -91,7 +93,7 @@ async def _fill_carts(cluster: Cluster, orders: list[DemoOrder]) -> None:
         await asyncio.gather(*(fill(o) for o in orders))
 
 
-async def _place(
+async def place(
     cluster: Cluster,
     orders: list[DemoOrder],
     via: int,
@@ -100,6 +102,8 @@ async def _place(
     concurrency: int,
     at_third: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    """Place ``orders`` through the frontend (``via`` a checkout), ``concurrency`` at a time,
+    recording each latency and answer in ``report``; ``at_third`` runs when a third are placed."""
     name = "choreography" if via == pb.CHOREOGRAPHY else "orchestrator"
     task = progress.add_task(f"{name} checkout", total=len(orders), n_completed=0, n_compensated=0)
     counts = {"completed": 0, "compensated": 0}
@@ -177,7 +181,7 @@ async def _replays(cluster: Cluster) -> int:
 async def run_demo(options: DemoOptions, console: Console) -> tuple[int, DemoReport]:
     """Run the demo in ``options.workdir``; return the exit status and what was measured."""
     report = DemoReport()
-    cluster = Cluster(options.workdir, mode=options.mode)
+    cluster = Cluster(options.workdir, mode=options.mode, delay_ms=options.delay_ms)
     chosen = make_orders(options.orders, prefix="chor")
     orchestrated = make_orders(options.orders, prefix="orch")
     began = time.perf_counter()
@@ -185,7 +189,7 @@ async def run_demo(options: DemoOptions, console: Console) -> tuple[int, DemoRep
         with _progress(console) as progress:
             task = progress.add_task("starting processes", total=len(cluster.procs), n_completed=0, n_compensated=0)
             await cluster.start(on_ready=lambda _name: progress.advance(task))
-            await _fill_carts(cluster, chosen + orchestrated)
+            await fill_carts(cluster, chosen + orchestrated)
 
             async def crash() -> None:
                 if not options.crash:
@@ -200,8 +204,8 @@ async def run_demo(options: DemoOptions, console: Console) -> tuple[int, DemoRep
                 await asyncio.gather(*(cluster.restart(v) for v in VICTIMS))
                 progress.console.print("[green]restarted[/] both on the same ports, store and database")
 
-            await _place(cluster, chosen, pb.CHOREOGRAPHY, report, progress, options.concurrency, crash)
-            await _place(cluster, orchestrated, pb.ORCHESTRATOR, report, progress, options.concurrency)
+            await place(cluster, chosen, pb.CHOREOGRAPHY, report, progress, options.concurrency, crash)
+            await place(cluster, orchestrated, pb.ORCHESTRATOR, report, progress, options.concurrency)
         with console.status("waiting for every sidecar to end every session, then checking the books"):
             sessions = await _settle(cluster)
             report.replays = await _replays(cluster)
@@ -228,7 +232,9 @@ def _ms(values: list[float], q: float) -> str:
 
 def _summary(console: Console, options: DemoOptions, report: DemoReport) -> None:
     verdict = report.verdict
-    table = Table(title=f"{options.orders} orders per checkout, {options.mode} mode", title_justify="left")
+    delay = f", {options.delay_ms:g} ms one-way between hosts" if options.delay_ms else ""
+    title = f"{options.orders} orders per checkout, {options.mode} mode, {options.concurrency} in flight{delay}"
+    table = Table(title=title, title_justify="left")
     for col in ("checkout", "completed", "compensated", "failed", "p50", "p99", "orders/s"):
         table.add_column(col, justify="left" if col == "checkout" else "right")
     for via in ("choreography", "orchestrator"):
