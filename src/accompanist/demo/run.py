@@ -60,6 +60,7 @@ class DemoReport:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     replays: int = 0
+    resumed: int = 0
     killed: list[str] = field(default_factory=list)
     verdict: Verdict | None = None
     left_running: list[int] = field(default_factory=list)
@@ -209,6 +210,7 @@ async def run_demo(options: DemoOptions, console: Console) -> tuple[int, DemoRep
         with console.status("waiting for every sidecar to end every session, then checking the books"):
             sessions = await _settle(cluster)
             report.replays = await _replays(cluster)
+            report.resumed = sum(1 for by_id in sessions.values() for r in by_id.values() if r.get("attempts"))
             report.verdict = verify(
                 chosen + orchestrated, report.outcomes, sessions, {s: cluster.db(s) for s in cluster.service_ports}
             )
@@ -260,7 +262,11 @@ def _summary(console: Console, options: DemoOptions, report: DemoReport) -> None
             highlight=False,
         )
     killed = " and ".join(report.killed) if report.killed else "nothing (--no-crash)"
-    console.print(f"killed with SIGKILL and restarted: {killed}; sessions replayed: {report.replays}", highlight=False)
+    console.print(
+        f"killed with SIGKILL and restarted: {killed}; sessions resumed from a store after a restart: "
+        f"{report.resumed} ({report.replays} of them replayed from their journal)",
+        highlight=False,
+    )
     unclean = {n: c for n, c in report.exit_codes.items() if c not in (0, None)}
     if unclean:
         console.print(f"[yellow]exited uncleanly on SIGTERM:[/] {unclean}", highlight=False)
