@@ -19,9 +19,15 @@ _NEEDS = "accompanist demo needs gRPC: pip install 'accompanist[demo]'"
 
 def demo(
     orders: Annotated[int, typer.Option(min=1, help="Orders placed through each checkout.")] = 200,
-    no_crash: Annotated[
-        bool, typer.Option("--no-crash", help="Do not SIGKILL the payment sidecar and the shipping service.")
-    ] = False,
+    crash: Annotated[
+        bool | None,
+        typer.Option(
+            "--crash/--no-crash",
+            help="SIGKILL the payment sidecar and the shipping service mid-run and restart them "
+            "(default: on in fault-tolerant mode, off in default mode, which keeps no state to recover).",
+            show_default=False,
+        ),
+    ] = None,
     mode: Annotated[str, typer.Option(help="The sidecars' mode: 'fault-tolerant' or 'default'.")] = "fault-tolerant",
     keep: Annotated[
         Path | None, typer.Option(help="Keep databases, stores and logs in this directory (default: a temp dir).")
@@ -49,12 +55,16 @@ def demo(
     from accompanist.demo.run import DemoOptions
 
     console = Console()
+    if crash is None:
+        crash = mode == "fault-tolerant"
+        if not crash:
+            console.print("default mode keeps sessions in memory: no crash (--crash shows what one loses)")
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        code = _run(DemoOptions(orders, not no_crash, mode, keep, concurrency, delay), console)
+        code = _run(DemoOptions(orders, crash, mode, keep, concurrency, delay, kept=True), console)
     else:
         with tempfile.TemporaryDirectory(prefix="accompanist-demo-") as tmp:
-            code = _run(DemoOptions(orders, not no_crash, mode, Path(tmp), concurrency, delay), console)
+            code = _run(DemoOptions(orders, crash, mode, Path(tmp), concurrency, delay), console)
     raise typer.Exit(code)
 
 

@@ -50,6 +50,7 @@ class DemoOptions:
     workdir: Path = Path(".")
     concurrency: int = 16
     delay_ms: float = 0.0
+    kept: bool = False  # the workdir stays after the run (--keep)
 
 
 @dataclass
@@ -284,4 +285,11 @@ def _summary(console: Console, options: DemoOptions, report: DemoReport) -> None
         console.print(f"[bold red]{len(verdict.problems)} problem(s):[/]")
         for problem in verdict.problems[:40]:
             console.print(f"  [red]-[/] {problem}", highlight=False)
-    console.print(f"took {report.seconds['total']:.1f} s; databases, stores and logs: {options.workdir}")
+        if options.mode == "default" and report.killed:
+            console.print(
+                "default mode keeps no state: the SIGKILL lost the sessions in flight at the killed sidecar, "
+                "and what they had done stays done; that is what fault-tolerant mode is for",
+                highlight=False,
+            )
+    where = f"; databases, stores and logs: {options.workdir}" if options.kept else ""
+    console.print(f"took {report.seconds['total']:.1f} s{where}", highlight=False)
