@@ -214,11 +214,14 @@ def make_checkout(clients: Clients) -> ac.Choreography:
     async def checkout(ch: ac.Choreo, request: ac.Located[CheckoutRequest]) -> ac.Located[OrderResult]:
         """Place one order: see the module docstring for the story."""
         order = await ch.locally(Frontend, new_order, request, await ch.uuid(Frontend))
+        # Every part first, then every send: sends in a row are made durable in one commit.
+        told = [Cart, Shipping, Currency, Payment, Email]
+        mine = {role: await ch.locally(Frontend, part_for(role), order) for role in told}
 
         async def tell(ch: ac.Choreo, role: ac.Role) -> ac.Located[object]:
-            return await ch.comm(Frontend, role, await ch.locally(Frontend, part_for(role), order))
+            return await ch.comm(Frontend, role, mine[role])
 
-        parts = await ch.fanout([Cart, Shipping, Currency, Payment, Email], tell)
+        parts = await ch.fanout(told, tell)
 
         lines = await ch.locally(Cart, get_cart, parts[Cart])
         items = await ch.comm(Cart, [Catalog, Shipping], lines)
