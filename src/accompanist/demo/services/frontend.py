@@ -126,7 +126,7 @@ class FrontendService(pb_grpc.FrontendServiceServicer):
             try:
                 async with self.http.post(url, json=body) as r:
                     answer = await r.json()
-                    if r.status in (200, 202) or (r.status < 500 and r.status != 429):
+                    if r.status < 500 and r.status != 429:  # an answer; else busy or restarting
                         break
             except (TimeoutError, aiohttp.ClientError) as exc:
                 answer = {"status": "unknown", "error": f"the sidecar did not answer: {exc!r}"}
