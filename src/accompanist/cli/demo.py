@@ -61,10 +61,12 @@ def demo(
             console.print("default mode keeps sessions in memory: no crash (--crash shows what one loses)")
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        code = _run(DemoOptions(orders, crash, mode, keep, concurrency, delay, kept=True), console)
+        code = _run(DemoOptions(orders, crash, mode, keep, concurrency, delay, kept=True, diagram_dir=keep), console)
     else:
         with tempfile.TemporaryDirectory(prefix="accompanist-demo-") as tmp:
-            code = _run(DemoOptions(orders, crash, mode, Path(tmp), concurrency, delay), console)
+            code = _run(
+                DemoOptions(orders, crash, mode, Path(tmp), concurrency, delay, diagram_dir=Path.cwd()), console
+            )
     raise typer.Exit(code)
 
 

@@ -51,6 +51,7 @@ class DemoOptions:
     concurrency: int = 16
     delay_ms: float = 0.0
     kept: bool = False  # the workdir stays after the run (--keep)
+    diagram_dir: Path | None = None  # where the sessions' HTML diagrams go (None: none drawn)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class DemoReport:
     killed: list[str] = field(default_factory=list)
     verdict: Verdict | None = None
     left_running: list[int] = field(default_factory=list)
+    diagrams: dict[str, Path] = field(default_factory=dict)
+    diagrams_missing: str = ""
     exit_codes: dict[str, int | None] = field(default_factory=dict)
 
 
@@ -218,6 +221,9 @@ async def run_demo(options: DemoOptions, console: Console) -> tuple[int, DemoRep
             report.verdict = verify(
                 chosen + orchestrated, report.outcomes, sessions, {s: cluster.db(s) for s in cluster.service_ports}
             )
+        if options.diagram_dir is not None:
+            with console.status("drawing a completed and a compensated session"):
+                await _diagrams(cluster, report, options.diagram_dir)
     finally:
         with console.status("stopping every process"):
             report.exit_codes = await asyncio.shield(cluster.stop())
@@ -227,6 +233,39 @@ async def run_demo(options: DemoOptions, console: Console) -> tuple[int, DemoRep
     _summary(console, options, report)
     ok = report.verdict is not None and report.verdict.ok and not report.left_running
     return (0 if ok else 1), report
+
+
+async def _diagrams(cluster: Cluster, report: DemoReport, out: Path) -> None:
+    """Draw one completed and one compensated choreographed session, each as one HTML page,
+    from the sidecars while they run (the renderer is :mod:`accompanist.diagram`'s)."""
+    try:
+        from accompanist.diagram import render_html  # type: ignore[attr-defined, unused-ignore]
+        from accompanist.inspection.sources import (  # type: ignore[import-not-found, unused-ignore]
+            HttpSource,
+            session_view,
+        )
+    except ImportError as exc:
+        report.diagrams_missing = f"this version cannot draw them ({exc})"
+        return
+    picks: dict[str, str] = {}
+    for rid, outcome in report.outcomes.items():
+        if outcome.via != "choreography":
+            continue
+        if outcome.status == "completed":
+            picks.setdefault("completed", rid)
+        elif outcome.status == "compensated" and "carrier" in outcome.error:
+            picks.setdefault("compensated", rid)  # a refund and a restored cart: the fuller story
+    sources = [HttpSource(cluster.api(role)) for role in ROLES]
+    try:
+        for label, sid in sorted(picks.items()):
+            view = await session_view(sources, sid)
+            if view is not None:
+                path = out / f"accompanist-demo-{label}.html"
+                path.write_text(render_html(view), encoding="utf-8")
+                report.diagrams[label] = path
+    finally:
+        for source in sources:
+            await source.close()
 
 
 def _ms(values: list[float], q: float) -> str:
@@ -294,5 +333,10 @@ def _summary(console: Console, options: DemoOptions, report: DemoReport) -> None
                 "and what they had done stays done; that is what fault-tolerant mode is for",
                 highlight=False,
             )
+    if report.diagrams:
+        drawn = ", ".join(f"{label} {path}" for label, path in sorted(report.diagrams.items()))
+        console.print(f"sequence diagrams (HTML): {drawn}", highlight=False)
+    elif report.diagrams_missing:
+        console.print(f"sequence diagrams not drawn: {report.diagrams_missing}", highlight=False)
     where = f"; databases, stores and logs: {options.workdir}" if options.kept else ""
     console.print(f"took {report.seconds['total']:.1f} s{where}", highlight=False)
