@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from accompanist.ids import new_session_id
 from accompanist.interpreters.common import SagaLog, check_args, maybe_sync, session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreo import LocalThunk
@@ -69,7 +70,7 @@ class _QueueRunner:
 async def _run_all(choreography: Choreography, args: tuple[Any, ...], timeout: float | None) -> Any:
     check_args(choreography, args)
     channels: dict[tuple[str, str], asyncio.Queue[tuple[int, bytes]]] = {}
-    saga = SagaLog("projected")
+    saga = SagaLog(new_session_id())  # a fresh id per run: transactions' keys never repeat across runs
     runners = {role: _QueueRunner(choreography, channels, role, saga) for role in choreography.roles}
     tasks: dict[Role, asyncio.Task[Any]] = {
         role: asyncio.create_task(project(choreography, role, runners[role], args)) for role in choreography.roles

@@ -27,7 +27,7 @@ import msgspec
 from accompanist.engine import outcome
 from accompanist.engine.background import announce, nudge_loop, prune_loop
 from accompanist.engine.config import EngineConfig
-from accompanist.engine.ids import new_session_id
+from accompanist.ids import new_session_id
 from accompanist.engine.inbound import Inbound
 from accompanist.engine.probe import eager_roles
 from accompanist.engine.runs import Runs

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from accompanist.ids import new_session_id
 from accompanist.interpreters.common import SagaLog, check_args, initiator_args, maybe_sync, session_result
 from accompanist.language.choreo import Choreo, LocalThunk
 from accompanist.language.choreography import App, Choreography
@@ -53,7 +54,7 @@ def _short(value: Any, limit: int = 40) -> str:
 class _CentralState:
     choreography: Choreography
     run: CentralRun
-    saga: SagaLog = field(default_factory=lambda: SagaLog("central"))
+    saga: SagaLog = field(default_factory=lambda: SagaLog(new_session_id()))
     steps: dict[str, int] = field(default_factory=dict)
 
     def step(self, role: Role) -> int:
