@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["BENCHMARKS", "main"]
 
-BENCHMARKS = ("chain", "throughput", "saga", "recovery")
+BENCHMARKS = ("chain", "throughput", "saga", "recovery", "checkout")
 HERE = Path(__file__).resolve().parent
 
 
