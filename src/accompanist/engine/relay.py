@@ -5,6 +5,15 @@ destination (jittered exponential), and a periodic scan of the outbox picks up e
 unacknowledged, so rows written before a crash are delivered after the restart. A peer that
 (re)starts says hello; its backoff is reset and its rows are retried at once.
 
+A delivery that waits its whole timeout without an answer does not prove the envelope lost:
+on a slow link (a loaded peer) it is still queued there, and a copy sent now would only queue
+behind it, making the link slower still until every envelope is sent again and again and none
+gets through. So a peer that leaves deliveries unanswered is given twice as long to answer the
+next ones (up to a minute), and less again as its answers come back quicker, as TCP backs off
+its retransmission timer. A long wait costs nothing when the peer is well (it answers at once)
+nor when the connection breaks (the send fails at once); a short bound would keep an
+overloaded peer overloaded with copies, for good.
+
 A peer that answers but refuses one envelope is reachable: only that envelope backs off (a
 refusal that may pass, such as a version not deployed yet), or, when the refusal is for good
 (the envelope can never be accepted), the envelope is not retried and its session fails. One
@@ -31,6 +40,7 @@ from accompanist.transport.base import Transport
 __all__ = ["Relay"]
 
 _ACKED_FOR = 10.0  # seconds a deferred acknowledgement mark keeps a row from being redelivered
+_PATIENCE_LIMIT = 60.0  # seconds a delivery may wait for its answer, at most (or deliver_timeout if longer)
 _PER_DESTINATION = 2_000  # rows per destination and scan; more wait for the next scan
 
 
@@ -75,6 +85,7 @@ class Relay:
         self._sem = asyncio.Semaphore(config.delivery_concurrency)
         self._inflight: set[tuple[str, str, str, int]] = set()
         self._backoff: dict[str, _Backoff] = {}
+        self._patience: dict[str, float] = {}  # dst -> how long a delivery waits for an answer, when slow
         self._row_backoff: dict[tuple[str, str, str, int], _Backoff] = {}
         self._pending_since: dict[tuple[str, str, str, int], float] = {}  # key -> first seen pending (monotonic)
         self._on_refused = on_refused
@@ -105,6 +116,7 @@ class Relay:
     def wake(self, dst: str) -> None:
         """``dst`` said hello: forget its backoff and rescan the outbox now."""
         self._backoff.pop(dst, None)
+        self._patience.pop(dst, None)
         self._wakeup.set()
 
     @property
@@ -136,8 +148,10 @@ class Relay:
             async with self._sem:
                 if not self._due(envelope):
                     return
+                patience = self._patience.get(envelope.dst, self._config.deliver_timeout)
+                began = time.monotonic()
                 try:
-                    await self._transport.send(envelope, wait=True, timeout=self._config.deliver_timeout)
+                    await self._transport.send(envelope, wait=True, timeout=patience)
                 except EnvelopeRejectedError as exc:
                     self._backoff.pop(envelope.dst, None)  # the peer is up: it answered
                     await self._refused(envelope, exc)
@@ -147,8 +161,12 @@ class Relay:
                     await self._refused(envelope, why)
                     return
                 except (AccompanistError, OSError, TimeoutError) as exc:
+                    if time.monotonic() - began >= patience:  # unanswered, not refused: maybe only slow
+                        longest = max(_PATIENCE_LIMIT, self._config.deliver_timeout)
+                        self._patience[envelope.dst] = min(2 * patience, longest)
                     self._failed(envelope.dst, exc)
                     return
+                self._answered(envelope.dst, time.monotonic() - began)
                 self._backoff.pop(envelope.dst, None)
                 self._row_backoff.pop(envelope.key, None)
                 self._metrics.delivered.inc()
@@ -162,6 +180,18 @@ class Relay:
             self._log.warning("could not record acknowledgement of %s: %s", envelope.key, exc)
         finally:
             self._inflight.discard(envelope.key)
+
+    def _answered(self, dst: str, seconds: float) -> None:
+        """``dst`` answered a delivery in ``seconds``: wait four times that for the next answers
+        (never less than the delivery timeout)."""
+        patience = self._patience.get(dst)
+        if patience is None:
+            return
+        calmer = 4 * seconds
+        if calmer <= self._config.deliver_timeout:
+            del self._patience[dst]
+        elif calmer < patience:
+            self._patience[dst] = calmer
 
     async def _refused(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
         if not exc.permanent:
