@@ -165,3 +165,55 @@ def test_the_network_is_removed_even_when_the_test_fails() -> None:
         assert len(net.leftovers()) >= 5  # the bridge, two veth ends outside, two namespaces
         raise RuntimeError("a failing test")
     assert net.leftovers() == []
+
+
+@pytest.mark.slow
+async def test_the_saga_campaign_runs_unchanged_across_hosts(tmp_path: Path) -> None:
+    """The warehouse saga campaign, with each role's service and sidecar on a host of its own.
+
+    The same campaign as ``test_saga_campaign.py`` (SIGKILLs of sidecars and services at
+    random, every saga invariant checked against the services' databases), only shorter; the
+    warehouse is one region, payment and loyalty another, a delay proxy between them.
+    """
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    from examples.warehouse.cluster import HOST_PORTS, Host
+    from examples.warehouse.cluster import ROLES as SHOP
+
+    from tests.faults.saga_campaign import run_saga_campaign
+
+    region = {"warehouse": "west", "payment": "east", "loyalty": "east"}
+    proxy_port = {role: 7100 + i for i, role in enumerate(SHOP)}
+    with Network([*SHOP, "wan"]) as net:
+        wan = net.address("wan")
+        hosts = {role: Host(tuple(net.run_in(role)), net.address(role)) for role in SHOP}
+
+        def route(src: str, dst: str) -> str:
+            if region[src] != region[dst]:
+                return f"{wan}:{proxy_port[dst]}"
+            return f"{net.address(dst)}:{HOST_PORTS['peer']}"
+
+        links = [f"{wan}:{proxy_port[r]}={net.address(r)}:{HOST_PORTS['peer']}" for r in SHOP]
+        proxy = Proc(
+            "proxy",
+            [*net.run_in("wan"), sys.executable, "-m", "accompanist.demo.delay", str(DELAY_MS), *links],
+            os.environ,
+            tmp_path / "proxy.log",
+            "",
+            cwd=tmp_path,
+        )
+        proxy.start()
+        try:
+            report = await run_saga_campaign(
+                tmp_path, orders=150, fail_ratio=0.2, kills=8, concurrency=16, seed=15, hosts=hosts, peer_route=route
+            )
+        finally:
+            await proxy.terminate()
+    assert net.leftovers() == []
+    print(report.summary())
+    assert report.problems == [], "\n".join(report.problems[:40])
+    assert sum(report.kills.values()) >= 4
+    assert report.sessions >= 150 and report.duplicates == 0
+    assert report.completed + report.compensated == report.sessions
+    assert report.compensated >= report.on_purpose
