@@ -243,3 +243,22 @@ def test_the_readme_creates_the_secret_the_pods_refer_to() -> None:
     (secret,) = objects("Secret").values()
     assert command.group(1) == secret["metadata"]["name"]
     assert keys == set(secret["stringData"])
+
+
+def test_kustomize_builds_them_into_the_namespace_with_the_image() -> None:
+    import shutil
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the other tests check the files themselves)")
+    proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    built = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    (kustomization,) = DOCS["kustomization.yaml"]
+    (image,) = kustomization["images"]
+    assert len(built) == len(OBJECTS) - len([d for n in BY_HAND for d in DOCS[n]])
+    for obj in built:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == kustomization["namespace"], obj["metadata"]
+        for c in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            assert c["image"] == f"{image['newName']}:{image['newTag']}"
