@@ -67,6 +67,14 @@ def crash(server: PostgresServer) -> None:
     while any(_alive(p) for p in victims):
         assert time.monotonic() < deadline, "the killed PostgreSQL processes did not go away"
         time.sleep(0.02)
+    # The postmaster's parent (init here) reaps it in its own time; until then it is a zombie,
+    # which PostgreSQL takes for a live postmaster holding postmaster.pid and refuses to start.
+    # Every process of the old server is dead, so the lock file is stale, as after a power cut.
+    deadline = time.monotonic() + 2
+    while Path(f"/proc/{postmaster}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if Path(f"/proc/{postmaster}").exists():
+        (server.data / "postmaster.pid").unlink(missing_ok=True)
     server.running = False
 
 
@@ -155,21 +163,26 @@ async def test_three_sidecars_share_one_server_through_a_crash(tmp_path: Path, o
         watch = ConnectionWatch(dsn, "shop").start()
         load = Load(c, work, concurrency=16)
         running = asyncio.ensure_future(load.run())
-        while len(load.started) < 80 and not running.done():  # noqa: ASYNC110 - polls the load's progress
-            await asyncio.sleep(0.02)
-        in_flight = len(load.started) - len(load.ended)
-        await asyncio.to_thread(crash, server)
-        down = time.monotonic()
-        await asyncio.sleep(1.5)  # longer than the receive timeout: waiting sessions park
-        await asyncio.to_thread(server.start)  # crash recovery from the WAL, the same port
-        back = time.monotonic()
-        load.deadline = back + 90
-        await running
-        seen = await settled(c, ROLES, load.started, timeout=max(1.0, load.deadline - time.monotonic()))
-        ended_after = time.monotonic() - back
-        for role in ROLES:
-            await wait_health(c, role, 200, timeout=30)
-        await watch.stop()
+        try:
+            while len(load.started) < 80 and not running.done():  # noqa: ASYNC110 - polls the load's progress
+                await asyncio.sleep(0.02)
+            in_flight = len(load.started) - len(load.ended)
+            await asyncio.to_thread(crash, server)
+            down = time.monotonic()
+            await asyncio.sleep(1.5)  # longer than the receive timeout: waiting sessions park
+            await asyncio.to_thread(server.start)  # crash recovery from the WAL, the same port
+            back = time.monotonic()
+            load.deadline = back + 90
+            await running
+            seen = await settled(c, ROLES, load.started, timeout=max(1.0, load.deadline - time.monotonic()))
+            ended_after = time.monotonic() - back
+            for role in ROLES:
+                await wait_health(c, role, 200, timeout=30)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await watch.stop()
     sized = await sizing(dsn, len(load.started))
 
     assert load.problems == [], load.problems[:20]

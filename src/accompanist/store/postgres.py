@@ -2,10 +2,11 @@
 
 Each role's tables live in their own PostgreSQL schema (``acc_<role>`` unless the URL says
 ``?schema=NAME``), so sidecars can share one database (and one server) or have one each; the
-schema's ``acc_meta`` names its role, so two sidecars pointed at one schema cannot both use it.
-Every connection says ``application_name=accompanist-<role>`` (unless the URL sets its own),
-so ``pg_stat_activity`` shows what each sidecar holds. ``open()`` creates and migrates that schema under a
-transaction-scoped advisory lock, so sidecars starting together cannot race. Writes go through
+schema's ``acc_meta`` names its role, so a sidecar of another role pointed at it refuses it
+(two sidecars of one role must never share a schema: one sidecar per role). Every connection
+says ``application_name=accompanist-<role>`` (unless the URL sets its own), so
+``pg_stat_activity`` shows what each sidecar holds. ``open()`` creates and migrates that
+schema under a transaction-scoped advisory lock, so sidecars starting together cannot race. Writes go through
 the group committer: one transaction (one WAL flush) per group, rows sent with ``executemany``.
 
 A lost connection (server restart, network cut) surfaces as :class:`StoreError`; the pool
