@@ -262,3 +262,14 @@ def test_kustomize_builds_them_into_the_namespace_with_the_image() -> None:
             assert obj["metadata"]["namespace"] == kustomization["namespace"], obj["metadata"]
         for c in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
             assert c["image"] == f"{image['newName']}:{image['newTag']}"
+
+
+def test_every_volume_a_container_mounts_is_declared() -> None:
+    for kind in WORKLOADS:
+        for name, obj in objects(kind).items():
+            pod = obj["spec"]["template"]["spec"]
+            declared = {v["name"] for v in pod.get("volumes", [])}
+            declared |= {t["metadata"]["name"] for t in obj["spec"].get("volumeClaimTemplates", [])}
+            for c in pod["containers"]:
+                for mount in c.get("volumeMounts", []):
+                    assert mount["name"] in declared, f"{name}/{c['name']} mounts {mount['name']}"
