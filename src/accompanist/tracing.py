@@ -112,6 +112,22 @@ class Tracing:
         with self.tracer.start_as_current_span(name, context=context, attributes=fields) as span:
             yield span
 
+    def interval(self, session_id: str, name: str, start: float, end: float, **attrs: Any) -> None:
+        """A child span of the session span covering ``start`` to ``end`` (UNIX seconds), for
+        what is known only once it is over (a park, from its start to the resume)."""
+        parent = self.open.get(session_id)
+        if parent is None or self.tracer is None:
+            return
+        from opentelemetry import trace as otel
+
+        fields = {f"accompanist.{k}": v for k, v in attrs.items() if v is not None}
+        fields.setdefault("accompanist.role", self.role)
+        fields.setdefault("accompanist.session_id", session_id)
+        span = self.tracer.start_span(
+            name, context=otel.set_span_in_context(parent), attributes=fields, start_time=int(start * 1e9)
+        )
+        span.end(end_time=int(max(end, start) * 1e9))
+
     def close(self) -> None:
         """Export what is still buffered (the engine stops)."""
         if self.provider is not None:

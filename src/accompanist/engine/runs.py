@@ -28,6 +28,7 @@ from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
 from accompanist.engine.session import Park, SessionRun, StartRefused
 from accompanist.engine.status import check_transition
+from accompanist.engine.trail import Trails
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
 from accompanist.errors import (
     AccompanistError,
@@ -51,6 +52,7 @@ __all__ = ["Runs"]
 
 S = SessionStatus
 _AWAITING = (S.FINISHED, S.COMPENSATING)  # this role's part is over; the outcome is not known yet
+_TRAILS_KEPT = 10_000  # sessions whose live steps are kept in memory (the store has the rest)
 
 
 class Runs:
@@ -85,6 +87,7 @@ class Runs:
         self.events = logging.getLogger(SESSION_LOGGER)  # one line per session event
         self.tracing = tracing or setup_tracing(role, self.config.traces_file)
         self.metrics = Metrics(role)
+        self.trails = Trails(min(self.config.memory_keep, _TRAILS_KEPT))  # for GET /sessions/{id}/steps
         stats = getattr(store, "commit_stats", None)
         if stats is not None:
             self.metrics.store_commits.set_function(lambda: float(store.commit_stats.transactions))  # type: ignore[attr-defined]
@@ -354,6 +357,7 @@ class Runs:
         if status in TERMINAL_STATUSES or not self.durable:
             return None
         record.attempts += 1  # resumed once more after a stop (saved with its next change)
+        parked = (record.updated_at, record.error) if status == S.PARKED else None
         if status in (S.RUNNING, S.PARKED, S.DIVERGED):
             began = time.perf_counter()
             run = await self.load(record, choreography, projection=True)
@@ -375,6 +379,8 @@ class Runs:
                 record.session_id, "replay", replayed_steps=len(run.journal), attempt=record.attempts
             ):
                 pass
+        if parked is not None and self.tracing.enabled:  # one span from the park to this resume
+            self.tracing.interval(record.session_id, "parked", parked[0], time.time(), reason=parked[1])
         return run
 
     def spawn(self, run: SessionRun) -> None:
@@ -383,6 +389,7 @@ class Runs:
         if self.stopping:
             return
         self.live[run.session_id] = run
+        run.trail = self.trails.attach(run.session_id)
         if self.tracing.enabled:
             c = run.choreography
             self.tracing.session(run.session_id, c.name, c.version, c.initiator.name)

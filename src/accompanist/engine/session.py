@@ -31,6 +31,7 @@ from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
+from accompanist.engine.trail import Trail
 from accompanist.engine.unsaved import Unsaved
 from accompanist.envelope import Envelope
 from accompanist.errors import (
@@ -101,6 +102,9 @@ def journal_name(step: Step) -> str:
 def new_seed() -> bytes:
     """A session's random seed: ``ch.uuid`` and ``ch.random`` values are derived from it."""
     return os.urandom(16)
+
+
+_RESULT: Any = object()  # _live records the step's own result
 
 
 def _traceparent(session_id: str, role: str) -> str:
@@ -183,6 +187,8 @@ class SessionRun:
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
         self._traceparent = _traceparent(record.session_id, record.role)
+        self.trail = Trail()  # the engine's own for this session once the run is spawned
+        self.tx_attempts = 0  # commit attempts of the transaction running now
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
@@ -282,25 +288,43 @@ class SessionRun:
         return pending
 
     # -- StepRunner --------------------------------------------------------------------------
-    async def _live(self, kind: str, step: Step, work: Awaitable[T], **attrs: Any) -> T:
-        """Run a live step: its duration goes to ``accompanist_step_seconds``, and a span to the
-        tracer when tracing is on (replayed steps get neither: they did not run again)."""
-        began = time.perf_counter()
+    async def _live(self, kind: str, step: Step, work: Awaitable[T], shown: Any = _RESULT, **attrs: Any) -> T:
+        """Run a live step: its duration goes to ``accompanist_step_seconds``, one tuple to the
+        session's trail (``shown``, or the step's result), and a span to the tracer when tracing
+        is on (replayed steps get none of these: they did not run again)."""
+        trail = self.trail
+        trail.current = step
+        began = trail.since = time.perf_counter()
+        outcome: Any = shown
         try:
             tracing = self.host.tracing
             if not tracing.enabled:
-                return await work
-            with tracing.step(self.session_id, kind, step=step.index, **attrs):
-                return await work
+                result = await work
+            else:
+                with tracing.step(self.session_id, kind, step=step.index, **attrs) as span:
+                    try:
+                        result = await work
+                    finally:
+                        if span is not None and kind == "transaction":
+                            span.set_attribute("accompanist.attempts", self.tx_attempts)
+            if shown is _RESULT:
+                outcome = result
+            return result
+        except BaseException as exc:
+            outcome = exc
+            raise
         finally:
-            self.host.metrics.step(kind, time.perf_counter() - began)
+            ended = time.perf_counter()
+            self.host.metrics.step(kind, ended - began)
+            trail.current = None
+            trail.entries.append((step, began, ended, outcome, self.tx_attempts if kind == "transaction" else 0))
 
     async def send(self, step: Step, value: Any) -> None:
         """Timed and traced (when tracing is on) unless replayed; see :meth:`_send`."""
         if self._replayed(step):
             await self._send(step, value)
             return
-        await self._live("send", step, self._send(step, value), peer=step.dst, seq=step.seq)
+        await self._live("send", step, self._send(step, value), value, peer=step.dst, seq=step.seq)
 
     async def _send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
@@ -477,6 +501,7 @@ class SessionRun:
         """Timed and traced (when tracing is on) unless replayed; see :meth:`_transaction`."""
         if self._replayed(step):
             return await self._transaction(step, tx, args)
+        self.tx_attempts = 0
         return await self._live("transaction", step, self._transaction(step, tx, args), transaction=tx.name)
 
     async def _transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
@@ -568,8 +593,13 @@ class SessionRun:
             self.unsaved.txlog(intent)
             self.txlog[key] = intent
             await self.save()
+
+        def attempt(number: int) -> TxContext:  # counted for the trail and the span
+            self.tx_attempts = number
+            return ctx(number)
+
         try:
-            result = await commit_with_retry(tx, ctx, args, commit_atomically if atomic is not None else None)
+            result = await commit_with_retry(tx, attempt, args, commit_atomically if atomic is not None else None)
         except TransactionFailedError as exc:
             if exc.uncertain:  # the retries ran out: it may have taken effect, so undo it too
                 remember(None)
