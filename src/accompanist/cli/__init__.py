@@ -13,7 +13,9 @@ import typer
 
 from accompanist._version import __version__
 from accompanist.cli.check import check
-from accompanist.cli.inspect import sessions, show
+from accompanist.cli.diagram import diagram
+from accompanist.cli.sessions import sessions
+from accompanist.cli.show import show
 from accompanist.cli.sidecar import sidecar
 
 __all__ = ["app", "main"]
@@ -48,6 +50,7 @@ app.command("check")(check)
 app.command("sidecar")(sidecar)
 app.command("sessions")(sessions)
 app.command("show")(show)
+app.command("diagram")(diagram)
 
 
 def main() -> None:
