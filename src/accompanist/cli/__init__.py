@@ -17,6 +17,7 @@ from accompanist.cli.diagram import diagram
 from accompanist.cli.sessions import sessions
 from accompanist.cli.show import show
 from accompanist.cli.sidecar import sidecar
+from accompanist.cli.ui import ui
 
 __all__ = ["app", "main"]
 
@@ -51,6 +52,7 @@ app.command("sidecar")(sidecar)
 app.command("sessions")(sessions)
 app.command("show")(show)
 app.command("diagram")(diagram)
+app.command("ui")(ui)
 
 
 def main() -> None:

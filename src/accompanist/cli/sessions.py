@@ -6,7 +6,6 @@ anything goes wrong, and the table answers it for many sessions at once.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Annotated, Any
 
 import typer
@@ -24,48 +23,13 @@ from accompanist.cli.targets import (
     short_time,
 )
 from accompanist.errors import AccompanistError
+from accompanist.inspection.listing import filter_sessions, session_counts
 from accompanist.inspection.sources import Source, collect_sessions
-from accompanist.inspection.view import agreement, seconds
+from accompanist.inspection.view import agreement
 
-__all__ = ["filter_sessions", "sessions"]
+__all__ = ["sessions"]
 
 _FETCH = 10_000  # sessions read per sidecar before the filters apply (the API's largest page)
-
-
-def filter_sessions(
-    by_session: dict[str, dict[str, dict[str, Any]]],
-    *,
-    status: str | None = None,
-    choreography: str | None = None,
-    since: float | None = None,
-    until: float | None = None,
-) -> list[tuple[str, dict[str, dict[str, Any]]]]:
-    """The sessions that pass the filters, most recently updated first.
-
-    A session passes ``status`` when some role has it, ``since`` when some role updated it at or
-    after that time, and ``until`` when it was created at or before that time.
-    """
-
-    def updated(roles: dict[str, dict[str, Any]]) -> float:
-        return max((seconds(r.get("updated_at")) or 0.0) for r in roles.values())
-
-    def created(roles: dict[str, dict[str, Any]]) -> float:
-        return min((seconds(r.get("created_at")) or 0.0) for r in roles.values())
-
-    kept = []
-    for sid, roles in by_session.items():
-        first = next(iter(roles.values()))
-        if choreography is not None and first["choreography"] != choreography:
-            continue
-        if status is not None and all(r["status"] != status for r in roles.values()):
-            continue
-        if since is not None and updated(roles) < since:
-            continue
-        if until is not None and created(roles) > until:
-            continue
-        kept.append((sid, roles))
-    kept.sort(key=lambda kv: updated(kv[1]), reverse=True)
-    return kept
 
 
 def sessions(
@@ -97,16 +61,13 @@ def sessions(
     for at in by_session.values():
         roles += [r for r in at if r not in roles]
     rows = filter_sessions(by_session, status=status, choreography=choreography, since=since_at, until=until_at)
-    counts = Counter(agreement([r["status"] for r in at.values()]) for _, at in rows)
-    outcomes = Counter(
-        next(iter(at.values()))["status"] for _, at in rows if agreement([r["status"] for r in at.values()]) == "yes"
-    )
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(outcomes.items()))
-    title = f"{len(rows)} sessions" + (f": {summary}" if summary else "")
-    if counts["in progress"]:
+    counts = session_counts(rows)
+    outcomes = [f"{n} {s}" for s, n in counts.items() if s not in ("in progress", "disagree")]
+    title = f"{len(rows)} sessions" + (f": {', '.join(outcomes)}" if outcomes else "")
+    if counts.get("in progress"):
         title += f", {counts['in progress']} in progress"
-    if counts["NO"]:
-        title += f", {counts['NO']} DISAGREE"
+    if counts.get("disagree"):
+        title += f", {counts['disagree']} DISAGREE"
     table = Table(title=title)
     table.add_column("session", no_wrap=True, min_width=36)
     for column in ("choreography", *roles, "agree", "updated"):

@@ -61,6 +61,15 @@ def sidecar(
             show_default=False,
         ),
     ] = None,
+    ui: Annotated[
+        bool | None,
+        typer.Option(
+            "--ui", envvar=_ENV + "UI", help="Serve the web view on the API port under /ui.", show_default=False
+        ),
+    ] = None,
+    ui_sidecar: Annotated[
+        list[str] | None, _opt("UI_SIDECARS", "Another sidecar's API URL the web view reads (repeat).")
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar=_ENV + "LOG_LEVEL", help="Logging level.")] = "INFO",
     log_format: Annotated[
         str, typer.Option(envvar=_ENV + "LOG_FORMAT", help="'text' or 'json' (one object per line).")
@@ -102,6 +111,8 @@ def sidecar(
         "grace": grace,
         "loop": loop,
         "insecure": insecure,
+        "ui": ui,
+        "ui_sidecars": ui_sidecar or None,
     }
     try:
         # Precedence: options (typer also reads their ACCOMPANIST_* variables), then the

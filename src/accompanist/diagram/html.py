@@ -25,7 +25,8 @@ h1 { font-size: 20px; margin: 0 0 4px 0; } h2 { font-size: 16px; margin: 24px 0 
 .sub { color: #607d8b; margin-bottom: 16px; font-size: 13px; }
 table { border-collapse: collapse; font-size: 13px; background: #fff; }
 th, td { border: 1px solid #cfd8dc; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #eceff1; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #eceff1; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.steps td:nth-child(5) { white-space: nowrap; }
 .badge { display: inline-block; padding: 2px 8px; border-radius: 10px; font-size: 12px; font-weight: bold; }
 .s-completed { background: #e8f5e9; color: #1b5e20; } .s-compensated, .s-failed, .s-cancelled, .s-disagreement
 { background: #ffebee; color: #b71c1c; } .s-running, .s-finished, .s-compensating, .s-parked, .s-in-progress

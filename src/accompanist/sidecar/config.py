@@ -90,6 +90,8 @@ class SidecarConfig:
         peer_unauth_budget: bytes all such connections together may be reading in larger frames.
         insecure: allow a peer endpoint off loopback without hmac_key or TLS (anyone who can
             reach it can forge envelopes).
+        ui: serve the web view on the API port under ``/ui``.
+        ui_sidecars: other sidecars' API URLs the web view reads besides this one.
         engine: timeouts, bounds, retries and retention (see ``EngineConfig``).
     """
 
@@ -117,6 +119,8 @@ class SidecarConfig:
     peer_unauth_frame_limit: int = _PEER.unauth_frame_limit
     peer_unauth_budget: int = _PEER.unauth_budget
     insecure: bool = False
+    ui: bool = False
+    ui_sidecars: tuple[str, ...] = ()
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
@@ -200,8 +204,10 @@ class SidecarConfig:
                 kwargs[key] = _to_int(key, value)
             elif key in _PEER_FLOAT_KEYS:
                 kwargs[key] = _to_float(key, value)
-            elif key == "insecure":
+            elif key in ("insecure", "ui"):
                 kwargs[key] = _to_bool(key, value)
+            elif key == "ui_sidecars":
+                kwargs[key] = tuple(value.split() if isinstance(value, str) else (str(v) for v in value or ()))
             else:
                 kwargs[key] = None if value is None else str(value)
         sync = str(kwargs.get("sqlite_synchronous", "FULL")).upper()

@@ -134,6 +134,8 @@ class Sidecar:
         await self.engine.start()  # a failed start releases what it opened (store, peer port)
         if c.api is not None:
             api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics, token=c.api_token)
+            if c.ui:
+                self._add_ui(api)
             try:
                 self._api_runner, self.api_address = await serve(api, *c.api)
             except BaseException:
@@ -148,6 +150,23 @@ class Sidecar:
             self.api_address,
             c.store_url,
         )
+
+    def _add_ui(self, api: web.Application) -> None:
+        """The web view under ``/ui``: this engine, read in process, and the other sidecars named."""
+        from accompanist.inspection.sources import HttpSource, Source
+        from accompanist.ui.local import EngineSource
+        from accompanist.ui.server import add_ui_routes
+
+        assert self.engine is not None
+        sources: list[Source] = [EngineSource(self.engine)]
+        sources += [HttpSource(url, self.config.api_token) for url in self.config.ui_sidecars]
+        add_ui_routes(api, sources)
+
+        async def close(app: web.Application) -> None:
+            for source in sources:
+                await source.close()
+
+        api.on_cleanup.append(close)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop the API, let running sessions finish within ``grace``, close everything."""
