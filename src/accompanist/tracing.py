@@ -63,7 +63,15 @@ class Tracing:
         """Whether spans are recorded (an exporter is configured)."""
         return self.tracer is not None
 
-    def _start(self, name: str, trace: int, span: int | None, parent: int | None, attrs: dict[str, Any]) -> Any:
+    def _start(
+        self,
+        name: str,
+        trace: int,
+        span: int | None,
+        parent: int | None,
+        attrs: dict[str, Any],
+        start: float | None = None,
+    ) -> Any:
         from opentelemetry import trace as otel
 
         context = None
@@ -73,12 +81,16 @@ class Tracing:
         token = _FORCED.set((trace, span) if span is not None else None)
         try:
             assert self.tracer is not None
-            return self.tracer.start_span(name, context=context, attributes=attrs)
+            start_time = int(start * 1e9) if start else None
+            return self.tracer.start_span(name, context=context, attributes=attrs, start_time=start_time)
         finally:
             _FORCED.reset(token)
 
-    def session(self, session_id: str, choreography: str, version: int, initiator: str) -> Any:
-        """The role's session span (started once per process; the same id after a replay)."""
+    def session(
+        self, session_id: str, choreography: str, version: int, initiator: str, start: float | None = None
+    ) -> Any:
+        """The role's session span (started once per process; the same id after a replay),
+        beginning at ``start`` (UNIX seconds: when the session began here), or now."""
         span = self.open.get(session_id)
         if span is None and self.tracer is not None:
             trace = trace_id_of(session_id)
@@ -90,7 +102,12 @@ class Tracing:
                 "accompanist.version": version,
             }
             span = self._start(
-                f"session {choreography} at {self.role}", trace, session_span_id(session_id, self.role), parent, attrs
+                f"session {choreography} at {self.role}",
+                trace,
+                session_span_id(session_id, self.role),
+                parent,
+                attrs,
+                start,
             )
             self.open[session_id] = span
         return span

@@ -64,6 +64,9 @@ class EngineConfig:
         memory_retention: default mode: ended sessions are kept this many seconds at most.
         lazy_interval: how often writes that may be lost without harm (acknowledgement marks,
             a participant's ``completed``) are made durable when no other commit carries them.
+        traces_file: write every span here, one JSON object per line (see :mod:`accompanist.tracing`).
+        metrics_file: write every OpenTelemetry metrics export here, one JSON object per line
+            (see :mod:`accompanist.otel_metrics`).
     """
 
     mode: Mode = Mode.DEFAULT
@@ -89,3 +92,4 @@ class EngineConfig:
     memory_retention: float = 3600.0
     lazy_interval: float = 0.1
     traces_file: str | None = None
+    metrics_file: str | None = None

@@ -1,12 +1,68 @@
-"""Prometheus metrics of one engine, in a registry of its own (no process globals)."""
+"""Prometheus metrics of one engine, in a registry of its own (no process globals).
+
+The same names are exported as OpenTelemetry metrics when asked for (see
+:mod:`accompanist.otel_metrics`, which reads what ``/metrics`` serves): one naming scheme.
+Counters and histograms move on the engine's path (one increment each); the per-peer depths
+of the inbox and outbox are computed only when someone reads them (a scrape, an export).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "PeerDepth"]
+
+_WAITING_STATUSES = ("parked", "diverged")
+
+
+class PeerDepth(NamedTuple):
+    """What waits, per peer role, in this sidecar's inbox and outbox.
+
+    Attributes:
+        inbox_waiting: envelopes from the peer that arrived before their session asked for them.
+        inbox_unacked: envelopes from the peer not yet durable here, so not yet acknowledged.
+        inbox_oldest: seconds the oldest of those has waited (0 when none).
+        outbox_unacked: envelopes to the peer it has not acknowledged (as of the relay's last scan).
+        outbox_oldest: seconds the oldest of those has been pending (0 when none).
+    """
+
+    inbox_waiting: int = 0
+    inbox_unacked: int = 0
+    inbox_oldest: float = 0.0
+    outbox_unacked: int = 0
+    outbox_oldest: float = 0.0
+
+
+_PEER_GAUGES = (
+    ("accompanist_peer_inbox_waiting", "Envelopes from the peer that arrived before their session asked for them"),
+    ("accompanist_peer_inbox_unacked", "Envelopes from the peer not yet durable here (not yet acknowledged)"),
+    ("accompanist_peer_inbox_oldest_unacked_seconds", "Age of the oldest envelope from the peer not yet acknowledged"),
+    ("accompanist_peer_outbox_unacked", "Envelopes to the peer it has not acknowledged"),
+    ("accompanist_peer_outbox_oldest_unacked_seconds", "Age of the oldest envelope to the peer not yet acknowledged"),
+)
+
+
+class _PeerCollector(Collector):
+    """The per-peer gauges, computed from the engine's state when read."""
+
+    def __init__(self, read: Callable[[], dict[str, PeerDepth]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(name, text, labels=["peer"]) for name, text in _PEER_GAUGES]
+
+    def collect(self) -> Iterator[Metric]:
+        depths = self._read()
+        for index, (name, text) in enumerate(_PEER_GAUGES):
+            family = GaugeMetricFamily(name, text, labels=["peer"])
+            for peer, depth in sorted(depths.items()):
+                family.add_metric([peer], float(depth[index]))
+            yield family
 
 
 class Metrics:
@@ -21,6 +77,17 @@ class Metrics:
             "accompanist_sessions_ended", "Sessions that reached a status", ["status"], registry=r
         )
         self.sessions_live = Gauge("accompanist_sessions_live", "Sessions running now", registry=r)
+        self.waiting_now = Gauge(
+            "accompanist_sessions_waiting",
+            "Sessions parked (waiting for an envelope) or diverged (waiting for an operator) here now",
+            ["status"],
+            registry=r,
+        )
+        for status in _WAITING_STATUSES:
+            self.waiting_now.labels(status=status)
+        self.cancelled = Counter(
+            "accompanist_sessions_cancelled", "Sessions whose outcome an operator's cancel decided", registry=r
+        )
         self.replays = Counter("accompanist_replays", "Sessions replayed from their journal", registry=r)
         self.messages_sent = Counter("accompanist_messages_sent", "Envelopes sent by sessions", registry=r)
         self.messages_received = Counter("accompanist_messages_received", "Envelopes accepted", registry=r)
@@ -88,6 +155,17 @@ class Metrics:
             "Age of the oldest unacknowledged outbox envelope (0 when none)",
             registry=r,
         )
+
+    def watch_peers(self, read: Callable[[], dict[str, PeerDepth]]) -> None:
+        """Export ``read()``'s per-peer depths as the ``accompanist_peer_*`` gauges."""
+        self.registry.register(_PeerCollector(read))
+
+    def moved(self, before: str, after: str) -> None:
+        """A session's status changed: keep the counts of parked and diverged sessions."""
+        if before in _WAITING_STATUSES:
+            self.waiting_now.labels(status=before).dec()
+        if after in _WAITING_STATUSES:
+            self.waiting_now.labels(status=after).inc()
 
     def step(self, kind: str, seconds: float) -> None:
         """Observe one live step (the labelled child is looked up once per kind)."""

@@ -107,6 +107,16 @@ class Relay:
         self._backoff.pop(dst, None)
         self._wakeup.set()
 
+    def pending_by_peer(self) -> dict[str, tuple[int, float]]:
+        """``{peer: (unacknowledged envelopes, seconds the oldest has been pending)}`` as of the
+        last outbox scan (for metrics)."""
+        now = time.monotonic()
+        out: dict[str, tuple[int, float]] = {}
+        for key, since in self._pending_since.items():
+            count, oldest = out.get(key[2], (0, 0.0))
+            out[key[2]] = (count + 1, max(oldest, now - since))
+        return out
+
     @property
     def inflight(self) -> int:
         """Deliveries in flight."""

@@ -21,7 +21,7 @@ import msgspec
 from accompanist.engine import compensation, outcome
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
 from accompanist.engine.locks import KeyedLocks
-from accompanist.engine.metrics import Metrics
+from accompanist.engine.metrics import Metrics, PeerDepth
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.registry import TransactionRegistry
@@ -35,6 +35,7 @@ from accompanist.errors import (
     DefinitionError,
     EnvelopeRejectedError,
     NondeterminismError,
+    SessionCancelledError,
     SessionError,
     StoreInputError,
     UnknownChoreographyError,
@@ -110,6 +111,7 @@ class Runs:
             else None
         )
         self.live: dict[str, SessionRun] = {}
+        self.metrics.watch_peers(self._peer_depths)
         self.blocked: dict[str, str] = {}
         self.stopping = False  # stop() is under way: nothing new runs
         self.on_session_end: list[Callable[[SessionRecord], Awaitable[None] | None]] = []
@@ -197,6 +199,7 @@ class Runs:
         if state is not None:
             record.state = state
         record.updated_at = time.time()
+        self.metrics.moved(before.status, status)
         write = batch or WriteBatch()
         write.sessions.append(msgspec.structs.replace(record))
         try:
@@ -209,6 +212,7 @@ class Runs:
                 await run.unsaved.save(write, sends)
         except StoreInputError:
             run.record = before
+            self.metrics.moved(status, before.status)
             raise
         if run.starting is not None and not run.starting.done():
             run.starting.set_result(None)  # a session that ends before any step with an effect
@@ -218,8 +222,17 @@ class Runs:
         if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
         self.event(record, status, before=before.status, failure=failure)
-        if status in TERMINAL_STATUSES and self.tracing.enabled:
-            self.tracing.end(record.session_id, status)
+        if self.tracing.enabled and (before.status == S.PARKED or status in TERMINAL_STATUSES):
+            # Opened here if this process never ran the session (it waited for its outcome
+            # across a restart): the one span of the role, from when the session began here.
+            c = run.choreography
+            self.tracing.session(record.session_id, c.name, c.version, c.initiator.name, record.created_at)
+            if before.status == S.PARKED:  # one span from the park to now, once the change is durable
+                self.tracing.interval(
+                    record.session_id, "parked", before.updated_at, record.updated_at, reason=before.error
+                )
+            if status in TERMINAL_STATUSES:
+                self.tracing.end(record.session_id, status)
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
             await self.ended(record)
         return record
@@ -357,7 +370,6 @@ class Runs:
         if status in TERMINAL_STATUSES or not self.durable:
             return None
         record.attempts += 1  # resumed once more after a stop (saved with its next change)
-        parked = (record.updated_at, record.error) if status == S.PARKED else None
         if status in (S.RUNNING, S.PARKED, S.DIVERGED):
             began = time.perf_counter()
             run = await self.load(record, choreography, projection=True)
@@ -379,8 +391,6 @@ class Runs:
                 record.session_id, "replay", replayed_steps=len(run.journal), attempt=record.attempts
             ):
                 pass
-        if parked is not None and self.tracing.enabled:  # one span from the park to this resume
-            self.tracing.interval(record.session_id, "parked", parked[0], time.time(), reason=parked[1])
         return run
 
     def spawn(self, run: SessionRun) -> None:
@@ -392,7 +402,7 @@ class Runs:
         run.trail = self.trails.attach(run.session_id)
         if self.tracing.enabled:
             c = run.choreography
-            self.tracing.session(run.session_id, c.name, c.version, c.initiator.name)
+            self.tracing.session(run.session_id, c.name, c.version, c.initiator.name, run.record.created_at)
         if run.record.status in _AWAITING:
             self.metrics.awaiting_outcome.inc()
         run.task = asyncio.create_task(self._drive(run), name=f"session-{run.session_id}")
@@ -570,6 +580,9 @@ class Runs:
         self.metrics.sessions_ended.labels(status=record.status).inc()
         if record.status not in TERMINAL_STATUSES:
             return
+        failure = self.failure_of(record)
+        if failure is not None and failure.error_type == SessionCancelledError.__name__:
+            self.metrics.cancelled.inc()
         for waiter in self._waiters.pop(record.session_id, []):
             if not waiter.done():
                 waiter.set_result(msgspec.structs.replace(record))
@@ -592,6 +605,25 @@ class Runs:
             return self.control(run, dst, EnvelopeKind.FAILURE, record.failure)
         failure = self.failure_of(record)
         return self.control(run, dst, EnvelopeKind.OUTCOME, encode(Outcome(status=record.status, failure=failure)))
+
+    def _peer_depths(self) -> dict[str, PeerDepth]:
+        """What waits in the inbox and outbox, per peer role (read at a scrape or an export)."""
+        waiting: dict[str, int] = {}
+        unacked: dict[str, tuple[int, float]] = {}
+        now = time.monotonic()
+        for run in list(self.live.values()):
+            for src in run.mailbox.waiting_from():
+                waiting[src] = waiting.get(src, 0) + 1
+            rows, since = run.unsaved.backlog()
+            for envelope in rows:
+                count, oldest = unacked.get(envelope.src, (0, 0.0))
+                unacked[envelope.src] = (count + 1, max(oldest, now - since))
+        outbox = self.relay.pending_by_peer() if self.relay is not None else {}
+        peers = {r.name for c in self.app for r in c.roles if r.name != self.role}
+        return {
+            peer: PeerDepth(waiting.get(peer, 0), *unacked.get(peer, (0, 0.0)), *outbox.get(peer, (0, 0.0)))
+            for peer in sorted(peers)
+        }
 
     def spawn_background(self, coro: Any, name: str) -> None:
         """Run ``coro`` as a task the engine cancels when it stops."""

@@ -304,6 +304,10 @@ class SessionRun:
                 with tracing.step(self.session_id, kind, step=step.index, **attrs) as span:
                     try:
                         result = await work
+                    except Park:  # the wait ended without the envelope: a "parked" span follows
+                        if span is not None:
+                            span.set_attribute("accompanist.parked", True)
+                        raise
                     finally:
                         if span is not None and kind == "transaction":
                             span.set_attribute("accompanist.attempts", self.tx_attempts)

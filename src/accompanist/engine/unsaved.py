@@ -26,6 +26,7 @@ Why each relaxation is safe (the README's fault-tolerance section says the same)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -72,6 +73,7 @@ class Unsaved:
         self._record = False
         self._savers: list[asyncio.Future[None]] = []
         self._linger: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0  # when the linger was armed: nothing waiting here is older
 
     def __bool__(self) -> bool:
         return bool(self._batch or self._sends or self._record or self._savers or self._run.pending)
@@ -181,6 +183,12 @@ class Unsaved:
         if self._linger is None and self._host.durable:
             loop = asyncio.get_running_loop()
             self._linger = loop.call_later(self._host.config.ack_linger, self._linger_fired)
+            self._armed_at = time.monotonic()
+
+    def backlog(self) -> tuple[list[Envelope], float]:
+        """The received envelopes waiting here for their commit (so not yet acknowledged), and
+        since when (``time.monotonic()``) the oldest of them has waited at most (for metrics)."""
+        return list(self._batch.inbox), self._armed_at if self._linger is not None else time.monotonic()
 
     def _disarm(self) -> None:
         if self._linger is not None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from accompanist.engine.engine import Engine
 from accompanist.errors import ConfigError
 from accompanist.language.choreography import App
+from accompanist.otel_metrics import MetricsExport, setup_metrics_export
 from accompanist.sidecar.api import build_api, serve
 from accompanist.sidecar.config import SidecarConfig
 from accompanist.store.base import SessionRecord, Store
@@ -64,6 +65,7 @@ class Sidecar:
         self._transport = transport
         self.engine: Engine | None = None
         self._api_runner: web.AppRunner | None = None
+        self._metrics_export: MetricsExport | None = None
         self.api_address: tuple[str, int] | None = None
 
     def _make_transport(self) -> Any:
@@ -128,6 +130,7 @@ class Sidecar:
         c = self.config
         if self._transport is None:
             self._check_peer_security()  # before anything is opened
+        self._metrics_export = setup_metrics_export(c.role, self._metrics_text, c.engine.metrics_file)
         store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
         transport = self._transport or self._make_transport()
         self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
@@ -142,6 +145,8 @@ class Sidecar:
                 with contextlib.suppress(Exception):
                     await self.engine.stop(grace=0)  # no writer thread or peer port left behind
                 raise
+        if self._metrics_export is not None:
+            self._metrics_export.start()
         self.log.info(
             "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
             c.role,
@@ -175,6 +180,9 @@ class Sidecar:
             self._api_runner = None
         if self.engine is not None:
             await self.engine.stop(grace)
+        if self._metrics_export is not None:
+            await self._metrics_export.stop()  # the last numbers too
+            self._metrics_export = None
 
     async def __aenter__(self) -> Sidecar:
         await self.start()
@@ -213,6 +221,10 @@ class Sidecar:
     async def wait(self, session_id: str, timeout: float | None = None) -> SessionRecord:
         """Wait for a session to end at this role; return its record."""
         return await self._engine().wait(session_id, timeout)
+
+    def _metrics_text(self) -> bytes:
+        """What ``/metrics`` serves: the engine's metrics and the transport's."""
+        return (self.engine.metrics.render() if self.engine else b"") + self._transport_metrics()
 
     def _transport_metrics(self) -> bytes:
         stats = getattr(self.engine.transport if self.engine else None, "stats", None)
