@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -63,6 +64,12 @@ async def web_view(tmp_path: Path, urls: list[str]) -> AsyncIterator[str]:
         yield page
     finally:
         await proc.terminate()
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accompanist", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
 
 
 async def _ended(cluster: ProcessCluster, sid: str, status: str) -> None:
@@ -140,6 +147,16 @@ async def test_the_web_view_in_a_real_browser(tmp_path: Path) -> None:
                 in await page.locator("#s-failure").inner_text()
             )
             await page.screenshot(path=str(IMAGES / "ui-session.png"), full_page=True)
+            # `accompanist diagram --format html`: one page that opens from a file, offline.
+            urls = [arg for role in "abc" for arg in ("--sidecar", cluster[role].api)]
+            drawn = await asyncio.to_thread(_cli, tmp_path, "diagram", ids[5], *urls, "-f", "html", "-o", "s.html")
+            assert drawn.returncode == 0, drawn.stderr
+            offline = await browser.new_page(viewport={"width": 1100, "height": 700}, offline=True)
+            await offline.goto((tmp_path / "s.html").as_uri())
+            assert await _texts(offline, "svg g.arrow text") == ["5", "5"]
+            assert "compensated" in await offline.locator("h1 .badge").inner_text()
+            assert await offline.locator("table.steps tbody tr").count() == 8
+            await offline.screenshot(path=str(IMAGES / "diagram-html.png"), full_page=True)
             # The same web view served by sidecar a under /ui, reading b and c over their APIs.
             await page.goto(f"{cluster['a'].api}/ui/")
             await page.locator(f'tr[data-session="{ids[5]}"]').wait_for(timeout=30_000)

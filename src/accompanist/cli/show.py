@@ -33,12 +33,28 @@ def _ms(value: float | None) -> str:
 def _steps_table(view: SessionView) -> Table:
     base = view.started
     table = Table(title="steps, in causal order")
+    names = [str(e.step["name"]) for e in view.events]
+    fixed = {  # columns kept whole: the value and the state give way when the terminal is narrow
+        "role": max([len(r) for r in view.roles] + [4]),
+        "kind": 12,
+        "name": min(max([len(n) for n in names] + [4]), 26),
+        "at": 9,
+        "took": 8,
+        "transaction": 11,
+    }
     for column, justify in (
         ("#", "right"), ("role", "left"), ("step", "right"), ("kind", "left"), ("name", "left"),
         ("value", "left"), ("at", "right"), ("took", "right"), ("tries", "right"), ("transaction", "left"),
         ("state", "left"),
     ):  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(
+            column,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=column in ("value", "state"),
+            min_width=fixed.get(column),
+            max_width={"value": 24, "state": 34}.get(column),
+            overflow="ellipsis" if column in ("value", "state") else "fold",
+        )
     for order, event in enumerate(view.events):
         s: dict[str, Any] = event.step
         at = seconds(s.get("started_at")) or seconds(s.get("ended_at"))

@@ -64,8 +64,15 @@ def _detail(step: dict[str, Any], base: float | None) -> str:
     return " · ".join(parts)
 
 
+def _clip(value: Any, limit: int = 40) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _note(order: int, role: str, step: dict[str, Any], base: float | None) -> Row:
-    kind, name, value, state = step["kind"], step["name"], step.get("value"), step.get("state")
+    kind, name, value, state = step["kind"], step["name"], _clip(step.get("value")), step.get("state")
     detail = _detail(step, base)
     if state == "failed":
         return Row("note", role, None, f"✗ {name}: {step.get('error') or 'failed'}", "failure", detail, order)
@@ -84,7 +91,7 @@ def _note(order: int, role: str, step: dict[str, Any], base: float | None) -> Ro
 
 
 def _message(order: int, role: str, step: dict[str, Any], base: float | None, paired: bool) -> Row | None:
-    state, value = step.get("state"), step.get("value")
+    state, value = step.get("state"), _clip(step.get("value"))
     select = step.get("message") == "select"
     text = (f"select {value}" if select else str(value)) if value is not None else f"#{step['seq']}"
     detail = _detail(step, base)

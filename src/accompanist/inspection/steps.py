@@ -139,7 +139,7 @@ def _from_memory(entries: list[Entry], clock: float) -> dict[str, Any]:
     if isinstance(outcome, Park):
         out.update(state="parked", error=str(outcome))
     elif isinstance(outcome, (SessionStopped, asyncio.CancelledError)):
-        out.update(state="stopped", error=str(outcome) or "the run stopped here")
+        out["state"] = "stopped"  # the outcome was decided elsewhere (or the sidecar stopped) meanwhile
     elif isinstance(outcome, BaseException):
         out.update(state="failed", error=_error(outcome))
     else:
