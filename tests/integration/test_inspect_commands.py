@@ -34,7 +34,7 @@ def _check_compensated_steps(output: str) -> None:
     sends = [i for i, line in enumerate(lines) if "b->c #1" in line]
     assert len(sends) == 2 and sends[0] < sends[1] and "send" in lines[sends[0]], lines  # the send, then its receive
     assert where["reserve"] < sends[0] < where["charge"], lines
-    assert "failed: Abort: charge refuses 5" in lines[where["charge"]]
+    assert "failed: Abort: charge" in lines[where["charge"]]  # the failure line has the rest
     undo = [line for line in lines if "compensation" in line]
     assert len(undo) == 1 and "reserve" in undo[0] and lines.index(undo[0]) > where["charge"], lines
 

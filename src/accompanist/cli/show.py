@@ -52,7 +52,7 @@ def _steps_table(view: SessionView) -> Table:
             justify=justify,  # type: ignore[arg-type]
             no_wrap=column in ("value", "state"),
             min_width=fixed.get(column),
-            max_width={"value": 24, "state": 34}.get(column),
+            max_width={"value": 22, "state": 28}.get(column),
             overflow="ellipsis" if column in ("value", "state") else "fold",
         )
     for order, event in enumerate(view.events):
