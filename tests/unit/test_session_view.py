@@ -16,8 +16,8 @@ from accompanist.codec import PayloadCodec
 from accompanist.diagram import mermaid_session, render_html, render_svg
 from accompanist.errors import AccompanistError
 from accompanist.inspection.listing import filter_sessions, session_counts
-from accompanist.inspection.summary import summarize, summarize_bytes
 from accompanist.inspection.view import SessionView, build_view
+from accompanist.summary import summarize, summarize_bytes
 
 T0 = dt.datetime(2026, 12, 2, 20, 0, tzinfo=dt.UTC)
 

@@ -171,7 +171,7 @@ async def _compensate_one(host: Host, run: SessionRun, item: Committed, key: str
         )
         if span is not None:
             span.set_attribute("accompanist.attempts", attempts)
-    run.trail.undone.append((item.tx.name, key, item.ctx.step, began, time.perf_counter(), attempts))
+    host.trails.note_undone(run.session_id, (item.tx.name, key, item.ctx.step, began, time.perf_counter(), attempts))
     if host.durable and atomic is None:
         await run.unsaved.save(WriteBatch(txlog=[mark]))  # after the commit's own row, if it waited
     run.txlog[key] = mark

@@ -64,6 +64,9 @@ class EngineConfig:
         memory_retention: default mode: ended sessions are kept this many seconds at most.
         lazy_interval: how often writes that may be lost without harm (acknowledgement marks,
             a participant's ``completed``) are made durable when no other commit carries them.
+        steps_kept: the live steps (times, values, attempts) of this many recent sessions are
+            kept in memory for ``GET /sessions/{id}/steps`` (at most ``memory_keep``); 0 keeps
+            none (the steps then come from the store alone, in fault-tolerant mode).
         traces_file: write every span here, one JSON object per line (see :mod:`accompanist.tracing`).
         metrics_file: write every OpenTelemetry metrics export here, one JSON object per line
             (see :mod:`accompanist.otel_metrics`).
@@ -91,5 +94,6 @@ class EngineConfig:
     memory_keep: int = 100_000
     memory_retention: float = 3600.0
     lazy_interval: float = 0.1
+    steps_kept: int = 10_000
     traces_file: str | None = None
     metrics_file: str | None = None

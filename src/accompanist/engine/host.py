@@ -16,6 +16,7 @@ from accompanist.engine.config import EngineConfig
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.registry import TransactionRegistry
+from accompanist.engine.trail import Trails
 from accompanist.envelope import Envelope
 from accompanist.store.base import AtomicScope
 from accompanist.tracing import Tracing
@@ -34,6 +35,7 @@ class Host(Protocol):
     registry: TransactionRegistry
     guard: StoreGuard
     tracing: Tracing
+    trails: Trails
 
     def atomic(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AtomicScope]] | None:
         """The store's atomic scope for ``atomic=True`` transactions (fault-tolerant mode), or None."""

@@ -53,7 +53,6 @@ __all__ = ["Runs"]
 
 S = SessionStatus
 _AWAITING = (S.FINISHED, S.COMPENSATING)  # this role's part is over; the outcome is not known yet
-_TRAILS_KEPT = 10_000  # sessions whose live steps are kept in memory (the store has the rest)
 
 
 class Runs:
@@ -88,7 +87,7 @@ class Runs:
         self.events = logging.getLogger(SESSION_LOGGER)  # one line per session event
         self.tracing = tracing or setup_tracing(role, self.config.traces_file)
         self.metrics = Metrics(role)
-        self.trails = Trails(min(self.config.memory_keep, _TRAILS_KEPT))  # for GET /sessions/{id}/steps
+        self.trails = Trails(min(self.config.memory_keep, self.config.steps_kept))  # GET /sessions/{id}/steps
         stats = getattr(store, "commit_stats", None)
         if stats is not None:
             self.metrics.store_commits.set_function(lambda: float(store.commit_stats.transactions))  # type: ignore[attr-defined]
@@ -460,7 +459,10 @@ class Runs:
         choreography = run.choreography
         try:
             args = choreography.codec.decode(run.record.args) if run.initiator else []
-            returned = await project(choreography, choreography.role(self.role), run, args)
+            try:
+                returned = await project(choreography, choreography.role(self.role), run, args)
+            finally:  # its steps are over: kept as plain data from now on (see engine.trail)
+                self.trails.seal(run.session_id)
             run.check_replay_complete()
             run.projected = True
             result = choreography.codec.encode(session_result(choreography, returned)) if run.initiator else None

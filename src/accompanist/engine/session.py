@@ -31,7 +31,7 @@ from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
-from accompanist.engine.trail import Trail
+from accompanist.engine.trail import raised
 from accompanist.engine.unsaved import Unsaved
 from accompanist.envelope import Envelope
 from accompanist.errors import (
@@ -132,6 +132,8 @@ class SessionRun:
         txlog: the session's transaction records, by key.
     """
 
+    trail: list[Any] | None = None  # its steps, LIVE items each: the engine's once it is spawned
+
     def __init__(
         self,
         host: Host,
@@ -187,8 +189,9 @@ class SessionRun:
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
         self._traceparent = _traceparent(record.session_id, record.role)
-        self.trail = Trail()  # the engine's own for this session once the run is spawned
         self.tx_attempts = 0  # commit attempts of the transaction running now
+        self.doing: Step | None = None  # the live step running now (a receive: the role waits there)
+        self.doing_since = 0.0  # when it began (perf_counter)
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
@@ -293,8 +296,10 @@ class SessionRun:
         session's trail (``shown``, or the step's result), and a span to the tracer when tracing
         is on (replayed steps get none of these: they did not run again)."""
         trail = self.trail
-        trail.current = step
-        began = trail.since = time.perf_counter()
+        if trail is None:  # a run the engine did not spawn (a probe): its steps are nobody's to see
+            trail = self.trail = []
+        self.doing = step
+        began = self.doing_since = time.perf_counter()
         outcome: Any = shown
         try:
             tracing = self.host.tracing
@@ -315,13 +320,13 @@ class SessionRun:
                 outcome = result
             return result
         except BaseException as exc:
-            outcome = exc
+            outcome = raised(exc)  # the error path: what went wrong, not the traceback
             raise
         finally:
             ended = time.perf_counter()
             self.host.metrics.step(kind, ended - began)
-            trail.current = None
-            trail.entries.append((step, began, ended, outcome, self.tx_attempts if kind == "transaction" else 0))
+            self.doing = None
+            trail.extend((step, began, ended, outcome, self.tx_attempts if kind == "transaction" else 0))
 
     async def send(self, step: Step, value: Any) -> None:
         """Timed and traced (when tracing is on) unless replayed; see :meth:`_send`."""

@@ -54,6 +54,7 @@ async def steps_of(engine: Engine, session_id: str) -> dict[str, Any] | None:
         record,
         status=status,
         trail=engine.trails.get(session_id),
+        doing=(run.doing, run.doing_since) if run is not None and run.doing is not None else None,
         rows=rows,
         codec=codec,
         roles=roles,

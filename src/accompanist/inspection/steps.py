@@ -10,7 +10,6 @@ diagram never care where a step came from (``source`` says it, per step).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import time
@@ -18,15 +17,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from accompanist.codec import PayloadCodec
-from accompanist.engine.outcome import SessionStopped
-from accompanist.engine.session import CLOCK_HEADER, Park
-from accompanist.engine.trail import Entry, Trail
+from accompanist.engine.session import CLOCK_HEADER
+from accompanist.engine.trail import Sealed, TrailView
 from accompanist.envelope import MESSAGE_KINDS, Envelope
-from accompanist.errors import TransactionFailedError
 from accompanist.failure import Failure
-from accompanist.inspection.summary import summarize, summarize_bytes
 from accompanist.language.steps import Step, StepKind
 from accompanist.store.base import JournalEntry, OutboxRow, SessionRecord, SessionStatus, TxRecord
+from accompanist.summary import summarize, summarize_bytes
 
 __all__ = ["KINDS", "StoreRows", "iso", "role_steps", "short_name"]
 
@@ -109,41 +106,28 @@ def _blank(index: int | None, kind: str, name: str, source: str) -> dict[str, An
     }
 
 
-def _describe(step: Step, source: str) -> dict[str, Any]:
-    kind = KINDS.get(step.kind, str(step.kind))
-    out = _blank(step.index, kind, short_name(step.name), source)
-    if step.kind is StepKind.SEND:
-        out.update(peer=step.dst, seq=step.seq, message=step.msg_kind, name=f"{step.src}->{step.dst} #{step.seq}")
-    elif step.kind is StepKind.RECV:
-        out.update(peer=step.src, seq=step.seq, message=step.msg_kind, name=f"{step.src}->{step.dst} #{step.seq}")
-    return out
+def _message_name(src: str | None, dst: str | None, seq: int | None) -> str:
+    return f"{src}->{dst} #{seq}"
 
 
-def _error(exc: BaseException) -> str:
-    if isinstance(exc, TransactionFailedError):
-        return exc.reason
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _from_memory(entries: list[Entry], clock: float) -> dict[str, Any]:
+def _from_memory(entries: list[Sealed], clock: float) -> dict[str, Any]:
     """One step from its trail entries (a receive that parked and resumed has two)."""
-    step, began, ended, outcome, attempts = entries[-1]
-    out = _describe(step, "memory")
-    first = entries[0][1]
+    index, kind, name, src, dst, seq, message, _, ended, value, summed, attempts, how, why = entries[-1]
+    out = _blank(index, KINDS.get(StepKind(kind), kind), short_name(name), "memory")
+    if kind == StepKind.SEND:
+        out.update(peer=dst, seq=seq, message=message, name=_message_name(src, dst, seq))
+    elif kind == StepKind.RECV:
+        out.update(peer=src, seq=seq, message=message, name=_message_name(src, dst, seq))
+    first = entries[0][7]
     out.update(started_at=iso(first + clock), ended_at=iso(ended + clock), duration_ms=round((ended - first) * 1e3, 3))
-    if step.kind is StepKind.TX:
+    if kind == StepKind.TX:
         out["attempts"] = attempts or None
-    if any(isinstance(e[3], Park) for e in entries[:-1]):
+    if any(e[12] == "parked" for e in entries[:-1]):
         out["parked"] = True
-    if isinstance(outcome, Park):
-        out.update(state="parked", error=str(outcome))
-    elif isinstance(outcome, (SessionStopped, asyncio.CancelledError)):
-        out["state"] = "stopped"  # the outcome was decided elsewhere (or the sidecar stopped) meanwhile
-    elif isinstance(outcome, BaseException):
-        out.update(state="failed", error=_error(outcome))
+    if how is None:
+        out["value"] = value if summed else summarize(value)
     else:
-        out["value"] = summarize(outcome)
+        out.update(state=how, error=why or None)
     return out
 
 
@@ -192,7 +176,7 @@ def _enrich(out: dict[str, Any], rows: StoreRows, codec: PayloadCodec | None, un
             out["transaction"] = "compensated"
 
 
-def _compensations(trail: Trail | None, rows: StoreRows, clock: float, codec: PayloadCodec | None) -> list[Any]:
+def _compensations(trail: TrailView | None, rows: StoreRows, clock: float, codec: PayloadCodec | None) -> list[Any]:
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for name, key, step, began, ended, attempts in trail.undone if trail is not None else ():
@@ -215,12 +199,14 @@ def _compensations(trail: Trail | None, rows: StoreRows, clock: float, codec: Pa
     return out
 
 
-def _waiting(record: SessionRecord, status: str, trail: Trail | None, initiator: str | None, clock: float) -> Any:
+def _waiting(
+    record: SessionRecord, status: str, doing: tuple[Step, float] | None, initiator: str | None, clock: float
+) -> Any:
     """Where this role waits now, in words and (for a receive) by peer and seq."""
     here: dict[str, Any] = {"peer": None, "seq": None, "since": None}
-    if status == S.RUNNING and trail is not None and trail.current is not None:
-        current = trail.current
-        here["since"] = iso(trail.since + clock)
+    if status == S.RUNNING and doing is not None:
+        current = doing[0]
+        here["since"] = iso(doing[1] + clock)
         if current.kind is StepKind.RECV:
             here.update(peer=current.src, seq=current.seq, text=f"waiting for #{current.seq} from '{current.src}'")
         else:
@@ -247,7 +233,8 @@ def role_steps(
     record: SessionRecord,
     *,
     status: str | None = None,
-    trail: Trail | None = None,
+    trail: TrailView | None = None,
+    doing: tuple[Step, float] | None = None,
     rows: StoreRows | None = None,
     codec: PayloadCodec | None = None,
     roles: Sequence[str] | None = None,
@@ -259,6 +246,7 @@ def role_steps(
         record: the session's record at this role.
         status: its status as the API shows it (``blocked`` overrides the record's).
         trail: the live steps this process ran (None: none kept).
+        doing: the live step running now and when it began (``perf_counter``), if one is.
         rows: what the store holds of it (fault-tolerant mode, or a post-mortem).
         codec: the choreography's codec, to summarize stored values (None: lenient decoding).
         roles: the choreography's roles in order, when known.
@@ -267,9 +255,9 @@ def role_steps(
     rows = rows or StoreRows()
     status = status or record.status
     clock = time.time() - time.perf_counter()  # perf_counter readings -> UNIX seconds
-    by_index: dict[int, list[Entry]] = {}
-    for entry in trail.entries if trail is not None else ():
-        by_index.setdefault(entry[0].index, []).append(entry)
+    by_index: dict[int, list[Sealed]] = {}
+    for plain in trail.sealed(summarize) if trail is not None else ():
+        by_index.setdefault(plain[0], []).append(plain)
     undone = {u[2] for u in trail.undone} if trail is not None else set()
     undone |= {t.step for t in rows.txlog if t.status == "compensated"}
     steps: list[dict[str, Any]] = []
@@ -297,7 +285,7 @@ def role_steps(
         "roles": list(roles) if roles is not None else None,
         "initiator": initiator,
         "steps": steps,
-        "waiting": _waiting(record, status, trail, initiator, clock),
+        "waiting": _waiting(record, status, doing, initiator, clock),
         "failure": failure,
         "sources": sources,
     }
