@@ -39,6 +39,7 @@ KINDS = {
 }
 """The API's name of each step kind (``compensation`` is the one kind no projection makes)."""
 
+_TYPE_ONLY = re.compile(r"^<[\w.]+>$|^<\d+ bytes>$")
 _MESSAGE = re.compile(r"^(?P<src>.+)->(?P<dst>.+)#(?P<seq>\d+)/(?P<kind>\w+)$")
 
 
@@ -124,7 +125,9 @@ def _from_memory(entries: list[Sealed], clock: float) -> dict[str, Any]:
         out["attempts"] = attempts or None
     if any(e[12] == "parked" for e in entries[:-1]):
         out["parked"] = True
-    if how is None:
+    if how is None and summed and _TYPE_ONLY.match(str(value)):
+        out["_typed"] = value  # only its type was kept: the store's copy, if any, says more
+    elif how is None:
         out["value"] = value if summed else summarize(value)
     else:
         out.update(state=how, error=why or None)
@@ -272,6 +275,9 @@ def role_steps(
         else:
             out = _from_journal(rows.journal[index], codec)
         _enrich(out, rows, codec, undone)
+        typed = out.pop("_typed", None)
+        if out["value"] is None and typed is not None:
+            out["value"] = typed
         steps.append(out)
     steps += _compensations(trail, rows, clock, codec)
     failure = Failure.decode(record.failure).to_json() if record.failure else None
