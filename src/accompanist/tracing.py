@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from accompanist.errors import ConfigError
@@ -128,6 +128,46 @@ class Tracing:
         fields.setdefault("accompanist.session_id", session_id)
         with self.tracer.start_as_current_span(name, context=context, attributes=fields) as span:
             yield span
+
+    @contextlib.contextmanager
+    def live_step(self, session_id: str, name: str, attempts: Callable[[], int] | None, **attrs: Any) -> Iterator[Any]:
+        """:meth:`step` for a live step of the projection: a wait that ended in a park is marked
+        ``accompanist.parked`` (a ``parked`` span follows), and ``attempts()`` (a commit's tries)
+        is recorded as ``accompanist.attempts`` when the step is over."""
+        with self.step(session_id, name, **attrs) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                if span is not None and type(exc).__name__ == "Park":
+                    span.set_attribute("accompanist.parked", True)
+                raise
+            finally:
+                if span is not None and attempts is not None:
+                    span.set_attribute("accompanist.attempts", attempts())
+
+    def on_transition(
+        self, session_id: str, session: tuple[str, int, str], created: float, before: tuple[str, float, Any], after: Any
+    ) -> None:
+        """A session's status changed (durably): a ``parked`` span when it leaves ``parked``
+        (from the park to now, with the reason), and the role's session span ends with a
+        terminal status. The session span is opened here when this process never ran the
+        session (it waited for the outcome across a restart), from when the session began here.
+
+        Args:
+            session_id: the session.
+            session: its choreography, version and initiator.
+            created: when it began at this role (UNIX seconds).
+            before: the status it leaves, since when (UNIX seconds), and its reason.
+            after: ``(status, now, terminal)``.
+        """
+        status, now, terminal = after
+        if before[0] != "parked" and not terminal:
+            return
+        self.session(session_id, *session, start=created)
+        if before[0] == "parked":
+            self.interval(session_id, "parked", before[1], now, reason=before[2])
+        if terminal:
+            self.end(session_id, status)
 
     def interval(self, session_id: str, name: str, start: float, end: float, **attrs: Any) -> None:
         """A child span of the session span covering ``start`` to ``end`` (UNIX seconds), for

@@ -8,14 +8,15 @@ of the inbox and outbox are computed only when someone reads them (a scrape, an 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "PeerDepth"]
+__all__ = ["Metrics", "PeerDepth", "peer_depths"]
 
 _WAITING_STATUSES = ("parked", "diverged")
 
@@ -45,6 +46,27 @@ _PEER_GAUGES = (
     ("accompanist_peer_outbox_unacked", "Envelopes to the peer it has not acknowledged"),
     ("accompanist_peer_outbox_oldest_unacked_seconds", "Age of the oldest envelope to the peer not yet acknowledged"),
 )
+
+
+def peer_depths(runs: Iterable[Any], relay: Any, peers: Iterable[str]) -> dict[str, PeerDepth]:
+    """What waits in the inbox and outbox, per peer role, read from the runs in memory (their
+    mailboxes and unsaved rows) and the relay (None in default mode): at a scrape, never on
+    the sessions' path."""
+    waiting: dict[str, int] = {}
+    unacked: dict[str, tuple[int, float]] = {}
+    now = time.monotonic()
+    for run in runs:
+        for src in run.mailbox.waiting_from():
+            waiting[src] = waiting.get(src, 0) + 1
+        rows, since = run.unsaved.backlog()
+        for envelope in rows:
+            count, oldest = unacked.get(envelope.src, (0, 0.0))
+            unacked[envelope.src] = (count + 1, max(oldest, now - since))
+    outbox = relay.pending_by_peer() if relay is not None else {}
+    return {
+        peer: PeerDepth(waiting.get(peer, 0), *unacked.get(peer, (0, 0.0)), *outbox.get(peer, (0, 0.0)))
+        for peer in peers
+    }
 
 
 class _PeerCollector(Collector):

@@ -21,7 +21,7 @@ import msgspec
 from accompanist.engine import compensation, outcome
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
 from accompanist.engine.locks import KeyedLocks
-from accompanist.engine.metrics import Metrics, PeerDepth
+from accompanist.engine.metrics import Metrics, peer_depths
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.registry import TransactionRegistry
@@ -110,7 +110,8 @@ class Runs:
             else None
         )
         self.live: dict[str, SessionRun] = {}
-        self.metrics.watch_peers(self._peer_depths)
+        peers = sorted({r.name for c in app for r in c.roles if r.name != role})
+        self.metrics.watch_peers(lambda: peer_depths(list(self.live.values()), self.relay, peers))
         self.blocked: dict[str, str] = {}
         self.stopping = False  # stop() is under way: nothing new runs
         self.on_session_end: list[Callable[[SessionRecord], Awaitable[None] | None]] = []
@@ -221,17 +222,15 @@ class Runs:
         if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
         self.event(record, status, before=before.status, failure=failure)
-        if self.tracing.enabled and (before.status == S.PARKED or status in TERMINAL_STATUSES):
-            # Opened here if this process never ran the session (it waited for its outcome
-            # across a restart): the one span of the role, from when the session began here.
+        if self.tracing.enabled:
             c = run.choreography
-            self.tracing.session(record.session_id, c.name, c.version, c.initiator.name, record.created_at)
-            if before.status == S.PARKED:  # one span from the park to now, once the change is durable
-                self.tracing.interval(
-                    record.session_id, "parked", before.updated_at, record.updated_at, reason=before.error
-                )
-            if status in TERMINAL_STATUSES:
-                self.tracing.end(record.session_id, status)
+            self.tracing.on_transition(
+                record.session_id,
+                (c.name, c.version, c.initiator.name),
+                record.created_at,
+                (before.status, before.updated_at, before.error),
+                (status, record.updated_at, status in TERMINAL_STATUSES),
+            )
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
             await self.ended(record)
         return record
@@ -607,25 +606,6 @@ class Runs:
             return self.control(run, dst, EnvelopeKind.FAILURE, record.failure)
         failure = self.failure_of(record)
         return self.control(run, dst, EnvelopeKind.OUTCOME, encode(Outcome(status=record.status, failure=failure)))
-
-    def _peer_depths(self) -> dict[str, PeerDepth]:
-        """What waits in the inbox and outbox, per peer role (read at a scrape or an export)."""
-        waiting: dict[str, int] = {}
-        unacked: dict[str, tuple[int, float]] = {}
-        now = time.monotonic()
-        for run in list(self.live.values()):
-            for src in run.mailbox.waiting_from():
-                waiting[src] = waiting.get(src, 0) + 1
-            rows, since = run.unsaved.backlog()
-            for envelope in rows:
-                count, oldest = unacked.get(envelope.src, (0, 0.0))
-                unacked[envelope.src] = (count + 1, max(oldest, now - since))
-        outbox = self.relay.pending_by_peer() if self.relay is not None else {}
-        peers = {r.name for c in self.app for r in c.roles if r.name != self.role}
-        return {
-            peer: PeerDepth(waiting.get(peer, 0), *unacked.get(peer, (0, 0.0)), *outbox.get(peer, (0, 0.0)))
-            for peer in sorted(peers)
-        }
 
     def spawn_background(self, coro: Any, name: str) -> None:
         """Run ``coro`` as a task the engine cancels when it stops."""

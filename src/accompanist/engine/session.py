@@ -306,16 +306,9 @@ class SessionRun:
             if not tracing.enabled:
                 result = await work
             else:
-                with tracing.step(self.session_id, kind, step=step.index, **attrs) as span:
-                    try:
-                        result = await work
-                    except Park:  # the wait ended without the envelope: a "parked" span follows
-                        if span is not None:
-                            span.set_attribute("accompanist.parked", True)
-                        raise
-                    finally:
-                        if span is not None and kind == "transaction":
-                            span.set_attribute("accompanist.attempts", self.tx_attempts)
+                attempts = (lambda: self.tx_attempts) if kind == "transaction" else None
+                with tracing.live_step(self.session_id, kind, attempts, step=step.index, **attrs):
+                    result = await work
             if shown is _RESULT:
                 outcome = result
             return result
