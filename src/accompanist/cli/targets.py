@@ -43,7 +43,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-SidecarOpt = Annotated[list[str] | None, typer.Option("--sidecar", help="A sidecar's API URL (repeat).")]
+SidecarOpt = Annotated[
+    list[str] | None, typer.Option("--sidecar", help="A sidecar's API URL, or unix:/path/api.sock (repeat).")
+]
 StoreOpt = Annotated[list[str] | None, typer.Option("--store", help="ROLE=STORE_URL, read offline (repeat).")]
 ClusterOpt = Annotated[
     Path | None, typer.Option("--cluster", help="TOML file: [sidecars] and/or [stores] by role, token.")

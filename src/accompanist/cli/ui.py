@@ -27,7 +27,7 @@ log = logging.getLogger("accompanist.ui")
 async def _serve(host: str, port: int, sources: list[Source]) -> None:
     from aiohttp import web
 
-    from accompanist.sidecar.sidecar import is_loopback
+    from accompanist.sidecar.api_serve import is_loopback
     from accompanist.ui.server import ui_application
 
     app = ui_application(sources)

@@ -44,13 +44,16 @@ class HttpSource:
     """A running sidecar, over its service-facing API.
 
     Args:
-        url: the API's base URL (``http://127.0.0.1:8001``).
+        url: the API's base URL (``http://127.0.0.1:8001``), or ``unix:/path/api.sock`` for an
+            API on a Unix socket.
         token: the API token, when the sidecar requires one.
         timeout: seconds one request may take.
     """
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
+        self._socket = url.removeprefix("unix:") if url.startswith("unix:") else None
+        self._base = "http://sidecar" if self._socket else self.url
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
         self._http: Any = None
@@ -64,9 +67,10 @@ class HttpSource:
         import aiohttp
 
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+            connector = aiohttp.UnixConnector(path=self._socket) if self._socket else None
+            self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout))
         try:
-            async with self._http.get(self.url + path, headers=self._headers) as r:
+            async with self._http.get(self._base + path, headers=self._headers) as r:
                 body = await r.json(content_type=None)
                 if r.status == 404 and isinstance(body, dict) and body.get("code") == "unknown-session":
                     return None

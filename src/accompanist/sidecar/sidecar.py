@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 from types import TracebackType
 from typing import Any
@@ -14,11 +13,13 @@ from accompanist.engine.engine import Engine
 from accompanist.errors import ConfigError
 from accompanist.language.choreography import App
 from accompanist.otel_metrics import MetricsExport, setup_metrics_export
-from accompanist.sidecar.api import build_api, serve
+from accompanist.sidecar.api import build_api
+from accompanist.sidecar.api_serve import is_loopback, serve
 from accompanist.sidecar.config import SidecarConfig
+from accompanist.sidecar.config_values import ApiAddress
 from accompanist.store.base import SessionRecord, Store
 from accompanist.store.url import open_store
-from accompanist.transport.tcp import PeerLimits, TcpTransport, tls_contexts
+from accompanist.transport.tcp import TcpTransport, tls_contexts
 
 __all__ = ["Sidecar"]
 
@@ -66,7 +67,8 @@ class Sidecar:
         self.engine: Engine | None = None
         self._api_runner: web.AppRunner | None = None
         self._metrics_export: MetricsExport | None = None
-        self.api_address: tuple[str, int] | None = None
+        self.api_address: ApiAddress | None = None
+        self._hooks_started = False  # the app's startup hooks ran: its shutdown hooks are owed
 
     def _make_transport(self) -> Any:
         c = self.config
@@ -81,10 +83,8 @@ class Sidecar:
                 "(fine for local development only)"
             )
         ssl_server = ssl_client = None
-        if c.tls_cert and c.tls_key:
-            if not c.tls_ca:
-                raise ConfigError("mutual TLS needs tls_ca (the CA peers' certificates chain to)")
-            ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca)
+        if c.tls_cert and c.tls_key and c.tls_ca:
+            ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca, role=c.role)
         return TcpTransport(
             c.role,
             c.listen,
@@ -94,15 +94,7 @@ class Sidecar:
             ssl_server=ssl_server,
             ssl_client=ssl_client,
             max_frame=c.max_frame,
-            limits=PeerLimits(
-                max_connections=c.peer_max_connections,
-                max_connections_per_address=c.peer_max_connections_per_address,
-                first_frame_timeout=c.peer_first_frame_timeout,
-                frame_timeout=c.peer_frame_timeout,
-                idle_timeout=c.peer_idle_timeout,
-                unauth_frame_limit=c.peer_unauth_frame_limit,
-                unauth_budget=c.peer_unauth_budget,
-            ),
+            limits=c.peer_limits,
         )
 
     def _check_peer_security(self) -> None:
@@ -124,37 +116,54 @@ class Sidecar:
             StoreError: the store cannot be opened (permissions, a missing directory).
             TransportError: the peer endpoint cannot listen (its port is taken).
             ConfigError: a malformed setting, or the API port cannot be bound.
+            LifecycleError: one of the app's startup hooks failed.
 
-        A failed start releases what it opened (store, peer port) before raising.
+        The app's startup hooks run first (a recovered session may call its service at once).
+        A failed start releases what it opened (store, peer port, the hooks' clients) before
+        raising.
         """
         c = self.config
         if self._transport is None:
             self._check_peer_security()  # before anything is opened
         self._metrics_export = setup_metrics_export(c.role, self._metrics_text, c.engine.metrics_file)
-        store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
-        transport = self._transport or self._make_transport()
-        self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
-        await self.engine.start()  # a failed start releases what it opened (store, peer port)
-        if c.api is not None:
-            api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics, token=c.api_token)
-            if c.ui:
-                self._add_ui(api)
-            try:
-                self._api_runner, self.api_address = await serve(api, *c.api)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await self.engine.stop(grace=0)  # no writer thread or peer port left behind
-                raise
+        # The app's clients open before the engine: a recovered session may call a service
+        # at once. A failed hook has closed what the earlier ones opened.
+        await self.app.lifecycle.start([c.role])
+        try:
+            await self._start_engine_and_api()
+        except BaseException:
+            await self.app.lifecycle.stop([c.role], raise_errors=False)
+            raise
+        self._hooks_started = True
         if self._metrics_export is not None:
             self._metrics_export.start()
         self.log.info(
             "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
             c.role,
-            c.mode,
+            c.engine.mode,
             self.peer_address,
             self.api_address,
             c.store_url,
         )
+
+    async def _start_engine_and_api(self) -> None:
+        c = self.config
+        store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
+        transport = self._transport or self._make_transport()
+        self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
+        await self.engine.start()  # a failed start releases what it opened (store, peer port)
+        if c.api_address is not None:
+            api = build_api(
+                self.engine, mode=str(c.engine.mode), extra_metrics=self._transport_metrics, token=c.api_token
+            )
+            if c.ui:
+                self._add_ui(api)
+            try:
+                self._api_runner, self.api_address = await serve(api, c.api_address, socket_mode=c.api_socket_mode)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.engine.stop(grace=0)  # no writer thread or peer port left behind
+                raise
 
     def _add_ui(self, api: web.Application) -> None:
         """The web view under ``/ui``: this engine, read in process, and the other sidecars named."""
@@ -174,15 +183,25 @@ class Sidecar:
         api.on_cleanup.append(close)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop the API, let running sessions finish within ``grace``, close everything."""
+        """Stop the API, let running sessions finish within ``grace``, close everything, then
+        run the app's shutdown hooks (no session uses a client any more).
+
+        Raises:
+            LifecycleError: a shutdown hook failed (the others ran; everything else is closed).
+        """
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None
-        if self.engine is not None:
-            await self.engine.stop(grace)
-        if self._metrics_export is not None:
-            await self._metrics_export.stop()  # the last numbers too
-            self._metrics_export = None
+        try:
+            if self.engine is not None:
+                await self.engine.stop(grace)
+            if self._metrics_export is not None:
+                await self._metrics_export.stop()  # the last numbers too
+                self._metrics_export = None
+        finally:
+            if self._hooks_started:
+                self._hooks_started = False
+                await self.app.lifecycle.stop([self.config.role])
 
     async def __aenter__(self) -> Sidecar:
         await self.start()
@@ -254,17 +273,15 @@ class Sidecar:
             lines.append("# HELP accompanist_peer_unauth_bytes Bytes of large frames being read before authentication")
             lines.append("# TYPE accompanist_peer_unauth_bytes gauge")
             lines.append(f"accompanist_peer_unauth_bytes {getattr(stats, 'unauth_bytes', 0)}")
+        tls_failed = getattr(stats, "tls_failed", None)
+        if tls_failed is not None:
+            lines.append(
+                "# HELP accompanist_tls_handshakes_failed_total TLS connections between sidecars that failed or "
+                "were refused for their identity, by direction (in: to this sidecar, out: to a peer) and reason"
+            )
+            lines.append("# TYPE accompanist_tls_handshakes_failed_total counter")
+            for (direction, reason), count in sorted(tls_failed.items()):
+                lines.append(
+                    f'accompanist_tls_handshakes_failed_total{{direction="{direction}",reason="{reason}"}} {count}'
+                )
         return ("\n".join(lines) + "\n").encode()
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an IP address or ``localhost``) is only reachable from this machine.
-
-    A name other than ``localhost`` counts as not loopback: it may resolve to anything.
-    """
-    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -31,6 +31,7 @@ from accompanist.transport.frames import (
     read_length,
     rejected,
 )
+from accompanist.transport.tls import TlsFailure, certificate_roles, classify_failure
 
 __all__ = ["LinkConfig", "PeerLink"]
 
@@ -89,6 +90,7 @@ class PeerLink:
         self._corr = itertools.count(1)
         self._backoff = config.backoff_min
         self._next_attempt = 0.0
+        self._alive = asyncio.Event()  # set by peer_alive: a send waiting out backoff goes now
         self._last_error = ""
         self._ever_connected = False
         self._closed = False
@@ -101,6 +103,7 @@ class PeerLink:
         """The peer just showed it is up (it sent us a valid envelope): stop backing off."""
         self._backoff = self._cfg.backoff_min
         self._next_attempt = 0.0
+        self._alive.set()
 
     @property
     def _where(self) -> str:
@@ -134,7 +137,12 @@ class PeerLink:
                             f"cannot reach {self._where}: {self._last_error} "
                             f"(next attempt in {self._next_attempt - now:.2f}s)"
                         )
-                    await asyncio.sleep(self._next_attempt - now)
+                    # Wait out the backoff, unless the peer shows it is back first (its hello
+                    # after a restart): then connect at once instead of up to backoff_max later.
+                    self._alive.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._next_attempt - now):
+                            await self._alive.wait()
                     continue
                 if now >= deadline:
                     raise TransportError(f"timed out waiting to connect to {self._where}")
@@ -151,13 +159,20 @@ class PeerLink:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port, ssl=cfg.ssl, limit=2**16)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._last_error = str(exc) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                self._last_error = f"connect timed out after {timeout:.2f}s"
-            delay = self._backoff * (0.5 + 0.5 * cfg.rng.random())
-            self._next_attempt = asyncio.get_running_loop().time() + delay
-            self._backoff = min(self._backoff * 2, cfg.backoff_max)
-            raise TransportError(f"cannot reach {self._where}: {self._last_error}") from exc
+            if isinstance(exc, ssl.SSLError):
+                cfg.stats.tls_failed["out", classify_failure(exc).value] += 1
+            error = f"connect timed out after {timeout:.2f}s" if isinstance(exc, TimeoutError) else str(exc)
+            raise self._attempt_failed(error or type(exc).__name__) from exc
+        if cfg.ssl is not None:
+            # The CA says "a sidecar of this mesh"; only the role it names says it is our peer.
+            roles = certificate_roles(writer.get_extra_info("peercert"))
+            if self.peer not in roles:
+                cfg.stats.tls_failed["out", (TlsFailure.WRONG_ROLE if roles else TlsFailure.NO_ROLE).value] += 1
+                writer.transport.abort()
+                named = ", ".join(sorted(roles)) or "no role"
+                raise self._attempt_failed(
+                    f"its TLS certificate speaks for {named}, not for role '{self.peer}' (wrong-role)"
+                )
         if self._closed:  # close() ran while we were connecting
             writer.close()
             raise TransportError(f"transport closed; not sending to {self._where}")
@@ -169,6 +184,14 @@ class PeerLink:
             cfg.stats.reconnects += 1
         self._ever_connected = True
         return conn
+
+    def _attempt_failed(self, error: str) -> TransportError:
+        """Note a failed connection attempt and back off before the next; the error to raise."""
+        self._last_error = error
+        delay = self._backoff * (0.5 + 0.5 * self._cfg.rng.random())
+        self._next_attempt = asyncio.get_running_loop().time() + delay
+        self._backoff = min(self._backoff * 2, self._cfg.backoff_max)
+        return TransportError(f"cannot reach {self._where}: {error}")
 
     def live(self) -> _Connection | None:
         """The connection if it is up, without waiting (the common case of every send)."""
