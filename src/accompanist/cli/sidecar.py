@@ -72,8 +72,14 @@ def sidecar(
             "--ui", envvar=_ENV + "UI", help="Serve the web view on the API port under /ui.", show_default=False
         ),
     ] = None,
-    ui_sidecar: Annotated[
-        list[str] | None, _opt("UI_SIDECARS", "Another sidecar's API URL the web view reads (repeat).")
+    ui_sidecars: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ui-sidecar",
+            envvar=_ENV + "UI_SIDECARS",
+            help="Another sidecar's API URL the web view reads (repeat).",
+            show_default=False,
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar=_ENV + "LOG_LEVEL", help="Logging level.")] = "INFO",
     log_format: Annotated[
@@ -118,7 +124,7 @@ def sidecar(
         "loop": loop,
         "insecure": insecure,
         "ui": ui,
-        "ui_sidecars": ui_sidecar or None,
+        "ui_sidecars": ui_sidecars or None,
     }
     try:
         # Precedence: options (typer also reads their ACCOMPANIST_* variables), then the
