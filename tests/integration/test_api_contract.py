@@ -236,9 +236,12 @@ async def test_every_answer_fits_the_served_openapi_document(tmp_path: Path) -> 
         assert status == 409
         assert (await answer("GET", "a", f"/sessions/{done['session_id']}"))[0] == 200
         assert (await answer("GET", "b", f"/sessions/{done['session_id']}"))[0] == 200
-        for role in "ab":  # its steps, from memory and the store; and a session still running
+        for role in "ab":  # its steps (default mode: from memory); and a session still running
             status, steps = await answer("GET", role, f"/sessions/{done['session_id']}/steps")
-            assert status == 200 and steps["steps"] and steps["role"] == role, steps
+            assert status == 200 and steps["role"] == role and steps["sources"] == ["memory"], steps
+            kinds = [(s["kind"], s["peer"], s["value"]) for s in steps["steps"] if s["kind"] in ("send", "receive")]
+            assert kinds[0] == ("send", "b", "6") if role == "a" else ("receive", "a", "6"), kinds
+            assert all(s["started_at"] and s["state"] == "done" for s in steps["steps"]), steps
         status, steps = await answer("GET", "a", f"/sessions/{slow['session_id']}/steps")
         assert status == 200 and steps["status"] in ("running", "parked"), steps
         for query in ("", "?status=completed&limit=5", "?status=running", "?status=blocked", "?limit=0"):

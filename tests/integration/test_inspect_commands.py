@@ -117,6 +117,8 @@ async def test_sessions_show_and_diagram_across_sidecars_and_stores(tmp_path: Pa
     # The same picture, but for a's receive that was never served: the store keeps only what happened.
     live = [line for line in mermaid.stdout.splitlines() if "waited for #35;1 from c: stopped" not in line]
     assert again.returncode == 0 and again.stdout.splitlines() == live, (again.stdout, mermaid.stdout)
+    listed = _cli(tmp_path, "sessions", *stores)
+    assert listed.returncode == 0 and "2 sessions: 1 compensated, 1 completed" in listed.stdout, listed.stdout
     missing = _cli(tmp_path, "show", "no-such-session", *stores)
     assert missing.returncode == 1 and "no sidecar or store knows session no-such-session" in missing.stderr
     bad = _cli(tmp_path, "sessions", "--store", "sqlite:///x.db")
