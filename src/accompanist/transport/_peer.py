@@ -18,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 
 from accompanist.errors import TransportError
+from accompanist.transport._coalesce import CoalescingWriter
 from accompanist.transport._throttle import LogThrottle
 from accompanist.transport.base import TransportStats
 from accompanist.transport.frames import (
@@ -64,6 +65,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.out = CoalescingWriter(writer, asyncio.get_running_loop())
         self.pending: dict[int, asyncio.Future[None]] = {}
         self.drain_lock = asyncio.Lock()
         self.reader_task: asyncio.Task[None] | None = None
@@ -176,7 +178,8 @@ class PeerLink:
         return conn if conn is not None and not conn.lost else None
 
     def write(self, conn: _Connection, data: bytes) -> bool:
-        """Queue one encoded frame; True if the caller should :meth:`drain` before more.
+        """Queue one encoded frame (it leaves with the others of this event-loop turn, in one
+        system call); True if the caller should :meth:`drain` before more.
 
         Raises:
             TransportError: the connection is gone.
@@ -184,8 +187,8 @@ class PeerLink:
         if conn.lost or conn.writer.transport.is_closing():
             self._lose(conn, "connection closed")
             raise TransportError(f"connection to {self._where} closed before the envelope was written")
-        conn.writer.write(data)
-        return conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        conn.out.write(data)
+        return conn.out.buffered > WRITE_HIGH_WATER
 
     async def drain(self, conn: _Connection) -> None:
         """Wait until the socket took most of what was written (backpressure on senders).
@@ -194,6 +197,7 @@ class PeerLink:
             TransportError: the connection broke meanwhile.
         """
         try:
+            conn.out.flush()
             async with conn.drain_lock:
                 await conn.writer.drain()
         except (OSError, RuntimeError) as exc:

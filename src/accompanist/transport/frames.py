@@ -113,7 +113,8 @@ class Frame(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=
 
     Attributes:
         type: a :class:`FrameType` value.
-        corr: correlation id chosen by the sender of an envelope frame, echoed in its answer.
+        corr: correlation id chosen by the sender of an envelope frame, echoed in its answer;
+            0 on an envelope whose sender does not wait (at most once): it gets no answer.
         envelope: the envelope (envelope frames only).
         info: why the envelope was rejected (reject frames only).
         mac: HMAC-SHA256 of the frame encoded with ``mac=b""`` (empty when unsigned).

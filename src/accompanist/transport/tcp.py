@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, TransportError
+from accompanist.transport._coalesce import CoalescingWriter
 from accompanist.transport._peer import WRITE_HIGH_WATER, LinkConfig, PeerLink
 from accompanist.transport._throttle import LogThrottle
 from accompanist.transport.base import Handler, TransportStats
@@ -364,6 +365,7 @@ class TcpTransport:
         self.stats.connections += 1
         busy = asyncio.Semaphore(self._max_concurrency)
         write_lock = asyncio.Lock()
+        out = CoalescingWriter(writer, loop)  # answers of one event-loop turn leave together
 
         def handled(_: object) -> None:
             conn.inflight -= 1
@@ -389,7 +391,7 @@ class TcpTransport:
                 conn.phase = _IDLE
                 conn.deadline = loop.time() + lim.idle_timeout
                 await busy.acquire()
-                handling = self._dispatch(body, writer, write_lock, peer, conn)
+                handling = self._dispatch(body, out, write_lock, peer, conn)
                 if handling is None:
                     busy.release()
                 else:
@@ -413,12 +415,16 @@ class TcpTransport:
             if self._per_address[address] <= 0:
                 del self._per_address[address]
             self.stats.connections -= 1
+            out.flush()  # answers queued in this turn still leave before the close
             writer.close()
 
     def _dispatch(
-        self, body: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str, conn: _Inbound | None = None
+        self, body: bytes, out: CoalescingWriter, lock: asyncio.Lock, peer: str, conn: _Inbound | None = None
     ) -> asyncio.Task[None] | None:
-        """Decode one frame and start its handler call (returned), or reject it (None)."""
+        """Decode one frame and start its handler call (returned), or reject it (None).
+
+        An envelope frame with ``corr`` 0 comes from a sender that does not wait (at most once):
+        it gets no answer, not even a reject."""
         try:
             frame = decode_body(body, ring=self._ring)
             if self._ring is not None and conn is not None:
@@ -426,8 +432,8 @@ class TcpTransport:
         except InvalidFrameError as exc:
             self._reject(exc.reason, peer, exc.detail)
             corr = _readable_corr(body)
-            if corr is not None:
-                self._reply(writer, lock, Frame(FrameType.REJECT, corr, info=str(exc)))
+            if corr:
+                self._reply(out, lock, Frame(FrameType.REJECT, corr, info=str(exc)))
             return None
         envelope = frame.envelope
         if frame.type != FrameType.ENVELOPE or envelope is None:
@@ -436,15 +442,16 @@ class TcpTransport:
         if envelope.dst != self.role:
             info = f"envelope for role '{envelope.dst}' reached role '{self.role}' (misconfigured peer address?)"
             self._reject(Reason.WRONG_DST, peer, info)
-            self._reply(writer, lock, Frame(FrameType.REJECT, frame.corr, info=info))
+            if frame.corr:
+                self._reply(out, lock, Frame(FrameType.REJECT, frame.corr, info=info))
             return None
-        task = asyncio.create_task(self._handle(frame.corr, envelope, writer, lock, peer))
+        task = asyncio.create_task(self._handle(frame.corr, envelope, out, lock, peer))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
         return task
 
     async def _handle(
-        self, corr: int, envelope: Envelope, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str
+        self, corr: int, envelope: Envelope, out: CoalescingWriter, lock: asyncio.Lock, peer: str
     ) -> None:
         assert self._handler is not None
         self.stats.received += 1
@@ -459,24 +466,27 @@ class TcpTransport:
             answer = Frame(FrameType.REJECT, corr, info=info)
         else:
             answer = Frame(FrameType.ACK, corr)
-        await self._reply_and_drain(writer, lock, answer, envelope.auth)
+        if corr:  # 0: the sender did not wait for an answer
+            await self._reply_and_drain(out, lock, answer, envelope.auth)
 
-    def _reply(self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame) -> None:
-        task = asyncio.create_task(self._reply_and_drain(writer, lock, frame))
+    def _reply(self, out: CoalescingWriter, lock: asyncio.Lock, frame: Frame) -> None:
+        task = asyncio.create_task(self._reply_and_drain(out, lock, frame))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
     async def _reply_and_drain(
-        self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame, key_id: str | None = None
+        self, out: CoalescingWriter, lock: asyncio.Lock, frame: Frame, key_id: str | None = None
     ) -> None:
+        writer = out.writer
         if writer.transport.is_closing():
             return  # the sender is gone; it will learn nothing and retry
         # Answers are tiny and never oversized; reject info is clipped to stay that way.
         if len(frame.info) > 1024:
             frame = Frame(frame.type, frame.corr, info=frame.info[:1024] + "...")
-        writer.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame, key_id=key_id))
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+        out.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame, key_id=key_id))
+        if out.buffered > WRITE_HIGH_WATER:
             with contextlib.suppress(OSError, RuntimeError):
+                out.flush()
                 async with lock:
                     await writer.drain()
 
@@ -507,7 +517,7 @@ class TcpTransport:
         limit = self._send_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        corr = link.next_corr()
+        corr = link.next_corr() if wait else 0  # 0: the receiver sends no answer
         data = encode_frame(Frame(FrameType.ENVELOPE, corr, envelope), ring=self._ring, max_frame=self._max_frame)
         try:
             conn = link.live()
