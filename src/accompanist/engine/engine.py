@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +26,7 @@ import msgspec
 from accompanist.engine import outcome
 from accompanist.engine.background import announce, nudge_loop, prune_loop
 from accompanist.engine.config import EngineConfig
-from accompanist.engine.ids import new_session_id
+from accompanist.engine.ids import SESSION_ID_RULE, new_session_id, valid_session_id
 from accompanist.engine.inbound import Inbound
 from accompanist.engine.probe import eager_roles
 from accompanist.engine.runs import Runs
@@ -53,7 +52,6 @@ __all__ = ["Engine", "UnknownSessionError"]
 
 S = SessionStatus
 _RECOVERY_CONCURRENCY = 64
-_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class Engine(Runs):
@@ -226,11 +224,8 @@ class Engine(Runs):
         """
         if not self._accepting:
             raise OverloadedError("the sidecar is not accepting sessions (starting or shutting down)")
-        if session_id is not None and (not isinstance(session_id, str) or not _SESSION_ID.match(session_id)):
-            raise DefinitionError(
-                f"invalid session_id {session_id!r}: use 1-128 letters, digits and '._:-', starting with "
-                "a letter or digit"
-            )
+        if session_id is not None and not valid_session_id(session_id):
+            raise DefinitionError(f"invalid session_id {session_id!r}: use {SESSION_ID_RULE}")
         choreography = self.app.get(name, version)
         if session_id is not None and await self._taken(session_id, choreography):
             return session_id

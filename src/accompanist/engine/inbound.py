@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from accompanist.engine import outcome
+from accompanist.engine.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.engine.protocol import Outcome, Query, decode, failure_of
 from accompanist.engine.session import SessionRun, new_seed
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind
@@ -29,6 +30,7 @@ from accompanist.errors import (
 from accompanist.failure import Failure
 from accompanist.language.choreography import Choreography
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, WriteBatch
+from accompanist.store.validation import envelope_problem
 
 if TYPE_CHECKING:
     from accompanist.engine.runs import Runs
@@ -85,6 +87,15 @@ class Inbound:
             raise self._reject("invalid", f"message envelope with invalid seq {envelope.seq}", permanent=True)
         if envelope.kind in _CONTROL_TO_INITIATOR and e.role != choreography.initiator.name:
             raise self._reject("invalid", f"a {envelope.kind} envelope goes to the initiator only", permanent=True)
+        # Checked here, once, so that every row the engine builds from it is fit to store:
+        # its batches then skip the store's row validation (WriteBatch.trusted).
+        if not valid_session_id(envelope.session_id):
+            raise self._reject(
+                "invalid", f"invalid session id {envelope.session_id[:200]!r}: use {SESSION_ID_RULE}", permanent=True
+            )
+        problem = envelope_problem(envelope)
+        if problem is not None:
+            raise self._reject("invalid", f"the envelope cannot be stored: {problem}", permanent=True)
         return choreography
 
     def _same_session(self, record: SessionRecord, envelope: Envelope) -> None:

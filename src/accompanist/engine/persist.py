@@ -95,6 +95,7 @@ class StoreGuard:
         riders = self._take_riders()
         if riders:
             batch.extend(riders)
+        batch.trusted = True  # built by the engine from checked inputs (see WriteBatch.trusted)
         began = time.perf_counter()
         await self.retry(lambda: self.store.commit(batch))
         if self.on_commit is not None:
@@ -123,6 +124,7 @@ class StoreGuard:
             self._flush = None
         riders = self._take_riders()
         if riders:
+            riders.trusted = True
             await self.retry(lambda: self.store.commit(riders))
             self._written(riders)
 
@@ -157,6 +159,7 @@ class StoreGuard:
         Raises:
             StoreError: the store failed (the health says so too).
         """
+        batch.trusted = True
         await self.once(lambda: self.store.commit(batch))
 
     async def once(self, op: Callable[[], Awaitable[T]]) -> T:

@@ -152,7 +152,7 @@ class Relay:
                 self._backoff.pop(envelope.dst, None)
                 self._row_backoff.pop(envelope.key, None)
                 self._metrics.delivered.inc()
-                mark = WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)])
+                mark = WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)], trusted=True)
                 if self._on_acked is not None:
                     self._acked[envelope.key] = time.monotonic()
                     self._on_acked(mark)
@@ -175,7 +175,7 @@ class Relay:
             return
         # Never deliverable: stop trying, and let the session fail with the reason.
         self._row_backoff.pop(envelope.key, None)
-        await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)]))
+        await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)], trusted=True))
         if self._on_refused is not None:
             task = asyncio.create_task(self._on_refused(envelope, exc))
             self._tasks.add(task)

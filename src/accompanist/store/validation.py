@@ -16,7 +16,7 @@ from accompanist.envelope import Envelope
 from accompanist.errors import StoreInputError
 from accompanist.store.base import TX_STATUSES, JournalEntry, SessionRecord, SessionStatus, TxRecord, WriteBatch
 
-__all__ = ["INT64_MAX", "INT64_MIN", "SESSION_STATUSES", "validate_batch"]
+__all__ = ["INT64_MAX", "INT64_MIN", "SESSION_STATUSES", "envelope_problem", "validate_batch"]
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -134,6 +134,20 @@ def _tx(rec: Any, where: str) -> None:
     _time(rec.updated_at, f"{where}.updated_at")
     _blob(rec.args, f"{where}.args", optional=True)
     _int(rec.clock, f"{where}.clock")
+
+
+def envelope_problem(envelope: Envelope) -> str | None:
+    """Why ``envelope`` could not be stored (a field no database can hold), or None.
+
+    The engine checks every envelope from a peer with this where it arrives, so that the
+    batches it builds from them need no second check at commit time (see
+    ``WriteBatch.trusted``).
+    """
+    try:
+        _envelope(envelope, "envelope")
+    except _InvalidError as exc:
+        return str(exc)
+    return None
 
 
 def validate_batch(batch: WriteBatch, *, store: str = "store") -> None:
