@@ -153,11 +153,19 @@ class Inbound:
         """Return (and so acknowledge) once the envelope is durable."""
         if saved is None:
             return
-        try:
-            async with asyncio.timeout(self._engine.config.deliver_timeout):
-                await asyncio.shield(saved)
-        except TimeoutError:
-            raise self._reject("slow", "the envelope is not durable yet; deliver it again", permanent=False) from None
+        if not saved.done():
+            # The future is this envelope's own (see Unsaved.arrived): the deadline may settle it.
+            expiry = asyncio.get_running_loop().call_later(self._engine.config.deliver_timeout, _too_slow, saved)
+            try:
+                await saved
+            except TimeoutError:
+                raise self._reject(
+                    "slow", "the envelope is not durable yet; deliver it again", permanent=False
+                ) from None
+            finally:
+                expiry.cancel()
+        else:
+            saved.result()  # raises why it could not be saved
 
     def _offer(self, run: SessionRun, envelope: Envelope) -> None:
         outcome.absorb(run, envelope)  # a 'done', alone or riding on the message
@@ -350,3 +358,8 @@ class Inbound:
             await outcome.decide_locked(e, stub, query.failure)
             if run is None and e.durable:
                 await e.activate(stub.record, choreography)
+
+
+def _too_slow(saved: asyncio.Future[None]) -> None:
+    if not saved.done():
+        saved.set_exception(TimeoutError())

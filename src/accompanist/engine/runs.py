@@ -182,8 +182,10 @@ class Runs:
             StoreInputError: the write was refused as invalid (nothing changed).
         """
         record = run.record
-        check_transition(record.session_id, record.status, status)
-        before = msgspec.structs.replace(record)
+        previous = record.status
+        check_transition(record.session_id, previous, status)
+        # What this change touches, to put back if the write is refused (no copy of the record).
+        undo = (previous, record.failure, record.error, record.state, record.updated_at)
         record.status = status
         if failure is not None:
             record.failure, record.error = failure.encode(), failure.describe()
@@ -205,16 +207,16 @@ class Runs:
             else:
                 await run.unsaved.save(write, sends)
         except StoreInputError:
-            run.record = before
+            record.status, record.failure, record.error, record.state, record.updated_at = undo
             raise
         if run.starting is not None and not run.starting.done():
             run.starting.set_result(None)  # a session that ends before any step with an effect
         if status in TERMINAL_STATUSES:
             run.accepting = False  # late envelopes are acknowledged and ignored, not handed over
         waiting = status in _AWAITING
-        if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
+        if waiting != (previous in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
-        self.event(record, status, before=before.status, failure=failure)
+        self.event(record, status, before=previous, failure=failure)
         if status in TERMINAL_STATUSES and self.tracing.enabled:
             self.tracing.end(record.session_id, status)
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):

@@ -182,7 +182,6 @@ class SessionRun:
         self._defer_to = initiator if record.role != initiator else None
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
-        self._traceparent = _traceparent(record.session_id, record.role)
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
@@ -322,6 +321,9 @@ class SessionRun:
                 size=len(payload),
                 limit=limit,
             )
+        headers = {CLOCK_HEADER: str(self.clock)}
+        if self.host.tracing.enabled:  # nothing reads it otherwise: not built per envelope
+            headers["traceparent"] = _traceparent(self.session_id, self.record.role)
         envelope = Envelope(
             session_id=self.session_id,
             choreography=self.choreography.name,
@@ -331,7 +333,7 @@ class SessionRun:
             seq=step.seq,
             kind=step.msg_kind,
             payload=payload,
-            headers={"traceparent": self._traceparent, CLOCK_HEADER: str(self.clock)},
+            headers=headers,
         )
         if step.dst == self._defer_to:
             # Held until this role's next step starts (microseconds): if there is none, the
