@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ class Transport(Protocol):
         ``TransportError`` if it could not be delivered, was rejected, or no answer came within
         ``timeout``. With ``wait=False`` hand it to the connection and return (at-most-once).
         """
+
+    def post(self, envelope: Envelope, timeout: float | None = None) -> asyncio.Future[None]:
+        """Start sending ``envelope`` and wait for nothing: the returned future ends as
+        ``send(envelope, wait=True, timeout=timeout)`` would (done when the peer accepted it,
+        or with its ``TransportError``), so a caller that sends many envelopes (the relay)
+        needs no task per envelope. Must be called with the event loop running."""
 
     async def close(self) -> None:
         """Stop receiving and close every connection."""

@@ -29,9 +29,10 @@ import ssl
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from accompanist.envelope import Envelope
-from accompanist.errors import ConfigError, TransportError
+from accompanist.errors import ConfigError, FrameError, TransportError
 from accompanist.transport._coalesce import CoalescingWriter
 from accompanist.transport._peer import WRITE_HIGH_WATER, LinkConfig, PeerLink
 from accompanist.transport._throttle import LogThrottle
@@ -553,6 +554,41 @@ class TcpTransport:
                 f"no answer from role '{envelope.dst}' for envelope {envelope.key} within {limit:g}s"
             ) from None
 
+    def post(self, envelope: Envelope, timeout: float | None = None) -> asyncio.Future[None]:
+        """Start sending ``envelope``; the future ends with its answer (see ``Transport.post``).
+
+        On a live connection this writes the frame now and returns the very future the answer
+        resolves: no task, no coroutine. Otherwise (connecting, backing off) it runs
+        :meth:`send` in a task.
+        """
+        loop = asyncio.get_running_loop()
+        link = self._links.get(envelope.dst)
+        conn = link.live() if link is not None and not self._closed else None
+        if link is None or conn is None:
+            return asyncio.ensure_future(self.send(envelope, wait=True, timeout=timeout))
+        limit = self._send_timeout if timeout is None else timeout
+        answer: asyncio.Future[None] = loop.create_future()
+        corr = link.next_corr()
+        try:
+            data = encode_frame(Frame(FrameType.ENVELOPE, corr, envelope), ring=self._ring, max_frame=self._max_frame)
+            drain = link.write(conn, data)
+        except (FrameError, TransportError) as exc:
+            answer.set_exception(exc)
+            return answer
+        conn.pending[corr] = answer
+        self.stats.sent += 1
+        why = f"no answer from role '{envelope.dst}' for envelope {envelope.key} within {limit:g}s"
+        expiry = loop.call_later(limit, _give_up, answer, why)
+
+        def settled(_: asyncio.Future[None]) -> None:
+            expiry.cancel()
+            conn.pending.pop(corr, None)
+
+        answer.add_done_callback(settled)
+        if drain:  # a full socket: the answer is awaited after the frame is taken
+            return asyncio.ensure_future(_drained_then(link, conn, answer))
+        return answer
+
     def _link(self, role: str) -> PeerLink:
         link = self._links.get(role)
         if link is not None:
@@ -588,6 +624,21 @@ class TcpTransport:
 def _expire(answer: asyncio.Future[None]) -> None:
     if not answer.done():
         answer.set_exception(TimeoutError())
+
+
+def _give_up(answer: asyncio.Future[None], why: str) -> None:
+    if not answer.done():
+        answer.set_exception(TransportError(why))
+
+
+async def _drained_then(link: PeerLink, conn: Any, answer: asyncio.Future[None]) -> None:
+    try:
+        await link.drain(conn)
+    except BaseException:
+        if not answer.done():
+            answer.cancel()
+        raise
+    await answer
 
 
 def _peername(writer: asyncio.StreamWriter) -> str:
