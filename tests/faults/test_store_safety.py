@@ -2,83 +2,33 @@
 
 An intact SQLite store whose main file is shorter than its header says, because a checkpoint
 was cut short and the rest of its pages are still in the ``-wal`` file, is accepted with every
-session; a really damaged one, a read-only or unopenable one, is refused with one accurate line
-and its files are left byte-identical. A sidecar whose port is taken exits non-zero at once,
-in both modes.
+session; a really damaged one, a read-only or unopenable one, one the sidecar's user may not
+write, or one on a full disk, is refused with one accurate line and its files are left
+byte-identical. A sidecar whose port is taken exits non-zero at once, in both modes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from accompanist.store.base import SessionRecord, WriteBatch
 from accompanist.store.sqlite import SQLiteStore
-from tests.integration.procs import ROOT, ProcessCluster
+from tests.faults.store_files import APP, fill, make_store, refuse, sidecar, sidecar_env, snapshot, tmpfs, unprivileged
+from tests.integration.procs import ProcessCluster, free_port
 
-APP = "tests.faults.faultapp:app"
 FT = ["--mode", "fault-tolerant", "--receive-timeout", "1", "--store", "sqlite:///./b.db"]
 PAGE = 4096
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-
-def _sidecar(cwd: Path, *args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
-    cmd = [sys.executable, "-m", "accompanist", "sidecar", "--app", APP, "--role", "b", "--log-level", "WARNING", *args]
-    started = time.monotonic()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env())
-    return result, time.monotonic() - started
-
-
-def _refuse(cwd: Path, store: Path) -> str:
-    """Start a fault-tolerant sidecar on ``store``; it must exit 1 with one error line."""
-    result, _ = _sidecar(cwd, "--listen", "127.0.0.1:0", "--mode", "fault-tolerant", "--store", f"sqlite:///{store}")
-    assert result.returncode == 1, result
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    line = errors[0]
-    assert str(store) in line, line
-    assert "unable to open database file" not in line
-    assert "move" not in line.lower() and "delete" not in line.lower(), line
-    return line
-
-
-def _snapshot(directory: Path) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-        for p in sorted(directory.iterdir())
-    }
-
-
-def _records(prefix: str, n: int) -> list[SessionRecord]:
-    return [
-        SessionRecord(
-            session_id=f"{prefix}{i}", choreography="chain", version=1, role="b", status="completed", args=b"x" * 100
-        )
-        for i in range(n)
-    ]
-
-
-async def _make_store(path: Path, n: int) -> None:
-    store = SQLiteStore(path, "b", synchronous="OFF")
-    await store.open()
-    await store.commit(WriteBatch(sessions=_records("a", n)))
-    await store.close()
 
 
 def _insert(db: sqlite3.Connection, prefix: str, n: int) -> None:
@@ -103,7 +53,7 @@ async def _cut_checkpoint(work: Path, dest: Path, *, grown: int) -> tuple[Path, 
     (no -shm: the process that held it died), while the writer is still open.
     """
     src = work / "src.db"
-    await _make_store(src, 300)
+    await make_store(src, 300)
     old_size = src.stat().st_size
     db = sqlite3.connect(src, isolation_level=None)
     try:
@@ -146,7 +96,7 @@ async def test_a_truncated_main_file_whose_pages_are_not_in_the_wal_is_refused_u
     work = tmp_path / "node"
     work.mkdir()
     path = work / "b.db"
-    await _make_store(path, 2000)  # checkpointed and closed: every page is in the main file
+    await make_store(path, 2000)  # checkpointed and closed: every page is in the main file
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -160,20 +110,20 @@ async def test_a_truncated_main_file_whose_pages_are_not_in_the_wal_is_refused_u
     damaged = copy / "b.db"
     os.truncate(damaged, (damaged.stat().st_size // PAGE // 2) * PAGE)
     assert (copy / "b.db-wal").stat().st_size > 0
-    before = _snapshot(copy)
-    line = await asyncio.to_thread(_refuse, tmp_path, damaged)
-    assert _snapshot(copy) == before, "a refused store's files must be byte-identical"
+    before = snapshot(copy)
+    line = await asyncio.to_thread(refuse, tmp_path, damaged)
+    assert snapshot(copy) == before, "a refused store's files must be byte-identical"
     assert "damage" in line or "malformed" in line, line
     assert f"{damaged}-wal" in line and ".recover" in line and "Keep a copy" in line, line
 
 
 async def test_truncated_without_a_wal_is_still_refused_with_advice_that_keeps_it(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    await _make_store(path, 2000)
+    await make_store(path, 2000)
     os.truncate(path, (path.stat().st_size // PAGE // 2) * PAGE)
-    before = _snapshot(tmp_path)
-    line = await asyncio.to_thread(_refuse, tmp_path, path)
-    assert _snapshot(tmp_path) == before
+    before = snapshot(tmp_path)
+    line = await asyncio.to_thread(refuse, tmp_path, path)
+    assert snapshot(tmp_path) == before
     assert "truncated" in line and "no -wal file" in line and ".recover" in line, line
 
 
@@ -182,9 +132,9 @@ async def test_another_roles_store_is_refused_with_advice_about_the_path(tmp_pat
     store = SQLiteStore(path, "a")
     await store.open()
     await store.close()
-    before = _snapshot(tmp_path)
-    line = await asyncio.to_thread(_refuse, tmp_path, path)
-    assert _snapshot(tmp_path) == before
+    before = snapshot(tmp_path)
+    line = await asyncio.to_thread(refuse, tmp_path, path)
+    assert snapshot(tmp_path) == before
     assert "belongs to role 'a'" in line and "--store" in line, line
 
 
@@ -207,25 +157,13 @@ def _immutable(path: Path) -> Iterator[None]:
         _chattr("-i", path)
 
 
-@contextlib.contextmanager
-def _tmpfs(mountpoint: Path) -> Iterator[None]:
-    mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
-
-
 async def test_an_immutable_store_file_is_refused_naming_the_attribute(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    await _make_store(path, 10)
-    before = _snapshot(tmp_path)
+    await make_store(path, 10)
+    before = snapshot(tmp_path)
     with _immutable(path):
-        line = await asyncio.to_thread(_refuse, tmp_path, path)
-    assert _snapshot(tmp_path) == before
+        line = await asyncio.to_thread(refuse, tmp_path, path)
+    assert snapshot(tmp_path) == before
     if os.geteuid() == 0:
         assert "immutable" in line and "chattr -i" in line, line
     else:
@@ -236,38 +174,143 @@ async def test_a_read_only_directory_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "data"
     directory.mkdir()
     with _immutable(directory):
-        line = await asyncio.to_thread(_refuse, tmp_path, directory / "b.db")
+        line = await asyncio.to_thread(refuse, tmp_path, directory / "b.db")
         assert list(directory.iterdir()) == []
     assert "in the directory" in line and str(directory) in line, line
 
 
 async def test_a_store_on_a_read_only_file_system_is_refused(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
-    with _tmpfs(mnt):
+    with tmpfs(mnt):
         path = mnt / "b.db"
-        await _make_store(path, 10)
+        await make_store(path, 10)
         done = await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,ro", str(mnt)], capture_output=True)
         if done.returncode != 0:
             pytest.skip(f"cannot remount the tmpfs read-only: {done.stderr.decode().strip()}")
-        before = _snapshot(mnt)
-        line = await asyncio.to_thread(_refuse, tmp_path, path)
-        assert _snapshot(mnt) == before
+        before = snapshot(mnt)
+        line = await asyncio.to_thread(refuse, tmp_path, path)
+        assert snapshot(mnt) == before
     assert "read-only file system" in line and "remount" in line, line
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions; the immutable case covers root")
 async def test_a_file_without_write_permission_is_refused(tmp_path: Path) -> None:
+    """Run bound by file permissions (as root: without root's override of them)."""
+    prefix = unprivileged()
     path = tmp_path / "b.db"
-    await _make_store(path, 10)
+    await make_store(path, 10)
     path.chmod(0o444)
-    before = _snapshot(tmp_path)
-    line = await asyncio.to_thread(_refuse, tmp_path, path)
-    assert _snapshot(tmp_path) == before
+    before = snapshot(tmp_path)
+    line = await asyncio.to_thread(refuse, tmp_path, path, prefix=prefix)
+    assert snapshot(tmp_path) == before
     assert "permission denied" in line and "chmod" in line, line
 
 
+async def test_a_directory_without_write_permission_is_refused(tmp_path: Path) -> None:
+    """SQLite must create the -wal and -shm beside the store: a directory it may not write is
+    named as such (not as an immutable attribute), and nothing is created in it."""
+    prefix = unprivileged()
+    directory = tmp_path / "data"
+    directory.mkdir()
+    await make_store(directory / "b.db", 10)
+    directory.chmod(0o555)
+    try:
+        before = snapshot(directory)
+        line = await asyncio.to_thread(refuse, tmp_path, directory / "b.db", prefix=prefix)
+        assert snapshot(directory) == before
+    finally:
+        directory.chmod(0o755)
+    assert "in the directory" in line and "permission denied" in line and "immutable" not in line, line
+
+
+# (c) a full disk at start
+
+
+async def test_a_full_disk_at_start_is_refused_accurately_and_changes_nothing(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        store = disk / "b.db"
+        await make_store(store, 2000)
+        await asyncio.to_thread(fill, disk / "filler")
+        before = snapshot(disk)
+        line = await asyncio.to_thread(refuse, tmp_path, store)
+        assert "is full" in line and "Free some space" in line, line
+        assert snapshot(disk) == before, "a refused store's files must be byte-identical, with nothing added"
+        fresh = disk / "new.db"  # a new store on a full disk leaves no empty file behind
+        line = await asyncio.to_thread(refuse, tmp_path, fresh)
+        assert "is full" in line and snapshot(disk) == before, line
+        (disk / "filler").unlink()
+        node = tmp_path / "node"
+        node.mkdir()
+        args = ["--mode", "fault-tolerant", "--store", f"sqlite:///{store}"]
+        async with ProcessCluster(["b"], APP, node, args) as cluster:
+            status, body = await cluster.request("GET", "b", "/sessions?status=completed&limit=10000")
+            assert status == 200 and len(body["sessions"]) == 2000
+
+
+_KILLED_WRITER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA wal_autocheckpoint=0")
+db.execute("BEGIN")
+db.executemany(
+    "INSERT INTO acc_sessions (session_id, choreography, version, role, status, args, attempts, created_at, "
+    "updated_at) VALUES (?, 'chain', 1, 'b', 'completed', x'00', 0, 0, 0)",
+    [(f"k{i}",) for i in range(300)],
+)
+db.execute("COMMIT")
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_full_disk_under_a_store_a_kill_left_with_a_wal(tmp_path: Path) -> None:
+    """Rows only in the -wal of a writer killed with SIGKILL, then the disk fills: the sidecar
+    starts with every session, or refuses accurately leaving every byte as it was."""
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        store = disk / "b.db"
+        await make_store(store, 500)
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _KILLED_WRITER, str(store), stdout=asyncio.subprocess.PIPE
+        )
+        assert writer.stdout is not None
+        assert (await writer.stdout.readline()).strip() == b"ready"
+        writer.kill()
+        await writer.wait()
+        assert (disk / "b.db-wal").stat().st_size > 0
+        expected = {f"a{i}" for i in range(500)} | {f"k{i}" for i in range(300)}
+        await asyncio.to_thread(fill, disk / "filler")
+        before = snapshot(disk)
+        api = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "accompanist", "sidecar", "--app", APP, "--role", "b", "--log-level", "WARNING",
+            "--listen", "127.0.0.1:0", "--api", f"127.0.0.1:{api}", "--mode", "fault-tolerant",
+            "--store", f"sqlite:///{store}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=sidecar_env(),
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            first = await asyncio.wait_for(proc.stdout.readline(), 60)
+            if b"ready" in first:  # it started: every session is there
+                async with aiohttp.ClientSession() as http:
+                    url = f"http://127.0.0.1:{api}/sessions?status=completed&limit=10000"
+                    async with http.get(url) as r:
+                        assert r.status == 200
+                        assert {x["session_id"] for x in (await r.json())["sessions"]} == expected
+                outcome = "started"
+            else:  # it refused: with the reason, and the files as they were
+                await proc.wait()
+                err = (await proc.stderr.read()).decode()
+                assert proc.returncode == 1 and "is full" in err and "Traceback" not in err, err
+                assert snapshot(disk) == before
+                outcome = "refused"
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+        print(f"a full disk under a store with a -wal: {outcome}")
+
+
 async def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
-    line = await asyncio.to_thread(_refuse, tmp_path, tmp_path / "missing" / "b.db")
+    line = await asyncio.to_thread(refuse, tmp_path, tmp_path / "missing" / "b.db")
     assert "does not exist" in line and "create it" in line, line
     assert not (tmp_path / "missing").exists()
 
@@ -275,12 +318,12 @@ async def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
 async def test_a_directory_where_the_file_should_be_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     path.mkdir()
-    line = await asyncio.to_thread(_refuse, tmp_path, path)
+    line = await asyncio.to_thread(refuse, tmp_path, path)
     assert "is a directory" in line, line
     assert list(path.iterdir()) == []
 
 
-# (c) a taken port
+# (d) a taken port
 
 
 @pytest.mark.parametrize("mode", ["default", "fault-tolerant"])
@@ -295,7 +338,7 @@ def test_a_taken_port_exits_non_zero_at_once(tmp_path: Path, mode: str, which: s
         args[args.index(f"--{which}") + 1] = f"127.0.0.1:{port}"
         if mode == "fault-tolerant":
             args += ["--store", "sqlite:///./b.db"]
-        result, elapsed = _sidecar(tmp_path, *args, timeout=30)
+        result, elapsed = sidecar(tmp_path, *args, timeout=30)
     finally:
         holder.close()
     assert result.returncode == 1, result
@@ -334,7 +377,7 @@ async def test_a_writer_killed_during_a_checkpoint_leaves_a_store_that_starts_in
         work = tmp_path / f"try{attempt}"
         work.mkdir()
         path = work / "b.db"
-        await _make_store(path, 0)
+        await make_store(path, 0)
         writer = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _WRITER, str(path), str(sessions), stdout=asyncio.subprocess.PIPE
         )

@@ -18,8 +18,9 @@ import jsonschema
 import pytest
 
 from accompanist.engine.engine import Engine
-from accompanist.sidecar.api import build_api, serve
+from accompanist.sidecar.api import build_api
 from accompanist.sidecar.api_errors import CODES
+from accompanist.sidecar.api_serve import serve
 from tests.integration.procs import ProcessCluster
 
 APP = "tests.integration.api_app:app"
@@ -170,7 +171,7 @@ async def test_an_api_on_a_public_address_without_a_token_is_warned_about(caplog
     for host, token, warned in (("0.0.0.0", None, True), ("127.0.0.1", None, False), ("0.0.0.0", "t", False)):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="accompanist.api"):
-            runner, _ = await serve(build_api(engine, mode="default", token=token), host, 0)
+            runner, _ = await serve(build_api(engine, mode="default", token=token), (host, 0))
             await runner.cleanup()
         assert ("without a token" in caplog.text) is warned, (host, token, caplog.text)
 

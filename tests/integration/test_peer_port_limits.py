@@ -80,14 +80,16 @@ async def attacker(source, payload):
 
 async def main():
     tasks = []
+    # More than the per-address cap from one address, first: connecting before the others fill
+    # the total cap, so the per-address refusal happens however loaded the machine is.
+    for i in range(80):
+        tasks.append(attacker("127.0.0.20", idle))
     for i in range(200):  # idle, from 10 addresses
         tasks.append(attacker(f"127.0.0.{2 + i % 10}", idle))
     for i in range(40):  # partial large frames, from 4 addresses
         tasks.append(attacker(f"127.0.0.{12 + i % 4}", partial))
     for i in range(20):
         tasks.append(attacker("127.0.0.16", slow))
-    for i in range(80):  # more than the per-address cap from one address
-        tasks.append(attacker("127.0.0.20", idle))
     await asyncio.gather(*tasks)
     print(json.dumps(stats), flush=True)
 

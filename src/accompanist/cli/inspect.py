@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -22,16 +23,26 @@ from accompanist.errors import AccompanistError
 __all__ = ["sessions", "show"]
 
 _TERMINAL = {"completed", "compensated", "failed", "cancelled"}
-SidecarOpt = Annotated[list[str] | None, typer.Option("--sidecar", help="A sidecar's API URL (repeat).")]
+SidecarOpt = Annotated[
+    list[str] | None,
+    typer.Option("--sidecar", help="A sidecar's API URL, or unix:/path/api.sock (repeat)."),
+]
 StoreOpt = Annotated[list[str] | None, typer.Option("--store", help="ROLE=STORE_URL, read offline (repeat).")]
 
 
 async def _from_sidecar(url: str, path: str) -> Any:
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+    connector, base = None, url.rstrip("/")
+    if url.startswith("unix:"):  # the API on a Unix socket (--api unix:/path)
+        connector, base = aiohttp.UnixConnector(path=url.removeprefix("unix:")), "http://sidecar"
+    token = os.environ.get("ACCOMPANIST_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with aiohttp.ClientSession(
+        connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+    ) as http:
         try:
-            async with http.get(url.rstrip("/") + path) as r:
+            async with http.get(base + path) as r:
                 if r.status == 404:
                     return None
                 body = await r.json()

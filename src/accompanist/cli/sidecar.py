@@ -31,7 +31,12 @@ def sidecar(
     app: Annotated[str | None, _opt("APP", "MODULE:APP, the ac.App of choreographies to serve.")] = None,
     role: Annotated[str | None, _opt("ROLE", "The role this sidecar plays.")] = None,
     listen: Annotated[str | None, _opt("LISTEN", "Peer endpoint HOST:PORT (other sidecars connect here).")] = None,
-    api: Annotated[str | None, _opt("API", "Service-facing HTTP API HOST:PORT.")] = None,
+    api: Annotated[
+        str | None, _opt("API", "Service-facing HTTP API: HOST:PORT, or unix:/path/api.sock (mode 0600).")
+    ] = None,
+    api_socket_mode: Annotated[
+        str | None, _opt("API_SOCKET_MODE", "Permission bits of the API's Unix socket (default 0600).")
+    ] = None,
     api_token: Annotated[
         str | None, _opt("API_TOKEN", "Bearer token the API requires (all but /healthz, /metrics).")
     ] = None,
@@ -91,6 +96,7 @@ def sidecar(
         "listen": listen,
         "api": api,
         "api_token": api_token,
+        "api_socket_mode": api_socket_mode,
         "peers": peer or None,
         "mode": mode,
         "store": store,
@@ -192,5 +198,7 @@ def event_loop(choice: str) -> tuple[Any, str]:
     return asyncio.run, "asyncio"
 
 
-def _addr(address: tuple[str, int] | None) -> str:
-    return f"{address[0]}:{address[1]}" if address else "-"
+def _addr(address: Any) -> str:
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return f"unix:{address}" if address else "-"

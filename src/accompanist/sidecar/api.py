@@ -19,7 +19,6 @@ every path but ``/healthz`` and ``/metrics`` needs ``Authorization: Bearer <toke
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +39,6 @@ from accompanist.errors import (
     SessionConflictError,
     SessionError,
     StoreInputError,
-    TransportError,
     UnknownChoreographyError,
     UnknownSessionError,
 )
@@ -285,40 +283,3 @@ def build_api(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     return app
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
-    """Start serving ``app``; return the runner (to clean up) and the bound address.
-
-    Raises:
-        TransportError: the address cannot be bound (taken, or not this host's).
-    """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    if not app.get(API_TOKEN_SET) and not _loopback(host):
-        log.warning(
-            "the service-facing API listens on %s without a token: anyone who can reach it can start, list and "
-            "cancel sessions; set api_token (--api-token, ACCOMPANIST_API_TOKEN)",
-            host,
-        )
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise TransportError(f"the API cannot listen on {host}:{port}: {exc}") from exc
-    bound = (host, port)
-    for address in runner.addresses:  # the real port when 0 was asked for
-        if isinstance(address, tuple) and len(address) >= 2:
-            bound = (str(address[0]), int(address[1]))
-            break
-    return runner, bound

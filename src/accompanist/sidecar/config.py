@@ -1,5 +1,11 @@
 """Sidecar configuration: one dataclass, filled from a TOML file, ``ACCOMPANIST_*`` environment
-variables and command-line options (in rising precedence)."""
+variables and command-line options (in rising precedence), or built in code.
+
+Every key of the TOML file is a keyword of :class:`SidecarConfig` and the other way round, so
+an embedded sidecar can say everything a process can. Values are normalised in one place
+(``__post_init__``), whichever way they came, and combinations that make no sense are refused
+there with a :class:`~accompanist.errors.ConfigError` naming them.
+"""
 
 from __future__ import annotations
 
@@ -7,51 +13,40 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode, ReplayPolicy
 from accompanist.errors import ConfigError
+from accompanist.sidecar.config_checks import check_combinations, normalise_engine
+from accompanist.sidecar.config_values import (
+    ApiAddress,
+    parse_address,
+    parse_api_address,
+    parse_peers,
+    to_bool,
+    to_file_mode,
+    to_float,
+    to_int,
+    to_pairs,
+)
 from accompanist.transport.tcp import PeerLimits
 
-__all__ = ["SidecarConfig", "parse_address", "parse_peers"]
+__all__ = ["SidecarConfig", "parse_address", "parse_api_address", "parse_peers"]
 
 _ENV_PREFIX = "ACCOMPANIST_"
-
-
-def parse_address(text: str, what: str = "address") -> tuple[str, int]:
-    """``"host:port"`` -> ``(host, port)``.
-
-    Raises:
-        ConfigError: not of the form host:port with a port in 0..65535.
-    """
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"invalid {what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7001")
-    return host.strip("[]"), int(port)
-
-
-def parse_peers(items: Any) -> dict[str, tuple[str, int]]:
-    """Peers from ``["role=host:port", ...]``, a ``"role=host:port,..."`` string or a mapping.
-
-    Raises:
-        ConfigError: an entry is not ``role=host:port``.
-    """
-    if isinstance(items, Mapping):
-        return {str(k): parse_address(v, f"address of peer '{k}'") for k, v in items.items()}
-    if isinstance(items, str):
-        items = [p for p in items.replace(",", " ").split() if p]
-    peers: dict[str, tuple[str, int]] = {}
-    for item in items or []:
-        role, sep, address = str(item).partition("=")
-        if not sep or not role:
-            raise ConfigError(f"invalid peer {item!r}: expected ROLE=HOST:PORT, e.g. seller=127.0.0.1:7002")
-        peers[role.strip()] = parse_address(address.strip(), f"address of peer '{role}'")
-    return peers
-
-
 _PEER = PeerLimits()  # the peer port's defaults, defined once in the transport
+_LOOPS = ("auto", "uvloop", "asyncio")
+_SYNCHRONOUS = ("FULL", "NORMAL", "OFF")
+_PEER_INT_KEYS = (
+    "peer_max_connections",
+    "peer_max_connections_per_address",
+    "peer_unauth_frame_limit",
+    "peer_unauth_budget",
+)
+_PEER_FLOAT_KEYS = ("peer_first_frame_timeout", "peer_frame_timeout", "peer_idle_timeout")
+_OPTIONAL_TEXT = ("app", "store", "hmac_key", "tls_cert", "tls_key", "tls_ca", "api_token")
 
 
 @dataclass
@@ -61,19 +56,22 @@ class SidecarConfig:
     Attributes:
         role: the role this sidecar plays.
         app: ``MODULE:ATTR`` of the ``ac.App`` (not needed when an App is passed in code).
-        listen: peer endpoint, ``(host, port)``; port 0 picks a free port.
-        api: service-facing HTTP endpoint, or None for none (embedded use).
+        listen: peer endpoint, ``(host, port)`` (or ``"host:port"``); port 0 picks a free port.
+        api: service-facing HTTP endpoint: ``(host, port)``, ``"host:port"``,
+            ``"unix:/path/api.sock"`` (or a ``Path``) for a Unix socket, or None for none.
         api_token: when set, every API path but ``/healthz`` and ``/metrics`` needs
             ``Authorization: Bearer <api_token>`` (an empty string is the same as None).
+        api_socket_mode: permission bits of the API's Unix socket (default ``0o600``: only
+            the sidecar's user may connect; ``0o660`` lets its group in too).
         peers: address of every other role's sidecar.
-        mode: ``default`` or ``fault-tolerant``.
         store: store URL: ``memory:``, ``sqlite:///path.db`` or ``postgresql://...``;
             default ``memory:`` in default mode and ``sqlite:///./<role>.db`` in fault-tolerant mode.
         sqlite_synchronous: SQLite durability: ``FULL`` (default), ``NORMAL`` or ``OFF``.
         hmac_key: shared secret authenticating frames between sidecars (None: unsigned, warned).
         hmac_key_id: the id under which ``hmac_key`` signs.
         old_hmac_keys: ``{id: secret}`` still accepted while keys rotate.
-        tls_cert: certificate (PEM) for mutual TLS between sidecars.
+        tls_cert: certificate (PEM) for mutual TLS between sidecars; it must name this role
+            (URI SAN ``accompanist://role/<role>``).
         tls_key: its private key.
         tls_ca: CA bundle that peers' certificates must chain to.
         max_frame: largest accepted frame in bytes.
@@ -90,14 +88,27 @@ class SidecarConfig:
         peer_unauth_budget: bytes all such connections together may be reading in larger frames.
         insecure: allow a peer endpoint off loopback without hmac_key or TLS (anyone who can
             reach it can forge envelopes).
-        engine: timeouts, bounds, retries and retention (see ``EngineConfig``).
+        engine: the engine's settings as one ``EngineConfig``; each of its fields is also a
+            keyword of its own (``mode=``, ``receive_timeout=`` ...), which wins over it.
+
+    The keyword-only attributes after ``engine`` are ``EngineConfig``'s fields (``mode``,
+    ``receive_timeout``, ``buffer_limit``, ``max_inflight``, ``replay_policy``, ``retry_min``,
+    ``retry_max``, ``deliver_timeout``, ``delivery_concurrency``, ``relay_interval``,
+    ``retention``, ``tombstone_retention``, ``prune_interval``, ``grace``, ``compensation``,
+    ``outcome_query_after``, ``max_payload``, ``store_retry_max``, ``ack_linger``,
+    ``memory_keep``, ``memory_retention``, ``lazy_interval``, ``traces_file``); None takes
+    ``engine``'s value, and after construction each holds the value in force.
+
+    Raises:
+        ConfigError: a malformed value or a combination that makes no sense, named.
     """
 
     role: str
     app: str | None = None
     listen: tuple[str, int] = ("127.0.0.1", 0)
-    api: tuple[str, int] | None = None
+    api: ApiAddress | str | None = None
     api_token: str | None = None
+    api_socket_mode: int = 0o600
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
     store: str | None = None
     sqlite_synchronous: str = "FULL"
@@ -118,18 +129,89 @@ class SidecarConfig:
     peer_unauth_budget: int = _PEER.unauth_budget
     insecure: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
+    _: KW_ONLY
+    mode: Mode | str | None = None
+    receive_timeout: float | None = None
+    buffer_limit: int | None = None
+    max_inflight: int | None = None
+    replay_policy: ReplayPolicy | str | None = None
+    retry_min: float | None = None
+    retry_max: float | None = None
+    deliver_timeout: float | None = None
+    delivery_concurrency: int | None = None
+    relay_interval: float | None = None
+    retention: float | None = None
+    tombstone_retention: float | None = None
+    prune_interval: float | None = None
+    grace: float | None = None
+    compensation: CompensationOrder | str | None = None
+    outcome_query_after: float | None = None
+    max_payload: int | None = None
+    store_retry_max: float | None = None
+    ack_linger: float | None = None
+    memory_keep: int | None = None
+    memory_retention: float | None = None
+    lazy_interval: float | None = None
+    traces_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, str) or not self.role:
+            raise ConfigError("the sidecar needs a role (--role or ACCOMPANIST_ROLE)")
+        for key in _OPTIONAL_TEXT:
+            value = getattr(self, key)
+            setattr(self, key, None if value is None or value == "" else str(value))
+        self.listen = parse_address(self.listen, "listen address")
+        self.api = parse_api_address(self.api)
+        self.api_socket_mode = to_file_mode("api_socket_mode", self.api_socket_mode)
+        self.peers = parse_peers(self.peers)
+        self.old_hmac_keys = to_pairs("old_hmac_keys", self.old_hmac_keys)
+        self.hmac_key_id = str(self.hmac_key_id)
+        sync = str(self.sqlite_synchronous).upper()
+        if sync not in _SYNCHRONOUS:
+            raise ConfigError(f"sqlite_synchronous must be FULL, NORMAL or OFF, got {self.sqlite_synchronous!r}")
+        self.sqlite_synchronous = sync
+        if self.loop not in _LOOPS:
+            raise ConfigError(f"loop must be 'auto', 'uvloop' or 'asyncio', got {self.loop!r}")
+        self.max_frame = to_int("max_frame", self.max_frame, minimum=64)
+        for key in _PEER_INT_KEYS:
+            setattr(self, key, to_int(key, getattr(self, key)))
+        for key in _PEER_FLOAT_KEYS:
+            setattr(self, key, to_float(key, getattr(self, key)))
+        self.insecure = to_bool("insecure", self.insecure)
+        if not isinstance(self.engine, EngineConfig):
+            raise ConfigError(f"engine must be an ac.EngineConfig, got {type(self.engine).__name__}")
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)}
+        self.engine = normalise_engine(self.engine, given)
+        for name in given:  # every keyword now shows the value in force
+            setattr(self, name, getattr(self.engine, name))
+        check_combinations(self)
 
     @property
-    def mode(self) -> Mode:
-        """The engine's mode."""
-        return self.engine.mode
+    def peer_limits(self) -> PeerLimits:
+        """The peer port's bounds as the transport takes them."""
+        return PeerLimits(
+            max_connections=self.peer_max_connections,
+            max_connections_per_address=self.peer_max_connections_per_address,
+            first_frame_timeout=self.peer_first_frame_timeout,
+            frame_timeout=self.peer_frame_timeout,
+            idle_timeout=self.peer_idle_timeout,
+            unauth_frame_limit=self.peer_unauth_frame_limit,
+            unauth_budget=self.peer_unauth_budget,
+        )
+
+    @property
+    def api_address(self) -> ApiAddress | None:
+        """Where the API listens: ``(host, port)``, a Unix socket's ``Path``, or None."""
+        api = self.api
+        assert not isinstance(api, str), "normalised in __post_init__"
+        return api
 
     @property
     def store_url(self) -> str:
         """The store URL, with the mode's default filled in."""
         if self.store:
             return self.store
-        return f"sqlite:///./{self.role}.db" if self.mode is Mode.FAULT_TOLERANT else "memory:"
+        return f"sqlite:///./{self.role}.db" if self.engine.mode is Mode.FAULT_TOLERANT else "memory:"
 
     @classmethod
     def load(
@@ -141,9 +223,9 @@ class SidecarConfig:
     ) -> SidecarConfig:
         """Build a config from a TOML file, then environment variables, then ``overrides``.
 
-        Keys are the attribute names above plus the engine's (``receive_timeout``,
-        ``max_inflight``, ``mode`` ...). In TOML, ``[peers]`` is a table ``role = "host:port"``.
-        Environment variables are ``ACCOMPANIST_<KEY>`` (``ACCOMPANIST_PEERS="a=h:p b=h:p"``).
+        Keys are the attribute names above (``role``, ``receive_timeout``, ``mode`` ...). In
+        TOML, ``[peers]`` is a table ``role = "host:port"``. Environment variables are
+        ``ACCOMPANIST_<KEY>`` (``ACCOMPANIST_PEERS="a=h:p b=h:p"``).
 
         Raises:
             ConfigError: unreadable file, unknown key, or a malformed value (named).
@@ -158,7 +240,7 @@ class SidecarConfig:
             if isinstance(section, dict):
                 merged.update(section)
         env = os.environ if env is None else env
-        for key in _known_keys():
+        for key in known_keys():
             value = env.get(_ENV_PREFIX + key.upper())
             if value is not None and value != "":
                 merged[key] = value
@@ -174,122 +256,15 @@ class SidecarConfig:
         Raises:
             ConfigError: unknown key or malformed value.
         """
-        known = _known_keys()
+        known = known_keys()
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if not values.get("role"):
             raise ConfigError("the sidecar needs a role (--role or ACCOMPANIST_ROLE)")
-        engine_fields = {f.name: f for f in dataclasses.fields(EngineConfig)}
-        engine_kwargs: dict[str, Any] = {}
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key in engine_fields:
-                engine_kwargs[key] = _convert_engine(key, value, engine_fields[key].type)
-            elif key == "listen":
-                kwargs[key] = parse_address(value, "listen address")
-            elif key == "api":
-                kwargs[key] = None if value in ("", "none", None) else parse_address(value, "API address")
-            elif key == "peers":
-                kwargs[key] = parse_peers(value)
-            elif key == "old_hmac_keys":
-                kwargs[key] = dict(value) if isinstance(value, Mapping) else _pairs(value, key)
-            elif key == "api_token":
-                kwargs[key] = str(value) if value not in (None, "") else None
-            elif key == "max_frame" or key in _PEER_INT_KEYS:
-                kwargs[key] = _to_int(key, value)
-            elif key in _PEER_FLOAT_KEYS:
-                kwargs[key] = _to_float(key, value)
-            elif key == "insecure":
-                kwargs[key] = _to_bool(key, value)
-            else:
-                kwargs[key] = None if value is None else str(value)
-        sync = str(kwargs.get("sqlite_synchronous", "FULL")).upper()
-        if sync not in ("FULL", "NORMAL", "OFF"):
-            raise ConfigError(f"sqlite_synchronous must be FULL, NORMAL or OFF, got {sync!r}")
-        kwargs["sqlite_synchronous"] = sync
-        if bool(kwargs.get("tls_cert")) != bool(kwargs.get("tls_key")):
-            raise ConfigError("tls_cert and tls_key must be given together")
-        try:
-            engine = EngineConfig(**engine_kwargs)
-        except (TypeError, ValueError) as exc:  # pragma: no cover - conversions above catch these
-            raise ConfigError(str(exc)) from exc
-        return cls(engine=engine, **kwargs)
+        return cls(**values)
 
 
-_PEER_INT_KEYS = frozenset(
-    {"peer_max_connections", "peer_max_connections_per_address", "peer_unauth_frame_limit", "peer_unauth_budget"}
-)
-_PEER_FLOAT_KEYS = frozenset({"peer_first_frame_timeout", "peer_frame_timeout", "peer_idle_timeout"})
-
-
-def _to_bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}")
-
-
-def _known_keys() -> set[str]:
-    own = {f.name for f in dataclasses.fields(SidecarConfig)} - {"engine"}
-    return own | {f.name for f in dataclasses.fields(EngineConfig)}
-
-
-def _to_int(key: str, value: Any) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
-
-
-def _to_float(key: str, value: Any) -> float:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a number, got {value!r}") from None
-    if result < 0:
-        raise ConfigError(f"{key} must not be negative, got {value!r}")
-    return result
-
-
-def _convert_engine(key: str, value: Any, annotation: Any) -> Any:
-    text = str(annotation)
-    if key == "mode":
-        try:
-            return Mode(str(value))
-        except ValueError:
-            raise ConfigError(f"mode must be 'default' or 'fault-tolerant', got {value!r}") from None
-    if key == "compensation":
-        try:
-            return CompensationOrder(str(value))
-        except ValueError:
-            raise ConfigError(f"compensation must be 'ordered' or 'parallel', got {value!r}") from None
-    if key == "replay_policy":
-        try:
-            return ReplayPolicy(str(value))
-        except ValueError:
-            raise ConfigError(f"replay_policy must be 'journal' or 'rerun', got {value!r}") from None
-    if "str" in text:
-        return str(value) or None
-    if "int" in text:
-        number = _to_int(key, value)
-        if number < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value!r}")
-        return number
-    return _to_float(key, value)
-
-
-def _pairs(value: Any, key: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in str(value).replace(",", " ").split():
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise ConfigError(f"{key}: expected ID=SECRET pairs, got {item!r}")
-        out[k] = v
-    return out
+def known_keys() -> set[str]:
+    """Every key of the TOML file, ``ACCOMPANIST_<KEY>`` variable and keyword of :class:`SidecarConfig`."""
+    return {f.name for f in dataclasses.fields(SidecarConfig)} - {"engine"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 from types import TracebackType
 from typing import Any
@@ -13,11 +12,13 @@ from aiohttp import web
 from accompanist.engine.engine import Engine
 from accompanist.errors import ConfigError
 from accompanist.language.choreography import App
-from accompanist.sidecar.api import build_api, serve
+from accompanist.sidecar.api import build_api
+from accompanist.sidecar.api_serve import is_loopback, serve
 from accompanist.sidecar.config import SidecarConfig
+from accompanist.sidecar.config_values import ApiAddress
 from accompanist.store.base import SessionRecord, Store
 from accompanist.store.url import open_store
-from accompanist.transport.tcp import PeerLimits, TcpTransport, tls_contexts
+from accompanist.transport.tcp import TcpTransport, tls_contexts
 
 __all__ = ["Sidecar"]
 
@@ -64,7 +65,7 @@ class Sidecar:
         self._transport = transport
         self.engine: Engine | None = None
         self._api_runner: web.AppRunner | None = None
-        self.api_address: tuple[str, int] | None = None
+        self.api_address: ApiAddress | None = None
 
     def _make_transport(self) -> Any:
         c = self.config
@@ -79,10 +80,8 @@ class Sidecar:
                 "(fine for local development only)"
             )
         ssl_server = ssl_client = None
-        if c.tls_cert and c.tls_key:
-            if not c.tls_ca:
-                raise ConfigError("mutual TLS needs tls_ca (the CA peers' certificates chain to)")
-            ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca)
+        if c.tls_cert and c.tls_key and c.tls_ca:
+            ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca, role=c.role)
         return TcpTransport(
             c.role,
             c.listen,
@@ -92,15 +91,7 @@ class Sidecar:
             ssl_server=ssl_server,
             ssl_client=ssl_client,
             max_frame=c.max_frame,
-            limits=PeerLimits(
-                max_connections=c.peer_max_connections,
-                max_connections_per_address=c.peer_max_connections_per_address,
-                first_frame_timeout=c.peer_first_frame_timeout,
-                frame_timeout=c.peer_frame_timeout,
-                idle_timeout=c.peer_idle_timeout,
-                unauth_frame_limit=c.peer_unauth_frame_limit,
-                unauth_budget=c.peer_unauth_budget,
-            ),
+            limits=c.peer_limits,
         )
 
     def _check_peer_security(self) -> None:
@@ -132,10 +123,12 @@ class Sidecar:
         transport = self._transport or self._make_transport()
         self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
         await self.engine.start()  # a failed start releases what it opened (store, peer port)
-        if c.api is not None:
-            api = build_api(self.engine, mode=str(c.mode), extra_metrics=self._transport_metrics, token=c.api_token)
+        if c.api_address is not None:
+            api = build_api(
+                self.engine, mode=str(c.engine.mode), extra_metrics=self._transport_metrics, token=c.api_token
+            )
             try:
-                self._api_runner, self.api_address = await serve(api, *c.api)
+                self._api_runner, self.api_address = await serve(api, c.api_address, socket_mode=c.api_socket_mode)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await self.engine.stop(grace=0)  # no writer thread or peer port left behind
@@ -143,7 +136,7 @@ class Sidecar:
         self.log.info(
             "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
             c.role,
-            c.mode,
+            c.engine.mode,
             self.peer_address,
             self.api_address,
             c.store_url,
@@ -223,17 +216,15 @@ class Sidecar:
             lines.append("# HELP accompanist_peer_unauth_bytes Bytes of large frames being read before authentication")
             lines.append("# TYPE accompanist_peer_unauth_bytes gauge")
             lines.append(f"accompanist_peer_unauth_bytes {getattr(stats, 'unauth_bytes', 0)}")
+        tls_failed = getattr(stats, "tls_failed", None)
+        if tls_failed is not None:
+            lines.append(
+                "# HELP accompanist_tls_handshakes_failed_total TLS connections between sidecars that failed or "
+                "were refused for their identity, by direction (in: to this sidecar, out: to a peer) and reason"
+            )
+            lines.append("# TYPE accompanist_tls_handshakes_failed_total counter")
+            for (direction, reason), count in sorted(tls_failed.items()):
+                lines.append(
+                    f'accompanist_tls_handshakes_failed_total{{direction="{direction}",reason="{reason}"}} {count}'
+                )
         return ("\n".join(lines) + "\n").encode()
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an IP address or ``localhost``) is only reachable from this machine.
-
-    A name other than ``localhost`` counts as not loopback: it may resolve to anything.
-    """
-    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -35,6 +35,8 @@ __all__ = ["SQLiteStore"]
 _SYNCHRONOUS = ("FULL", "NORMAL", "OFF")
 _MAGIC = b"SQLite format 3\x00"
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+# Below this many free bytes, an I/O error while opening is the file system being full.
+_FULL_BELOW = 1024 * 1024
 _ENV_DDL = """session_id TEXT NOT NULL, choreography TEXT NOT NULL, version INTEGER NOT NULL,
     src TEXT NOT NULL, dst TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
     payload BLOB NOT NULL, headers TEXT NOT NULL, auth TEXT NOT NULL"""
@@ -214,22 +216,63 @@ class SQLiteStore(SQLStore):
             if path.exists() and not os.access(path, os.R_OK | os.W_OK):
                 raise self._unwritable(path, "the file" if path == self.path else "the companion file")
         if not os.access(parent, os.W_OK | os.X_OK):
-            readonly_fs = False
-            with contextlib.suppress(OSError):
-                readonly_fs = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
-            code = errno.EROFS if readonly_fs else (errno.EACCES if os.geteuid() else errno.EPERM)
-            raise self._open_problem(parent, "in the directory", OSError(code, os.strerror(code)))
+            raise self._open_problem(parent, "in the directory", _why_not_writable(parent))
 
     async def open(self) -> None:
         """Check the file read-only, then create or migrate the schema and start the writer.
 
+        A failed open leaves the store's files as it found them: the companion files SQLite
+        created on the way are removed, and so is a new store file that never held anything
+        (else a start on a full disk would leave an empty file that the next start must refuse).
+
         Raises:
             StoreCorruptError: the file is truncated, damaged, not an Accompanist store,
                 belongs to another role, or has a newer schema version; it is left unchanged.
-            StoreError: the file cannot be opened (missing directory, permissions, locks).
+            StoreError: the file cannot be opened (missing directory, permissions, locks, a
+                full file system).
         """
         if self._committer is not None:
             return
+        found = {p for p in (self.path, *self._companions()) if p.exists()}
+        try:
+            await self._open_checked()
+        except StoreError as exc:
+            self._remove_created(found)
+            full = self._full_disk(exc)
+            if full is not None:
+                raise full from exc
+            raise
+
+    def _remove_created(self, found: set[Path]) -> None:
+        fresh = self.path not in found
+        for path in (self.path, *self._companions()):
+            if path in found:
+                continue
+            with contextlib.suppress(OSError):
+                # A -shm is an index rebuilt from the -wal; an empty -wal holds nothing; a new
+                # store file that failed to open never held a session.
+                if fresh or path.name.endswith("-shm") or path.stat().st_size == 0:
+                    path.unlink()
+
+    def _full_disk(self, exc: StoreError) -> StoreError | None:
+        """The accurate error when ``exc`` came from a full file system, else None."""
+        text = str(exc).lower()
+        if not any(sign in text for sign in ("disk i/o error", "disk is full", "no space left")):
+            return None
+        try:
+            info = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        free = info.f_bavail * info.f_frsize
+        if free >= _FULL_BELOW:
+            return None
+        return StoreError(
+            f"{self._name} cannot be opened: the file system holding {str(self.path.parent)!r} is full ({free} bytes "
+            "free), and SQLite must create or grow the -wal and -shm files beside the store to open it. Free some "
+            "space (or give its volume more room) and start again; nothing of the store was changed"
+        )
+
+    async def _open_checked(self) -> None:
         fresh = self._inspect_header()
         self._check_writable()
         if not fresh:
@@ -464,3 +507,17 @@ class SQLiteStore(SQLStore):
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc) from exc
             raise
+
+
+def _why_not_writable(directory: Path) -> OSError:
+    """Why a file cannot be created in ``directory``, learnt by trying (permissions, an
+    immutable attribute or a read-only file system each give their own errno, whoever we are)."""
+    probe = directory / f".accompanist-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        return exc
+    os.close(fd)  # os.access said no, but it could: remove the probe, report permissions
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return OSError(errno.EACCES, os.strerror(errno.EACCES))

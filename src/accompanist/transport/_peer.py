@@ -32,6 +32,7 @@ from accompanist.transport.frames import (
     read_length,
     rejected,
 )
+from accompanist.transport.tls import TlsFailure, certificate_roles, classify_failure
 
 __all__ = ["LinkConfig", "PeerLink"]
 
@@ -153,13 +154,20 @@ class PeerLink:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port, ssl=cfg.ssl, limit=2**16)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._last_error = str(exc) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                self._last_error = f"connect timed out after {timeout:.2f}s"
-            delay = self._backoff * (0.5 + 0.5 * cfg.rng.random())
-            self._next_attempt = asyncio.get_running_loop().time() + delay
-            self._backoff = min(self._backoff * 2, cfg.backoff_max)
-            raise TransportError(f"cannot reach {self._where}: {self._last_error}") from exc
+            if isinstance(exc, ssl.SSLError):
+                cfg.stats.tls_failed["out", classify_failure(exc).value] += 1
+            error = f"connect timed out after {timeout:.2f}s" if isinstance(exc, TimeoutError) else str(exc)
+            raise self._attempt_failed(error or type(exc).__name__) from exc
+        if cfg.ssl is not None:
+            # The CA says "a sidecar of this mesh"; only the role it names says it is our peer.
+            roles = certificate_roles(writer.get_extra_info("peercert"))
+            if self.peer not in roles:
+                cfg.stats.tls_failed["out", (TlsFailure.WRONG_ROLE if roles else TlsFailure.NO_ROLE).value] += 1
+                writer.transport.abort()
+                named = ", ".join(sorted(roles)) or "no role"
+                raise self._attempt_failed(
+                    f"its TLS certificate speaks for {named}, not for role '{self.peer}' (wrong-role)"
+                )
         if self._closed:  # close() ran while we were connecting
             writer.close()
             raise TransportError(f"transport closed; not sending to {self._where}")
@@ -171,6 +179,14 @@ class PeerLink:
             cfg.stats.reconnects += 1
         self._ever_connected = True
         return conn
+
+    def _attempt_failed(self, error: str) -> TransportError:
+        """Note a failed connection attempt and back off before the next; the error to raise."""
+        self._last_error = error
+        delay = self._backoff * (0.5 + 0.5 * self._cfg.rng.random())
+        self._next_attempt = asyncio.get_running_loop().time() + delay
+        self._backoff = min(self._backoff * 2, self._cfg.backoff_max)
+        return TransportError(f"cannot reach {self._where}: {error}")
 
     def live(self) -> _Connection | None:
         """The connection if it is up, without waiting (the common case of every send)."""

@@ -34,6 +34,9 @@ class TransportStats:
     #: bytes of frames being read on connections that have not authenticated yet (over the
     #: per-frame allowance, i.e. what draws on the shared budget)
     unauth_bytes: int = 0
+    #: TLS connections that failed, by ``(direction, reason)``: ``in`` for connections to our
+    #: listener, ``out`` for ours to peers; reasons are ``TlsFailure`` values
+    tls_failed: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Transport(Protocol):

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
     "MAC_SIZE",
+    "MIN_KEY_BYTES",
     "Frame",
     "FrameType",
     "InvalidFrameError",
@@ -53,7 +54,7 @@ HEADER_SIZE: Final = 4
 MAC_SIZE: Final = 32
 DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
 DEFAULT_KEY_ID: Final = "k1"
-_MIN_KEY_BYTES: Final = 16
+MIN_KEY_BYTES: Final = 16
 _HEADER: Final = struct.Struct(">I")
 _EMPTY_BIN: Final = b"\xc4\x00"  # msgpack bin8 of length 0
 _MAC_HEADER: Final = b"\xc4\x20"  # msgpack bin8 of length 32
@@ -84,6 +85,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_KEY = "unknown-key"  # signed with a key id that is not in the ring
     BAD_MAC = "bad-mac"  # the MAC does not match
     WRONG_DST = "wrong-dst"  # the envelope is addressed to another role
+    WRONG_SRC = "wrong-src"  # the envelope claims a role its connection's certificate does not name
     UNEXPECTED = "unexpected"  # a frame type that makes no sense in this direction
     HANDLER = "handler"  # the handler raised
 
@@ -151,8 +153,8 @@ class KeyRing:
         if current not in keys:
             raise ConfigError(f"current key id '{current}' is not in the key ring {sorted(keys)}")
         for key_id, secret in keys.items():
-            if not isinstance(secret, bytes) or len(secret) < _MIN_KEY_BYTES:
-                raise ConfigError(f"HMAC key '{key_id}' must be bytes of at least {_MIN_KEY_BYTES} bytes")
+            if not isinstance(secret, bytes) or len(secret) < MIN_KEY_BYTES:
+                raise ConfigError(f"HMAC key '{key_id}' must be bytes of at least {MIN_KEY_BYTES} bytes")
         self.keys: dict[str, bytes] = dict(keys)
         self.current = current
         # HMAC per RFC 2104 with the padded-key hash states computed once per key: copying

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import random
 import resource
 import ssl
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from accompanist.envelope import Envelope
@@ -36,6 +34,7 @@ from accompanist.errors import ConfigError, FrameError, TransportError
 from accompanist.transport._coalesce import CoalescingWriter
 from accompanist.transport._peer import WRITE_HIGH_WATER, LinkConfig, PeerLink
 from accompanist.transport._throttle import LogThrottle
+from accompanist.transport._tls_accept import TlsListener
 from accompanist.transport.base import Handler, TransportStats
 from accompanist.transport.frames import (
     DEFAULT_KEY_ID,
@@ -51,7 +50,8 @@ from accompanist.transport.frames import (
     read_length,
     reject_info,
 )
-from accompanist.transport.tls import tls_contexts
+from accompanist.transport.limits import FIRST, FRAME, IDLE, CloseReason, Inbound, PeerLimits
+from accompanist.transport.tls import TlsFailure, certificate_roles, classify_failure, tls_contexts
 
 __all__ = ["CloseReason", "PeerLimits", "TcpTransport", "tls_contexts"]
 
@@ -59,73 +59,6 @@ _LOGGER_NAME = "accompanist.transport"
 # File descriptors a sidecar needs besides its incoming peer connections: store, API,
 # outgoing links, logs, the interpreter's own.
 FD_RESERVE = 64
-
-
-class CloseReason(enum.StrEnum):
-    """Why the peer port refused or closed a connection; the keys of ``TransportStats.closed``."""
-
-    LIMIT_TOTAL = "limit-total"  # max_connections connections are open already
-    LIMIT_PER_ADDRESS = "limit-per-address"  # max_connections_per_address from this address
-    FIRST_FRAME_TIMEOUT = "first-frame-timeout"  # no frame header within first_frame_timeout of connecting
-    FRAME_TIMEOUT = "frame-timeout"  # the rest of a frame did not come within frame_timeout of its header
-    IDLE_TIMEOUT = "idle-timeout"  # nothing for idle_timeout with no answer owed
-    UNAUTH_BUDGET = "unauth-budget"  # a large frame before authentication, budget exhausted
-
-
-@dataclass(frozen=True)
-class PeerLimits:
-    """Bounds of the peer port, so unauthenticated clients cannot exhaust the sidecar.
-
-    Attributes:
-        max_connections: incoming connections open at once; beyond, a new one is closed at once.
-        max_connections_per_address: the same, per remote IP address.
-        first_frame_timeout: seconds from connect (after the TLS handshake, which is bounded
-            by the same time) until the first frame header must have arrived.
-        frame_timeout: seconds the rest of a frame may take once its 4-byte header arrived.
-        idle_timeout: seconds a connection may stay silent while no answer is owed to it.
-        unauth_frame_limit: the largest frame a connection that has not sent a verified frame
-            yet (always, without HMAC key or TLS) may send freely, in bytes.
-        unauth_budget: bytes that all such connections together may be reading in frames
-            larger than ``unauth_frame_limit``; a frame that does not fit closes its connection.
-    """
-
-    max_connections: int = 512
-    max_connections_per_address: int = 64
-    first_frame_timeout: float = 10.0
-    frame_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    unauth_frame_limit: int = 64 * 1024
-    unauth_budget: int = 8 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.max_connections_per_address < 1:
-            raise ConfigError("max_connections and max_connections_per_address must be at least 1")
-        if min(self.first_frame_timeout, self.frame_timeout, self.idle_timeout) <= 0:
-            raise ConfigError("first_frame_timeout, frame_timeout and idle_timeout must be > 0")
-        if self.unauth_frame_limit < 64 or self.unauth_budget < 0:
-            raise ConfigError("unauth_frame_limit must be at least 64 and unauth_budget not negative")
-
-
-_FIRST, _FRAME, _IDLE = 0, 1, 2  # what an incoming connection is waiting for
-
-
-class _Inbound:
-    """The state of one incoming connection that the watchdog looks at."""
-
-    __slots__ = ("address", "authenticated", "deadline", "inflight", "peer", "phase", "reason", "task", "writer")
-
-    def __init__(
-        self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str, address: str, deadline: float
-    ) -> None:
-        self.task = task
-        self.writer = writer
-        self.peer = peer
-        self.address = address
-        self.phase = _FIRST
-        self.deadline = deadline
-        self.inflight = 0
-        self.authenticated = False
-        self.reason: CloseReason | None = None
 
 
 class TcpTransport:
@@ -223,9 +156,10 @@ class TcpTransport:
         self._closed = False
         self._limits = limits or PeerLimits()
         self._max_connections = self._limits.max_connections
-        self._inbound: dict[asyncio.Task[None], _Inbound] = {}
+        self._inbound: dict[asyncio.Task[None], Inbound] = {}
         self._per_address: Counter[str] = Counter()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._tls: TlsListener | None = None
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -256,29 +190,35 @@ class TcpTransport:
         Raises:
             TransportError: already started or closed, or the address cannot be bound.
         """
-        if self._server is not None or self._closed:
+        if self._server is not None or self._tls is not None or self._closed:
             raise TransportError(f"transport of role '{self.role}' is already started or closed")
         self._handler = handler
         self._check_fd_budget()
         host, port = self._listen
+        backlog = min(1024, self._max_connections)
         try:
-            # A failed TLS handshake never reaches _serve: asyncio drops the connection (and logs
-            # it only in debug mode). Upgrading each connection with start_tls in _serve would let
-            # us count it, but races with the ClientHello already read into the stream buffer.
-            self._server = await asyncio.start_server(
-                self._serve,
-                host,
-                port,
-                ssl=self._ssl_server,
-                ssl_handshake_timeout=self._limits.first_frame_timeout if self._ssl_server else None,
-                limit=2**16,
-                reuse_address=True,
-                backlog=min(1024, self._max_connections),
-            )
+            if self._ssl_server is not None:
+                # Our own handshake step, so a failed handshake is counted (asyncio's own
+                # drops it silently); the streams it yields are the usual ones.
+                self._tls = TlsListener(
+                    self._serve,
+                    self._tls_refused,
+                    self._ssl_server,
+                    handshake_timeout=self._limits.first_frame_timeout,
+                    limit=2**16,
+                    max_connections=self._max_connections,
+                    over_limit=lambda peer: self._count_closed(CloseReason.LIMIT_TOTAL, peer),
+                )
+                self._address = await self._tls.start(host, port, backlog=backlog)
+            else:
+                self._server = await asyncio.start_server(
+                    self._serve, host, port, limit=2**16, reuse_address=True, backlog=backlog
+                )
+                sockname = self._server.sockets[0].getsockname()
+                self._address = (str(sockname[0]), int(sockname[1]))
         except OSError as exc:
+            self._tls = None
             raise TransportError(f"role '{self.role}' cannot listen on {host}:{port}: {exc}") from exc
-        sockname = self._server.sockets[0].getsockname()
-        self._address = (str(sockname[0]), int(sockname[1]))
         self._schedule_watchdog()
 
     def _check_fd_budget(self) -> None:
@@ -315,20 +255,20 @@ class TcpTransport:
         for conn in list(self._inbound.values()):
             if conn.reason is not None or now < conn.deadline:
                 continue
-            if conn.phase == _IDLE and conn.inflight:
+            if conn.phase == IDLE and conn.inflight:
                 conn.deadline = now + self._limits.idle_timeout  # it is waiting for our answers
                 continue
             reason = (
                 CloseReason.FIRST_FRAME_TIMEOUT
-                if conn.phase == _FIRST
+                if conn.phase == FIRST
                 else CloseReason.FRAME_TIMEOUT
-                if conn.phase == _FRAME
+                if conn.phase == FRAME
                 else CloseReason.IDLE_TIMEOUT
             )
             self._drop(conn, reason)
         self._schedule_watchdog()
 
-    def _drop(self, conn: _Inbound, reason: CloseReason, *, cancel: bool = True) -> None:
+    def _drop(self, conn: Inbound, reason: CloseReason, *, cancel: bool = True) -> None:
         conn.reason = reason
         self._count_closed(reason, conn.peer)
         conn.writer.transport.abort()  # frees the descriptor and the buffers now
@@ -357,9 +297,15 @@ class TcpTransport:
             writer.transport.abort()
             return
         loop = asyncio.get_running_loop()
-        conn = _Inbound(task, writer, peer, address, loop.time() + lim.first_frame_timeout)
-        # With mutual TLS the handshake has verified the peer's certificate already.
-        conn.authenticated = self._ssl_server is not None
+        conn = Inbound(task, writer, peer, address, loop.time() + lim.first_frame_timeout)
+        if self._ssl_server is not None:
+            # The handshake verified the certificate; what it may speak for is read once here.
+            conn.roles = certificate_roles(writer.get_extra_info("peercert"))
+            if not conn.roles:
+                self._tls_refused(None, peer)
+                writer.transport.abort()
+                return
+            conn.authenticated = True
         self._connections.add(task)
         self._inbound[task] = conn
         self._per_address[address] += 1
@@ -375,7 +321,7 @@ class TcpTransport:
         try:
             while True:
                 header = await reader.readexactly(HEADER_SIZE)
-                conn.phase = _FRAME
+                conn.phase = FRAME
                 conn.deadline = loop.time() + lim.frame_timeout
                 length = read_length(header, max_frame=self._max_frame)
                 if length > lim.unauth_frame_limit and not conn.authenticated:
@@ -389,7 +335,7 @@ class TcpTransport:
                         self.stats.unauth_bytes -= length
                 else:
                     body = await reader.readexactly(length)
-                conn.phase = _IDLE
+                conn.phase = IDLE
                 conn.deadline = loop.time() + lim.idle_timeout
                 await busy.acquire()
                 handling = self._dispatch(body, out, write_lock, peer, conn)
@@ -420,7 +366,7 @@ class TcpTransport:
             writer.close()
 
     def _dispatch(
-        self, body: bytes, out: CoalescingWriter, lock: asyncio.Lock, peer: str, conn: _Inbound | None = None
+        self, body: bytes, out: CoalescingWriter, lock: asyncio.Lock, peer: str, conn: Inbound | None = None
     ) -> asyncio.Task[None] | None:
         """Decode one frame and start its handler call (returned), or reject it (None).
 
@@ -443,6 +389,15 @@ class TcpTransport:
         if envelope.dst != self.role:
             info = f"envelope for role '{envelope.dst}' reached role '{self.role}' (misconfigured peer address?)"
             self._reject(Reason.WRONG_DST, peer, info)
+            if frame.corr:
+                self._reply(out, lock, Frame(FrameType.REJECT, frame.corr, info=info))
+            return None
+        if conn is not None and conn.roles is not None and envelope.src not in conn.roles:
+            info = (
+                f"wrong-src: envelope from role '{envelope.src}' on a connection whose certificate speaks for "
+                f"{', '.join(sorted(conn.roles))} only"
+            )
+            self._reject(Reason.WRONG_SRC, peer, info)
             if frame.corr:
                 self._reply(out, lock, Frame(FrameType.REJECT, frame.corr, info=info))
             return None
@@ -490,6 +445,15 @@ class TcpTransport:
                 out.flush()
                 async with lock:
                     await writer.drain()
+
+    def _tls_refused(self, exc: BaseException | None, peer: str) -> None:
+        """Count (and log, rate-limited) an incoming TLS connection that failed or names no role."""
+        reason = TlsFailure.NO_ROLE if exc is None else classify_failure(exc)
+        self.stats.tls_failed["in", reason.value] += 1
+        detail = "its certificate names no role (accompanist://role/NAME)" if exc is None else str(exc)
+        self._throttle.warning(
+            f"tls:{reason.value}", "%s: TLS connection from %s refused (%s): %s", self.role, peer, reason.value, detail
+        )
 
     def _reject(self, reason: Reason, peer: str, detail: str) -> None:
         self.stats.rejected[reason.value] += 1
@@ -609,6 +573,8 @@ class TcpTransport:
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._tls is not None:
+            await self._tls.close()
         if self._server is not None:
             self._server.close()
         current = asyncio.current_task()
