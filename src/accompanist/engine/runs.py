@@ -20,6 +20,7 @@ import msgspec
 
 from accompanist.engine import compensation, outcome
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
+from accompanist.engine.linger import Lingering
 from accompanist.engine.locks import KeyedLocks
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
@@ -91,6 +92,7 @@ class Runs:
         self.durable = self.config.mode is Mode.FAULT_TOLERANT
         self.guard = StoreGuard(store, self.config.store_retry_max, self.log, self.config.lazy_interval)
         self.guard.on_commit = self.metrics.commit_seconds.observe
+        self.lingering = Lingering(self.config.ack_linger)
         self.registry = TransactionRegistry(app)
         self.relay = (
             Relay(

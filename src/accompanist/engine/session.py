@@ -484,7 +484,10 @@ class SessionRun:
     async def _transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
         and a commit that failed before fails again without running."""
-        await self.flush()
+        # A durable commit that is not atomic writes its intent before the service is called,
+        # and what waits (held sends, the new record, inbox rows) goes in that same commit: one
+        # fsync, not two. Nothing with an effect runs before it.
+        await self.flush(sending=self.durable and not tx.atomic)
         self._start_step(step)
         recorded = self._recorded(step)
         occurrence = self.occurrences.get(tx.name, 0)

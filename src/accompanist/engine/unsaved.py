@@ -71,7 +71,6 @@ class Unsaved:
         self._sends: list[Envelope] = []
         self._record = False
         self._savers: list[asyncio.Future[None]] = []
-        self._linger: asyncio.TimerHandle | None = None
 
     def __bool__(self) -> bool:
         return bool(self._batch or self._sends or self._record or self._savers or self._run.pending)
@@ -178,17 +177,14 @@ class Unsaved:
         self._disarm()
 
     def _arm(self) -> None:
-        if self._linger is None and self._host.durable:
-            loop = asyncio.get_running_loop()
-            self._linger = loop.call_later(self._host.config.ack_linger, self._linger_fired)
+        if self._host.durable:
+            self._host.lingering.arm(self)
 
     def _disarm(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        self._host.lingering.disarm(self)
 
-    def _linger_fired(self) -> None:
-        self._linger = None
+    def lingered(self) -> None:
+        """Its rows waited ``ack_linger`` seconds: commit them now (without the run)."""
         if self._savers or self._record:
             self._host.spawn_background(self._save_quietly(), f"linger-{self._run.session_id}")
 
