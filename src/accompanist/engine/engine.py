@@ -102,7 +102,7 @@ class Engine(Runs):
 
     async def _start_opened(self) -> None:
         self._started_at = time.time()
-        await self.transport.start(self.inbound.handle)
+        await self.transport.start(self.inbound.accept)
         if self.relay is not None:
             await self.relay.start()
             # Unfinished sessions resume side by side (their reads overlap), a bounded number

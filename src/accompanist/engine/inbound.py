@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -123,11 +124,24 @@ class Inbound:
         Raises:
             EnvelopeRejectedError: it is refused (``permanent`` when it can never be accepted).
         """
+        pending = self.accept(envelope)
+        if pending is not None:
+            await pending
+
+    def accept(self, envelope: Envelope) -> Awaitable[None] | None:
+        """:meth:`handle` as a transport handler (see ``transport.base.Handler``): None when the
+        envelope is accepted at once (a message for a running session in default mode), the
+        future of its durability when only that is awaited (fault-tolerant mode), a coroutine
+        otherwise (whatever needs the session's lock). So the common envelope costs no task.
+
+        Raises:
+            EnvelopeRejectedError: it is refused (``permanent`` when it can never be accepted).
+        """
         e = self._engine
         if envelope.kind == EnvelopeKind.HELLO:
             if e.relay is not None:
                 e.relay.wake(envelope.src)
-            return
+            return None
         if e.stopping:
             raise self._reject("stopping", f"role '{e.role}' is shutting down; retry", permanent=False)
         try:
@@ -135,37 +149,35 @@ class Inbound:
         except DefinitionError as exc:
             raise self._reject("invalid", str(exc), permanent=True) from None
         e.metrics.messages_received.inc()
-        sid = envelope.session_id
-        run = e.live.get(sid)
+        run = e.live.get(envelope.session_id)
         if run is not None and envelope.kind in _FAST and run.accepting:
             # A message (or 'done') for a running session: it is handed over now and made
             # durable with the session's next commit; the sender hears back after that commit.
             self._same_session(run.record, envelope)
             saved = run.unsaved.arrived(envelope) if e.durable else None
             self._offer(run, envelope)
-            await self._acknowledge(saved)
-            return
-        async with e.session_lock(sid):
-            saved = await self._locked(envelope, choreography)
-        await self._acknowledge(saved)  # outside the lock: the run's commit may need it
+            return None if saved is None else self._durable(saved)
+        return self._under_lock(envelope, choreography)
 
-    async def _acknowledge(self, saved: asyncio.Future[None] | None) -> None:
-        """Return (and so acknowledge) once the envelope is durable."""
-        if saved is None:
-            return
+    async def _under_lock(self, envelope: Envelope, choreography: Choreography) -> None:
+        async with self._engine.session_lock(envelope.session_id):
+            saved = await self._locked(envelope, choreography)
+        if saved is not None:  # outside the lock: the run's commit may need it
+            await self._durable(saved)
+
+    def _durable(self, saved: asyncio.Future[None]) -> asyncio.Future[None]:
+        """``saved`` (this envelope's own future, see ``Unsaved.arrived``), which ends refused
+        as ``slow`` if the envelope is not durable within ``deliver_timeout``."""
         if not saved.done():
-            # The future is this envelope's own (see Unsaved.arrived): the deadline may settle it.
-            expiry = asyncio.get_running_loop().call_later(self._engine.config.deliver_timeout, _too_slow, saved)
-            try:
-                await saved
-            except TimeoutError:
-                raise self._reject(
-                    "slow", "the envelope is not durable yet; deliver it again", permanent=False
-                ) from None
-            finally:
-                expiry.cancel()
-        else:
-            saved.result()  # raises why it could not be saved
+            expiry = asyncio.get_running_loop().call_later(self._engine.config.deliver_timeout, self._too_slow, saved)
+            saved.add_done_callback(lambda _: expiry.cancel())
+        return saved
+
+    def _too_slow(self, saved: asyncio.Future[None]) -> None:
+        if not saved.done():
+            saved.set_exception(
+                self._reject("slow", "the envelope is not durable yet; deliver it again", permanent=False)
+            )
 
     def _offer(self, run: SessionRun, envelope: Envelope) -> None:
         outcome.absorb(run, envelope)  # a 'done', alone or riding on the message
@@ -358,8 +370,3 @@ class Inbound:
             await outcome.decide_locked(e, stub, query.failure)
             if run is None and e.durable:
                 await e.activate(stub.record, choreography)
-
-
-def _too_slow(saved: asyncio.Future[None]) -> None:
-    if not saved.done():
-        saved.set_exception(TimeoutError())

@@ -12,10 +12,13 @@ from accompanist.envelope import Envelope
 
 __all__ = ["Handler", "Transport", "TransportStats"]
 
-Handler = Callable[[Envelope], Awaitable[None]]
-"""Accepts one incoming envelope. Returning means *accepted* (in fault-tolerant mode: safely in
-the inbox), so the transport acknowledges it; raising means *rejected*, and the transport
-answers the sender with the error's message (and counts it)."""
+Handler = Callable[[Envelope], Awaitable[None] | None]
+"""Accepts one incoming envelope. Returning None means *accepted now*; returning an awaitable
+(a coroutine, or a future the handler settles) means *accepted* when it completes (in
+fault-tolerant mode: once the envelope is safely in the inbox). Either way the transport then
+acknowledges it. Raising, at once or from the awaitable, means *rejected*: the transport
+answers the sender with the error's message (and counts it). A plain ``async def`` handler is
+the simple case; a handler that can often decide at once saves a task per envelope."""
 
 
 @dataclass

@@ -175,7 +175,9 @@ class MemoryTransport:
             return None  # stopped while the envelope was in flight: lost
         self.stats.received += 1
         try:
-            await handler(envelope)
+            pending = handler(envelope)
+            if pending is not None:
+                await pending
         except Exception as exc:
             self.stats.rejected[Reason.HANDLER.value] += 1
             return self._answer(FrameType.REJECT, reject_info(exc), envelope.auth)

@@ -26,7 +26,7 @@ import random
 import resource
 import ssl
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from accompanist.envelope import Envelope
@@ -367,8 +367,9 @@ class TcpTransport:
 
     def _dispatch(
         self, body: bytes, out: CoalescingWriter, lock: asyncio.Lock, peer: str, conn: Inbound | None = None
-    ) -> asyncio.Task[None] | None:
-        """Decode one frame and start its handler call (returned), or reject it (None).
+    ) -> asyncio.Future[None] | None:
+        """Decode one frame and hand it to the handler; return what settles when the handler is
+        done with it (a task, or the handler's own future), or None when that is already so.
 
         An envelope frame with ``corr`` 0 comes from a sender that does not wait (at most once):
         it gets no answer, not even a reject."""
@@ -401,50 +402,90 @@ class TcpTransport:
             if frame.corr:
                 self._reply(out, lock, Frame(FrameType.REJECT, frame.corr, info=info))
             return None
-        task = asyncio.create_task(self._handle(frame.corr, envelope, out, lock, peer))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-        return task
-
-    async def _handle(
-        self, corr: int, envelope: Envelope, out: CoalescingWriter, lock: asyncio.Lock, peer: str
-    ) -> None:
         assert self._handler is not None
         self.stats.received += 1
         link = self._links.get(envelope.src)
         if link is not None:
             link.peer_alive()
         try:
-            await self._handler(envelope)
+            pending = self._handler(envelope)
         except Exception as exc:
+            self._answer(frame.corr, envelope, exc, out, lock, peer)
+            return None
+        if pending is None:  # accepted at once: no task
+            self._answer(frame.corr, envelope, None, out, lock, peer)
+            return None
+        if isinstance(pending, asyncio.Future):  # settled by the handler: a callback, no task
+
+            def settled(done: asyncio.Future[None]) -> None:
+                exc = asyncio.CancelledError() if done.cancelled() else done.exception()
+                self._answer(frame.corr, envelope, exc, out, lock, peer)
+
+            pending.add_done_callback(settled)
+            return pending
+        task = asyncio.create_task(self._handle(frame.corr, envelope, pending, out, lock, peer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        return task
+
+    async def _handle(
+        self,
+        corr: int,
+        envelope: Envelope,
+        pending: Awaitable[None],
+        out: CoalescingWriter,
+        lock: asyncio.Lock,
+        peer: str,
+    ) -> None:
+        try:
+            await pending
+        except Exception as exc:
+            self._answer(corr, envelope, exc, out, lock, peer)
+        else:
+            self._answer(corr, envelope, None, out, lock, peer)
+
+    def _answer(
+        self,
+        corr: int,
+        envelope: Envelope,
+        exc: BaseException | None,
+        out: CoalescingWriter,
+        lock: asyncio.Lock,
+        peer: str,
+    ) -> None:
+        """Acknowledge (``exc`` None) or reject an envelope the handler is done with."""
+        if exc is None:
+            answer = Frame(FrameType.ACK, corr)
+        else:
             info = reject_info(exc)
             self._reject(Reason.HANDLER, peer, f"handler refused {envelope.key}: {info}")
             answer = Frame(FrameType.REJECT, corr, info=info)
-        else:
-            answer = Frame(FrameType.ACK, corr)
         if corr:  # 0: the sender did not wait for an answer
-            await self._reply_and_drain(out, lock, answer, envelope.auth)
+            self._write_answer(out, lock, answer, envelope.auth)
 
     def _reply(self, out: CoalescingWriter, lock: asyncio.Lock, frame: Frame) -> None:
-        task = asyncio.create_task(self._reply_and_drain(out, lock, frame))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+        self._write_answer(out, lock, frame)
 
-    async def _reply_and_drain(
-        self, out: CoalescingWriter, lock: asyncio.Lock, frame: Frame, key_id: str | None = None
-    ) -> None:
-        writer = out.writer
-        if writer.transport.is_closing():
+    def _write_answer(self, out: CoalescingWriter, lock: asyncio.Lock, frame: Frame, key_id: str | None = None) -> None:
+        """Queue an answer (it leaves with this event-loop turn's others); a connection whose
+        sender does not read its answers gets a task that waits for the socket."""
+        if out.writer.transport.is_closing():
             return  # the sender is gone; it will learn nothing and retry
         # Answers are tiny and never oversized; reject info is clipped to stay that way.
         if len(frame.info) > 1024:
             frame = Frame(frame.type, frame.corr, info=frame.info[:1024] + "...")
         out.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame, key_id=key_id))
         if out.buffered > WRITE_HIGH_WATER:
-            with contextlib.suppress(OSError, RuntimeError):
-                out.flush()
-                async with lock:
-                    await writer.drain()
+            task = asyncio.create_task(self._drain(out, lock))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    @staticmethod
+    async def _drain(out: CoalescingWriter, lock: asyncio.Lock) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            out.flush()
+            async with lock:
+                await out.writer.drain()
 
     def _tls_refused(self, exc: BaseException | None, peer: str) -> None:
         """Count (and log, rate-limited) an incoming TLS connection that failed or names no role."""
