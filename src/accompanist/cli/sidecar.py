@@ -20,7 +20,7 @@ _ENV = "ACCOMPANIST_"
 
 # The cyclic garbage collector's thresholds for a running sidecar (Python's default: 700, 10,
 # 10). See _tune_gc.
-GC_THRESHOLDS = (10_000, 20, 10)
+GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def _opt(env: str, help_text: str) -> Any:
@@ -144,13 +144,13 @@ async def _serve(cfg: Any) -> None:
             loop.add_signal_handler(sig, stop.set)
     sidecar = Sidecar(cfg)
     await sidecar.start()
-    _tune_gc()
     # One line on stdout that scripts and tests can wait for.
     print(
         f"accompanist sidecar ready role={cfg.role} "
         f"peer={_addr(sidecar.peer_address)} api={_addr(sidecar.api_address)}",
         flush=True,
     )
+    _tune_gc()
     await stop.wait()
     logging.getLogger("accompanist").info("stopping: finishing in-flight sessions")
     await sidecar.stop()
@@ -163,7 +163,7 @@ def _tune_gc() -> None:
     10-15% of a sidecar's CPU per session, most of it traversing, again and again, the objects
     created at start (modules, the app, the web server) that live as long as the process. They
     are frozen (moved where the collector never looks) once the sidecar is up, and the young
-    generation is collected every 10,000 allocations instead of every 700, so the many
+    generation is collected every 50,000 allocations instead of every 700, so the many
     short-lived objects of a session are mostly freed by reference counting before a
     collection looks at them. This sidecar process is ours to tune; an embedding application
     keeps its own settings.

@@ -61,6 +61,7 @@ __all__ = [
     "DONE_HEADER",
     "Park",
     "SessionRun",
+    "Signal",
     "StartRefused",
     "journal_name",
     "new_seed",
@@ -101,6 +102,33 @@ def journal_name(step: Step) -> str:
 def new_seed() -> bytes:
     """A session's random seed: ``ch.uuid`` and ``ch.random`` values are derived from it."""
     return os.urandom(16)
+
+
+class Signal:
+    """Something of the outcome round arrived (an ``asyncio.Event`` without its waiter queue:
+    only the run's own task ever waits on it, see :meth:`SessionRun.wait_for`)."""
+
+    __slots__ = ("flag", "waiter")
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        """Raise the flag and wake the waiting run."""
+        self.flag = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def is_set(self) -> bool:
+        """Whether something arrived since the run last looked."""
+        return self.flag
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _traceparent(session_id: str, role: str) -> str:
@@ -164,7 +192,7 @@ class SessionRun:
         self.starting: asyncio.Future[None] | None = None  # set by an API start: done once durable
         self.projected = False  # the projection ran (to its end or its failure) in this life
         # What the outcome round learned (filled from envelopes, live or from the inbox).
-        self.signal = asyncio.Event()
+        self.signal = Signal()
         self.arrivals = 0  # envelopes of the outcome round absorbed so far
         self.dones: dict[str, list[str]] = {}
         self.decision: Failure | None = None
@@ -230,10 +258,22 @@ class SessionRun:
         Raises:
             TimeoutError: not within ``timeout``.
         """
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self.signal.clear()
-                await self.signal.wait()
+        if condition():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        signal = self.signal
+        while not condition():
+            signal.flag = False
+            waiter: asyncio.Future[None] = loop.create_future()
+            signal.waiter = waiter
+            expiry = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                signal.waiter = None
+                if expiry is not None:
+                    expiry.cancel()
 
     # -- journal -----------------------------------------------------------------------------
     def _replayed(self, step: Step) -> bool:
