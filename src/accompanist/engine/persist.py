@@ -38,7 +38,7 @@ class StoreGuard:
         log: where outages and recoveries are logged (once each, not per try).
     """
 
-    def __init__(self, store: Store, retry_max: float, log: logging.Logger, lazy_interval: float = 0.1) -> None:
+    def __init__(self, store: Store, retry_max: float, log: logging.Logger, lazy_interval: float = 1.0) -> None:
         self.store = store
         self._retry_max = max(retry_max, _FIRST_DELAY)
         self._log = log

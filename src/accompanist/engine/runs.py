@@ -201,8 +201,9 @@ class Runs:
         write = batch or WriteBatch()
         write.sessions.append(msgspec.structs.replace(record))
         try:
-            if lazy and not run.unsaved.waiting:
+            if lazy and self.durable and not run.unsaved.waiting:
                 # Losing it costs nothing: the role asks for the outcome again (see the README).
+                # (Default mode's store is memory: there is no commit to save, it is written now.)
                 run.unsaved.take(write)
                 self.guard.defer(write)
                 await self.emit(sends)
