@@ -93,7 +93,8 @@ class Labelled:
 
     def labels(self, **values: str) -> Count:
         """The child for these label values (keep it to skip the lookup next time)."""
-        key = tuple(str(values[name]) for name in self.labelnames)
+        names = self.labelnames
+        key = (str(values[names[0]]),) if len(names) == 1 else tuple(str(values[name]) for name in names)
         child = self.children.get(key)
         if child is None:
             child = self.children[key] = self._make()

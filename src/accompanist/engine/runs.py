@@ -401,7 +401,10 @@ class Runs:
         """The run stops being in memory (its state, if any, is in the store); senders of
         envelopes it had not saved are told to deliver them again."""
         run.accepting = False
-        run.unsaved.fail(f"session {run.session_id} stopped at '{self.role}' before saving; deliver again")
+        waiting = run.unsaved.waiting  # (the message is only built for someone to read)
+        run.unsaved.fail(
+            f"session {run.session_id} stopped at '{self.role}' before saving; deliver again" if waiting else ""
+        )
         if self.live.get(run.session_id) is run:
             del self.live[run.session_id]
             if run.record.status in _AWAITING:

@@ -191,7 +191,8 @@ class Unsaved:
         self._batch = None
         self._sends = []
         savers, self._savers = self._savers, []
-        _fail(savers, EnvelopeRejectedError(why, code="stopping", permanent=False))
+        if savers:
+            _fail(savers, EnvelopeRejectedError(why, code="stopping", permanent=False))
         self._disarm()
 
     def _arm(self) -> None:
