@@ -27,7 +27,8 @@ from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
-from accompanist.engine.session import Park, SessionRun, StartRefused
+from accompanist.engine.session import SessionRun
+from accompanist.engine.signals import Park, StartRefused
 from accompanist.engine.status import check_transition
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
 from accompanist.errors import (
@@ -203,7 +204,6 @@ class Runs:
         try:
             if lazy and self.durable and not run.unsaved.waiting:
                 # Losing it costs nothing: the role asks for the outcome again (see the README).
-                # (Default mode's store is memory: there is no commit to save, it is written now.)
                 run.unsaved.take(write)
                 self.guard.defer(write)
                 await self.emit(sends)
@@ -401,10 +401,7 @@ class Runs:
         """The run stops being in memory (its state, if any, is in the store); senders of
         envelopes it had not saved are told to deliver them again."""
         run.accepting = False
-        waiting = run.unsaved.waiting  # (the message is only built for someone to read)
-        run.unsaved.fail(
-            f"session {run.session_id} stopped at '{self.role}' before saving; deliver again" if waiting else ""
-        )
+        run.unsaved.fail(self.role)
         if self.live.get(run.session_id) is run:
             del self.live[run.session_id]
             if run.record.status in _AWAITING:

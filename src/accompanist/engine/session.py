@@ -30,6 +30,7 @@ import msgspec
 from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
+from accompanist.engine.signals import Park, Signal, StartRefused, expire
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
 from accompanist.engine.unsaved import Unsaved
 from accompanist.envelope import Envelope
@@ -59,10 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOCK_HEADER",
     "DONE_HEADER",
-    "Park",
     "SessionRun",
-    "Signal",
-    "StartRefused",
     "journal_name",
     "new_seed",
 ]
@@ -75,23 +73,6 @@ CLOCK_HEADER = "accompanist-clock"
 """Header carrying the sender's Lamport time: commits are ordered causally across roles by it."""
 
 
-class Park(Exception):  # noqa: N818 - a signal, not an error
-    """The session waits without a task: a receive timed out in fault-tolerant mode.
-
-    Attributes:
-        awaited: ``(src, seq)`` of the envelope it waits for.
-    """
-
-    def __init__(self, what: str, awaited: tuple[str, int]) -> None:
-        self.awaited = awaited
-        super().__init__(what)
-
-
-class StartRefused(Exception):  # noqa: N818 - a signal, not an error
-    """A session started through the API could not be made durable before its first effect:
-    the start is refused (the caller hears why) and the run stops without a trace."""
-
-
 def journal_name(step: Step) -> str:
     """The name a step is journaled under; a replay must produce the same one."""
     if step.kind in (StepKind.SEND, StepKind.RECV):
@@ -102,33 +83,6 @@ def journal_name(step: Step) -> str:
 def new_seed() -> bytes:
     """A session's random seed: ``ch.uuid`` and ``ch.random`` values are derived from it."""
     return os.urandom(16)
-
-
-class Signal:
-    """Something of the outcome round arrived (an ``asyncio.Event`` without its waiter queue:
-    only the run's own task ever waits on it, see :meth:`SessionRun.wait_for`)."""
-
-    __slots__ = ("flag", "waiter")
-
-    def __init__(self) -> None:
-        self.flag = False
-        self.waiter: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        """Raise the flag and wake the waiting run."""
-        self.flag = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def is_set(self) -> bool:
-        """Whether something arrived since the run last looked."""
-        return self.flag
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _traceparent(session_id: str, role: str) -> str:
@@ -267,7 +221,7 @@ class SessionRun:
             signal.flag = False
             waiter: asyncio.Future[None] = loop.create_future()
             signal.waiter = waiter
-            expiry = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+            expiry = None if deadline is None else loop.call_at(deadline, expire, waiter)
             try:
                 await waiter
             finally:

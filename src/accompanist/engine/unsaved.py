@@ -186,12 +186,13 @@ class Unsaved:
                 future.set_result(None)
         await self._host.emit([*held, *sends])
 
-    def fail(self, why: str) -> None:
-        """The run stops with rows unsaved: their senders are told to deliver again."""
+    def fail(self, role: str) -> None:
+        """The run stops (at ``role``) with rows unsaved: their senders are told to deliver again."""
         self._batch = None
         self._sends = []
         savers, self._savers = self._savers, []
         if savers:
+            why = f"session {self._run.session_id} stopped at '{role}' before saving; deliver again"
             _fail(savers, EnvelopeRejectedError(why, code="stopping", permanent=False))
         self._disarm()
 

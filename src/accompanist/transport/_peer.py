@@ -206,6 +206,39 @@ class PeerLink:
         conn.out.write(data)
         return conn.out.buffered > WRITE_HIGH_WATER
 
+    def post(self, conn: _Connection, corr: int, data: bytes, limit: float, why: str) -> asyncio.Future[None]:
+        """Write one encoded envelope frame now; the returned future ends with its answer (an
+        ack, a reject, a lost connection, or ``why`` after ``limit`` seconds). A socket that
+        has too much unsent already makes it a task that first waits for the socket."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[None] = loop.create_future()
+        try:
+            drain = self.write(conn, data)
+        except TransportError as exc:
+            answer.set_exception(exc)
+            return answer
+        conn.pending[corr] = answer
+        self._cfg.stats.sent += 1
+        expiry = loop.call_later(limit, _give_up, answer, why)
+
+        def settled(_: asyncio.Future[None]) -> None:
+            expiry.cancel()
+            conn.pending.pop(corr, None)
+
+        answer.add_done_callback(settled)
+        if drain:
+            return asyncio.ensure_future(self._drained_then(conn, answer))
+        return answer
+
+    async def _drained_then(self, conn: _Connection, answer: asyncio.Future[None]) -> None:
+        try:
+            await self.drain(conn)
+        except BaseException:
+            if not answer.done():
+                answer.cancel()
+            raise
+        await answer
+
     async def drain(self, conn: _Connection) -> None:
         """Wait until the socket took most of what was written (backpressure on senders).
 
@@ -314,3 +347,8 @@ class PeerLink:
             await asyncio.gather(task, return_exceptions=True)
         with contextlib.suppress(OSError):  # includes ssl.SSLError
             await conn.writer.wait_closed()
+
+
+def _give_up(answer: asyncio.Future[None], why: str) -> None:
+    if not answer.done():
+        answer.set_exception(TransportError(why))

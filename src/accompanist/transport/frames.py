@@ -46,6 +46,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "read_length",
+    "readable_corr",
     "reject_info",
     "rejected",
 ]
@@ -307,6 +308,16 @@ def decode_frame(data: bytes, *, ring: KeyRing | None = None, max_frame: int = D
     if len(body) > length:
         raise InvalidFrameError(Reason.INVALID, f"{len(body) - length} bytes after the frame")
     return decode_body(body, ring=ring)
+
+
+def readable_corr(body: bytes) -> int | None:
+    """The corr id of an envelope frame that failed authentication, if it can be read at all
+    (the sender is then told why, unless it waits for no answer)."""
+    try:
+        frame = decode_body(body)
+    except InvalidFrameError:
+        return None
+    return frame.corr if frame.type == FrameType.ENVELOPE else None
 
 
 _REJECT_CODE: Final = re.compile(r"^\[([a-z][a-z0-9-]{0,39})(!?)\] ")

@@ -20,19 +20,17 @@ sent a verified frame may make it buffer. Each refusal is counted in ``stats.clo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import resource
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Mapping
-from typing import Any
 
 from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, FrameError, TransportError
-from accompanist.transport._coalesce import CoalescingWriter
-from accompanist.transport._peer import WRITE_HIGH_WATER, LinkConfig, PeerLink
+from accompanist.transport._answers import Answers
+from accompanist.transport._peer import LinkConfig, PeerLink
 from accompanist.transport._throttle import LogThrottle
 from accompanist.transport._tls_accept import TlsListener
 from accompanist.transport.base import Handler, TransportStats
@@ -48,6 +46,7 @@ from accompanist.transport.frames import (
     decode_body,
     encode_frame,
     read_length,
+    readable_corr,
     reject_info,
 )
 from accompanist.transport.limits import FIRST, FRAME, IDLE, CloseReason, Inbound, PeerLimits
@@ -311,8 +310,7 @@ class TcpTransport:
         self._per_address[address] += 1
         self.stats.connections += 1
         busy = asyncio.Semaphore(self._max_concurrency)
-        write_lock = asyncio.Lock()
-        out = CoalescingWriter(writer, loop)  # answers of one event-loop turn leave together
+        answers = Answers(writer, self._ring, self._max_frame, self._handlers)
 
         def handled(_: object) -> None:
             conn.inflight -= 1
@@ -338,7 +336,7 @@ class TcpTransport:
                 conn.phase = IDLE
                 conn.deadline = loop.time() + lim.idle_timeout
                 await busy.acquire()
-                handling = self._dispatch(body, out, write_lock, peer, conn)
+                handling = self._dispatch(body, answers, peer, conn)
                 if handling is None:
                     busy.release()
                 else:
@@ -362,11 +360,11 @@ class TcpTransport:
             if self._per_address[address] <= 0:
                 del self._per_address[address]
             self.stats.connections -= 1
-            out.flush()  # answers queued in this turn still leave before the close
+            answers.out.flush()  # answers queued in this turn still leave before the close
             writer.close()
 
     def _dispatch(
-        self, body: bytes, out: CoalescingWriter, lock: asyncio.Lock, peer: str, conn: Inbound | None = None
+        self, body: bytes, answers: Answers, peer: str, conn: Inbound | None = None
     ) -> asyncio.Future[None] | None:
         """Decode one frame and hand it to the handler; return what settles when the handler is
         done with it (a task, or the handler's own future), or None when that is already so.
@@ -379,9 +377,9 @@ class TcpTransport:
                 conn.authenticated = True  # its MAC verified under our key ring
         except InvalidFrameError as exc:
             self._reject(exc.reason, peer, exc.detail)
-            corr = _readable_corr(body)
+            corr = readable_corr(body)
             if corr:
-                self._reply(out, lock, Frame(FrameType.REJECT, corr, info=str(exc)))
+                answers.send(Frame(FrameType.REJECT, corr, info=str(exc)))
             return None
         envelope = frame.envelope
         if frame.type != FrameType.ENVELOPE or envelope is None:
@@ -391,7 +389,7 @@ class TcpTransport:
             info = f"envelope for role '{envelope.dst}' reached role '{self.role}' (misconfigured peer address?)"
             self._reject(Reason.WRONG_DST, peer, info)
             if frame.corr:
-                self._reply(out, lock, Frame(FrameType.REJECT, frame.corr, info=info))
+                answers.send(Frame(FrameType.REJECT, frame.corr, info=info))
             return None
         if conn is not None and conn.roles is not None and envelope.src not in conn.roles:
             info = (
@@ -400,7 +398,7 @@ class TcpTransport:
             )
             self._reject(Reason.WRONG_SRC, peer, info)
             if frame.corr:
-                self._reply(out, lock, Frame(FrameType.REJECT, frame.corr, info=info))
+                answers.send(Frame(FrameType.REJECT, frame.corr, info=info))
             return None
         assert self._handler is not None
         self.stats.received += 1
@@ -410,49 +408,35 @@ class TcpTransport:
         try:
             pending = self._handler(envelope)
         except Exception as exc:
-            self._answer(frame.corr, envelope, exc, out, lock, peer)
+            self._answer(frame.corr, envelope, exc, answers, peer)
             return None
         if pending is None:  # accepted at once: no task
-            self._answer(frame.corr, envelope, None, out, lock, peer)
+            self._answer(frame.corr, envelope, None, answers, peer)
             return None
         if isinstance(pending, asyncio.Future):  # settled by the handler: a callback, no task
 
             def settled(done: asyncio.Future[None]) -> None:
                 exc = asyncio.CancelledError() if done.cancelled() else done.exception()
-                self._answer(frame.corr, envelope, exc, out, lock, peer)
+                self._answer(frame.corr, envelope, exc, answers, peer)
 
             pending.add_done_callback(settled)
             return pending
-        task = asyncio.create_task(self._handle(frame.corr, envelope, pending, out, lock, peer))
+        task = asyncio.create_task(self._handle(frame.corr, envelope, pending, answers, peer))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
         return task
 
     async def _handle(
-        self,
-        corr: int,
-        envelope: Envelope,
-        pending: Awaitable[None],
-        out: CoalescingWriter,
-        lock: asyncio.Lock,
-        peer: str,
+        self, corr: int, envelope: Envelope, pending: Awaitable[None], answers: Answers, peer: str
     ) -> None:
         try:
             await pending
         except Exception as exc:
-            self._answer(corr, envelope, exc, out, lock, peer)
+            self._answer(corr, envelope, exc, answers, peer)
         else:
-            self._answer(corr, envelope, None, out, lock, peer)
+            self._answer(corr, envelope, None, answers, peer)
 
-    def _answer(
-        self,
-        corr: int,
-        envelope: Envelope,
-        exc: BaseException | None,
-        out: CoalescingWriter,
-        lock: asyncio.Lock,
-        peer: str,
-    ) -> None:
+    def _answer(self, corr: int, envelope: Envelope, exc: BaseException | None, answers: Answers, peer: str) -> None:
         """Acknowledge (``exc`` None) or reject an envelope the handler is done with."""
         if exc is None:
             answer = Frame(FrameType.ACK, corr)
@@ -461,31 +445,7 @@ class TcpTransport:
             self._reject(Reason.HANDLER, peer, f"handler refused {envelope.key}: {info}")
             answer = Frame(FrameType.REJECT, corr, info=info)
         if corr:  # 0: the sender did not wait for an answer
-            self._write_answer(out, lock, answer, envelope.auth)
-
-    def _reply(self, out: CoalescingWriter, lock: asyncio.Lock, frame: Frame) -> None:
-        self._write_answer(out, lock, frame)
-
-    def _write_answer(self, out: CoalescingWriter, lock: asyncio.Lock, frame: Frame, key_id: str | None = None) -> None:
-        """Queue an answer (it leaves with this event-loop turn's others); a connection whose
-        sender does not read its answers gets a task that waits for the socket."""
-        if out.writer.transport.is_closing():
-            return  # the sender is gone; it will learn nothing and retry
-        # Answers are tiny and never oversized; reject info is clipped to stay that way.
-        if len(frame.info) > 1024:
-            frame = Frame(frame.type, frame.corr, info=frame.info[:1024] + "...")
-        out.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame, key_id=key_id))
-        if out.buffered > WRITE_HIGH_WATER:
-            task = asyncio.create_task(self._drain(out, lock))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
-
-    @staticmethod
-    async def _drain(out: CoalescingWriter, lock: asyncio.Lock) -> None:
-        with contextlib.suppress(OSError, RuntimeError):
-            out.flush()
-            async with lock:
-                await out.writer.drain()
+            answers.send(answer, envelope.auth)
 
     def _tls_refused(self, exc: BaseException | None, peer: str) -> None:
         """Count (and log, rate-limited) an incoming TLS connection that failed or names no role."""
@@ -566,33 +526,20 @@ class TcpTransport:
         resolves: no task, no coroutine. Otherwise (connecting, backing off) it runs
         :meth:`send` in a task.
         """
-        loop = asyncio.get_running_loop()
         link = self._links.get(envelope.dst)
         conn = link.live() if link is not None and not self._closed else None
         if link is None or conn is None:
             return asyncio.ensure_future(self.send(envelope, wait=True, timeout=timeout))
         limit = self._send_timeout if timeout is None else timeout
-        answer: asyncio.Future[None] = loop.create_future()
         corr = link.next_corr()
         try:
             data = encode_frame(Frame(FrameType.ENVELOPE, corr, envelope), ring=self._ring, max_frame=self._max_frame)
-            drain = link.write(conn, data)
-        except (FrameError, TransportError) as exc:
-            answer.set_exception(exc)
-            return answer
-        conn.pending[corr] = answer
-        self.stats.sent += 1
+        except FrameError as exc:
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
         why = f"no answer from role '{envelope.dst}' for envelope {envelope.key} within {limit:g}s"
-        expiry = loop.call_later(limit, _give_up, answer, why)
-
-        def settled(_: asyncio.Future[None]) -> None:
-            expiry.cancel()
-            conn.pending.pop(corr, None)
-
-        answer.add_done_callback(settled)
-        if drain:  # a full socket: the answer is awaited after the frame is taken
-            return asyncio.ensure_future(_drained_then(link, conn, answer))
-        return answer
+        return link.post(conn, corr, data, limit, why)
 
     def _link(self, role: str) -> PeerLink:
         link = self._links.get(role)
@@ -633,21 +580,6 @@ def _expire(answer: asyncio.Future[None]) -> None:
         answer.set_exception(TimeoutError())
 
 
-def _give_up(answer: asyncio.Future[None], why: str) -> None:
-    if not answer.done():
-        answer.set_exception(TransportError(why))
-
-
-async def _drained_then(link: PeerLink, conn: Any, answer: asyncio.Future[None]) -> None:
-    try:
-        await link.drain(conn)
-    except BaseException:
-        if not answer.done():
-            answer.cancel()
-        raise
-    await answer
-
-
 def _peername(writer: asyncio.StreamWriter) -> str:
     name = writer.get_extra_info("peername")
     if isinstance(name, tuple) and len(name) >= 2:
@@ -660,12 +592,3 @@ def _peerhost(writer: asyncio.StreamWriter) -> str:
     if isinstance(name, tuple) and name:
         return str(name[0])
     return str(name)
-
-
-def _readable_corr(body: bytes) -> int | None:
-    """The corr id of an envelope frame that failed authentication, if it can be read at all."""
-    try:
-        frame = decode_body(body)
-    except InvalidFrameError:
-        return None
-    return frame.corr if frame.type == FrameType.ENVELOPE else None
