@@ -4,8 +4,9 @@ Why: a ``write`` on a loopback (or any) TCP socket is a system call, and on the 
 machine a wake-up; the installed event loops (asyncio's and uvloop's) try to send at once on
 every ``write``. Under load a sidecar answers many envelopes and sends many more on the same
 connection within one turn of its event loop, so collecting them and writing them together
-(``writelines``: one ``writev``) costs one system call instead of one per frame, and adds no
-latency: the frames leave before the loop next waits for I/O.
+(``writelines``: one ``writev``) costs one system call instead of one per frame. The first
+frame of a turn still leaves at once: a session alone on the line (one token through a chain)
+must not wait for whatever else its task does before it next yields.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ class CoalescingWriter:
         self._scheduled = False
 
     def write(self, data: bytes) -> None:
-        """Queue one encoded frame; it is written with the others of this turn."""
-        self._frames.append(data)
-        self._size += len(data)
+        """Write one encoded frame: the first of this turn at once (a lone envelope waits for
+        nothing), the ones after it with the rest of the turn's, in one system call."""
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
+            if not self._frames and not self.writer.transport.is_closing():
+                self.writer.write(data)
+                return
+        self._frames.append(data)
+        self._size += len(data)
 
     def flush(self) -> None:
         """Hand everything queued to the socket now (one system call). A closed connection

@@ -20,12 +20,13 @@ sent a verified frame may make it buffer. Each refusal is counted in ``stats.clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import resource
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 
 from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, FrameError, TransportError
@@ -312,9 +313,12 @@ class TcpTransport:
         busy = asyncio.Semaphore(self._max_concurrency)
         answers = Answers(writer, self._ring, self._max_frame, self._handlers)
 
-        def handled(_: object) -> None:
+        handling_now: set[asyncio.Future[None]] = set()
+
+        def handled(done: asyncio.Future[None]) -> None:
             conn.inflight -= 1
             busy.release()
+            handling_now.discard(done)
 
         try:
             while True:
@@ -341,10 +345,14 @@ class TcpTransport:
                     busy.release()
                 else:
                     conn.inflight += 1
+                    handling_now.add(handling)
                     handling.add_done_callback(handled)
         except asyncio.IncompleteReadError as exc:
             if exc.partial and conn.reason is None:  # a clean close between frames is not an error
                 self._reject(Reason.TRUNCATED, peer, f"connection closed {len(exc.partial)} bytes into a frame")
+            elif handling_now:  # the sender is done sending, not reading: its answers still go out
+                with contextlib.suppress(asyncio.CancelledError):  # close(): see below
+                    await asyncio.wait(set(handling_now), timeout=lim.frame_timeout)
         except InvalidFrameError as exc:  # bad length prefix: frame boundaries are lost
             self._reject(exc.reason, peer, f"{exc.detail}; closing the connection")
         except (OSError, ssl.SSLError) as exc:
@@ -414,27 +422,18 @@ class TcpTransport:
             self._answer(frame.corr, envelope, None, answers, peer)
             return None
         if isinstance(pending, asyncio.Future):  # settled by the handler: a callback, no task
+            settling: asyncio.Future[None] = pending
+        else:  # a coroutine: it runs as a task of its own (cancelled when the transport closes)
+            settling = asyncio.ensure_future(pending)
+            self._handlers.add(settling)
+            settling.add_done_callback(self._handlers.discard)
 
-            def settled(done: asyncio.Future[None]) -> None:
-                exc = asyncio.CancelledError() if done.cancelled() else done.exception()
-                self._answer(frame.corr, envelope, exc, answers, peer)
+        def settled(done: asyncio.Future[None]) -> None:
+            if not done.cancelled():  # cancelled: the transport closes; the sender retries
+                self._answer(frame.corr, envelope, done.exception(), answers, peer)
 
-            pending.add_done_callback(settled)
-            return pending
-        task = asyncio.create_task(self._handle(frame.corr, envelope, pending, answers, peer))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-        return task
-
-    async def _handle(
-        self, corr: int, envelope: Envelope, pending: Awaitable[None], answers: Answers, peer: str
-    ) -> None:
-        try:
-            await pending
-        except Exception as exc:
-            self._answer(corr, envelope, exc, answers, peer)
-        else:
-            self._answer(corr, envelope, None, answers, peer)
+        settling.add_done_callback(settled)
+        return settling
 
     def _answer(self, corr: int, envelope: Envelope, exc: BaseException | None, answers: Answers, peer: str) -> None:
         """Acknowledge (``exc`` None) or reject an envelope the handler is done with."""
