@@ -1,169 +1,204 @@
-"""Recovery after a crash: how long a fault-tolerant sidecar takes to replay N unfinished
-sessions after a SIGKILL, and how fast they then finish.
+"""Recovery after an outage (the Java original's recovery benchmark): orders arrive open loop at
+5 per second for 120 s; in the middle the payment service and what serves it (Accompanist's
+payment sidecar, Temporal's payment activity worker) are SIGKILLed and stay down for 30 s.
 
-Why: a sidecar that crashes under load comes back with every session it was in; until it has
-replayed them it serves nobody. Two sidecars (``start`` and ``s1`` of ``chainapp.held``) on
-SQLite ``synchronous=FULL``; N sessions run until ``s1`` has called its service and waits
-for ``start``'s second message (``start`` waits at a gate). Then ``s1`` is SIGKILLed and
-started again on the same store:
+Why: a saga runtime earns its keep when a participant is down. What matters then is that no
+order is lost or applied twice, and how soon after the participant's return the orders that
+arrived during the outage complete (the Java original took 19-85 s, Temporal 4-17 s there).
 
-- ``healthy_s``: from the restart until ``/healthz`` answers 200 (every unfinished session
-  loaded and its replay under way: the API opens once recovery is done);
-- ``replayed_s``: until ``accompanist_replays_total`` counts all N;
-- ``drained_s``: after the gate opens, until all N sessions completed at the initiator, with
-  the right result each (so each replay really got back to where it was).
+For each system (its own three services, ``sagasystems.py``; the same orders; none declined):
+
+- ``orders``: placed, ``completed``: ended ``completed`` (after the load, the benchmark waits
+  for stragglers up to a deadline);
+- ``duplicates``: (order, step) pairs with more than one row in the services' databases (an
+  effect applied twice); ``verified``: every order's effects are exactly one reservation,
+  charge and shipment;
+- ``recovery_s``: from the payment service's return (it and its sidecar/worker answer again)
+  until every order that arrived during the outage (the *outage cohort*) completed;
+  ``restart_to_ready_s`` is how long the processes took to start, and
+  ``recovery_from_restart_s`` the sum (from the moment they were started again).
+
+``--quick``: 30 s of load with a 7.5 s outage (the same proportions).
 
 Usage::
 
-    python benchmarks/recovery.py [--sessions 10000] [--quick]
+    python benchmarks/recovery.py [--quick] [--json PATH] [--duration 120] [--outage 30] [--rate 5]
 
-Writes ``benchmarks/results/recovery.json``.
+Writes ``benchmarks/results/recovery.json`` and ``recovery.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
-import platform
-import re
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "benchmarks")]
+import harness  # noqa: E402
+from sagaload import make_orders  # noqa: E402
+from sagaservices import check_orders  # noqa: E402
+from sagasystems import System, make_system  # noqa: E402
 
-from examples.warehouse.cluster import Proc, free_port, wait_healthy  # noqa: E402
+__all__ = ["ROW_KEYS", "main", "run"]
 
-__all__ = ["main"]
-
-RESULTS = ROOT / "benchmarks" / "results"
-PARTS = str(ROOT / "benchmarks" / "chainparts.py")
-_REPLAYS = re.compile(rb"^accompanist_replays_total (\S+)$", re.MULTILINE)
-_LIVE = re.compile(rb"^accompanist_sessions_live (\S+)$", re.MULTILINE)
+ROW_KEYS = ("system", "orders", "completed", "duplicates", "recovery_s")
+SYSTEMS = ("accompanist", "temporal")
 
 
-def _progress(text: str) -> None:
-    print(f"\r[recovery] {text:<90}", end="", file=sys.stderr, flush=True)
-
-
-async def _metric(http: aiohttp.ClientSession, api: str, pattern: re.Pattern[bytes]) -> float:
+async def _one(name: str, args: Any, workdir: Path, tick: harness.Ticker) -> dict[str, Any]:
+    system: System | None = None
     try:
-        async with http.get(f"{api}/metrics") as r:
-            match = pattern.search(await r.read())
-    except (aiohttp.ClientError, TimeoutError):
-        return -1.0
-    return float(match.group(1)) if match else 0.0
+        for attempt in range(3):
+            system = make_system(name, workdir / f"{name}-{attempt}")
+            tick(f"{name}: starting")
+            try:
+                await system.start()
+                break
+            except RuntimeError as exc:
+                await system.stop()
+                system = None
+                if attempt == 2 or not harness.bind_clash(exc):  # a port taken meanwhile: again
+                    raise
+        assert system is not None
+        orders = make_orders(f"r-{name}", 0, int(args.duration * args.rate), fail_every=0)
+        warm = make_orders(f"w-{name}", 0, 10, fail_every=0)
+        await system.run(warm, 2)
+        t0 = time.time() + 0.5
+        down_at = t0 + (args.duration - args.outage) / 2
+        events: dict[str, float] = {}
 
+        async def outage() -> None:
+            await asyncio.sleep(max(0.0, down_at - time.time()))
+            assert system is not None
+            await system.kill_payment()
+            events["down"] = time.time()
+            await asyncio.sleep(max(0.0, down_at + args.outage - time.time()))
+            events["restart"] = time.time()
+            await system.restart_payment()
+            events["ready"] = time.time()
 
-async def _run(n: int, workdir: Path) -> dict[str, Any]:
-    gate = workdir / "gate"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "benchmarks")]),
-        "CHAIN_GATE": str(gate),
-    }
-    service_port = free_port()
-    service = Proc("service", [sys.executable, PARTS, "service", str(service_port)], env, workdir / "service.log", "")
-    listen = {"start": free_port(), "s1": free_port()}
-    procs: dict[str, Proc] = {}
-    for role, other in (("start", "s1"), ("s1", "start")):
-        api = free_port()
-        command = [
-            sys.executable, "-m", "accompanist", "sidecar", "--app", "chainapp:app", "--role", role,
-            "--listen", f"127.0.0.1:{listen[role]}", "--api", f"127.0.0.1:{api}", "--log-level", "WARNING",
-            "--peer", f"{other}=127.0.0.1:{listen[other]}", "--mode", "fault-tolerant",
-            "--store", f"sqlite:///{workdir / f'{role}.db'}", "--receive-timeout", "3600",
-            "--max-inflight", str(2 * n + 100),
-        ]  # fmt: skip
-        role_env = {**env, "CHAIN_SERVICE_PORT": str(service_port)}
-        procs[role] = Proc(role, command, role_env, workdir / f"{role}.log", f"http://127.0.0.1:{api}", cwd=workdir)
-    service.start()
-    for proc in procs.values():
-        proc.start()
-    results: dict[str, Any] = {"sessions": n}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
-            for proc in procs.values():
-                await wait_healthy(http, proc, 60)
-            start_api, s1_api = procs["start"].health, procs["s1"].health
-            ids: list[tuple[str, int]] = []
-            values = iter(range(n))
-
-            async def place() -> None:
-                for value in values:
-                    body = {"choreography": "held", "args": [value]}
-                    async with http.post(f"{start_api}/sessions?wait=false", json=body) as r:
-                        answer = await r.json()
-                        if r.status != 202:
-                            raise RuntimeError(f"start refused: {r.status} {answer}")
-                    ids.append((answer["session_id"], value))
-                    if len(ids) % 250 == 0:
-                        _progress(f"starting sessions: {len(ids)}/{n}")
-
-            began = time.perf_counter()
-            await asyncio.gather(*(place() for _ in range(32)))
-            results["start_s"] = time.perf_counter() - began
-            while (live := await _metric(http, s1_api, _LIVE)) < n:
-                _progress(f"waiting for s1 to hold every session: {live:.0f}/{n}")
+        async def clock() -> None:
+            end = t0 + args.duration
+            while (now := time.time()) < end + args.drain:
+                phase = "load" if now < end else "waiting for stragglers"
+                if "down" in events and "ready" not in events:
+                    phase += ", payment DOWN"
+                tick(f"{name}: {phase}", total=args.duration)
+                tick(advance=min(args.duration, max(0.0, now - t0)))
                 await asyncio.sleep(0.5)
-            await asyncio.sleep(1.0)  # the last inbox and journal rows ride on a lingering commit
-            _progress(f"SIGKILL s1 with {n} unfinished sessions, and start it again")
-            procs["s1"].kill()
-            began = time.perf_counter()
-            procs["s1"].start()
-            await wait_healthy(http, procs["s1"], 600)
-            results["healthy_s"] = time.perf_counter() - began
-            while (replayed := await _metric(http, s1_api, _REPLAYS)) < n:
-                _progress(f"replaying: {replayed:.0f}/{n}")
-                await asyncio.sleep(0.1)
-            results["replayed_s"] = time.perf_counter() - began
-            gate.touch()
-            began = time.perf_counter()
-            while (live := await _metric(http, start_api, _LIVE)) != 0:
-                _progress(f"gate open: {live:.0f} sessions still running at start")
-                await asyncio.sleep(0.1)
-            drained = time.perf_counter() - began
-            checks = iter(ids)
 
-            async def check() -> None:
-                for sid, value in checks:
-                    async with http.get(f"{start_api}/sessions/{sid}") as r:
-                        record = await r.json()
-                    if record.get("status") != "completed" or record["result"] != 2 * value + 2:
-                        raise RuntimeError(f"session {sid} ended {record}, expected completed with {2 * value + 2}")
-
-            await asyncio.gather(*(check() for _ in range(16)))
-            results["drained_s"] = drained
-            results["replays_counted"] = await _metric(http, s1_api, _REPLAYS)
+        ticker = asyncio.create_task(clock())
+        try:
+            load = system.run_open(orders, args.rate, t0, args.duration + args.drain + 60)
+            result, _ = await asyncio.gather(load, outage())
+        finally:
+            ticker.cancel()
+        timeline: dict[str, list[Any]] = result["timeline"]
+        tick(f"{name}: checking every order in the services' databases")
+        outcomes = {oid: str(status) for oid, (_, _, status) in timeline.items()}
+        check = check_orders(system.services.dbs, outcomes, orders)
+        cohort = [v for v in timeline.values() if events["down"] <= v[0] < events["restart"]]
+        done = [v for v in cohort if v[2] == "completed"]
+        last = max((v[1] for v in done), default=float("nan"))
+        lat = [v[1] - v[0] for v in timeline.values() if v[2] == "completed"]
+        calm = [v[1] - v[0] for v in timeline.values() if v[2] == "completed" and v[0] < events["down"]]
+        return {
+            "system": name,
+            "orders": len(orders),
+            "completed": sum(1 for v in timeline.values() if v[2] == "completed"),
+            "duplicates": check["duplicates"],
+            "recovery_s": round(last - events["ready"], 2) if len(done) == len(cohort) else None,
+            "recovery_from_restart_s": round(last - events["restart"], 2) if len(done) == len(cohort) else None,
+            "restart_to_ready_s": round(events["ready"] - events["restart"], 2),
+            "outage_cohort": len(cohort),
+            "outage_cohort_completed": len(done),
+            "outage_s": round(events["restart"] - events["down"], 2),
+            "verified": check["verified"],
+            "service_repeats": check["repeats"],
+            "p50_before_outage_ms": round(statistics.median(calm) * 1000, 1) if calm else None,
+            "max_latency_s": round(max(lat), 2) if lat else None,
+            **({"problems": check["problems"]} if check["problems"] else {}),
+            "timeline": [[round(v[0] - t0, 3), round(v[1] - v[0], 3), v[2] == "completed"] for v in timeline.values()],
+            "events": {k: round(v - t0, 3) for k, v in events.items()},
+        }
+    except Exception as exc:
+        return {"system": name, "error": harness.error_text(exc)}
     finally:
-        print(file=sys.stderr)
-        await asyncio.gather(*(p.terminate(10) for p in procs.values()), service.terminate(5))
-    return results
+        if system is not None:
+            try:
+                await system.stop()
+            except Exception as exc:
+                print(f"while stopping {name}: {harness.error_text(exc)}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and write its results."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sessions", type=int, default=10_000)
-    parser.add_argument("--quick", action="store_true", help="2,000 sessions")
+async def _measure(args: Any, workdir: Path, tick: harness.Ticker) -> list[dict[str, Any]]:
+    return [await _one(name, args, workdir, tick) for name in args.systems]
+
+
+def _plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data["rows"] if "timeline" in r]
+    fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(6 * max(1, len(rows)), 4.2), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=False):
+        xs = [t[0] for t in row["timeline"]]
+        ys = [t[1] for t in row["timeline"]]
+        colors = ["tab:blue" if t[2] else "tab:red" for t in row["timeline"]]
+        ax.scatter(xs, ys, s=6, c=colors)
+        ev = row["events"]
+        ax.axvspan(ev["down"], ev["ready"], color="tab:red", alpha=0.12, label="payment down")
+        rec = row["recovery_s"]
+        ax.set_title(
+            f"{row['system']}: {row['completed']}/{row['orders']} completed, cohort done {rec} s after return",
+            fontsize=10,
+        )
+        ax.set_xlabel("order placed at, s")
+        ax.set_ylabel("latency, s")
+        ax.legend(fontsize=8)
+    fig.suptitle("recovery after a 'payment' outage: open loop")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, measure, write the JSON and the plot; return what was written."""
+    parser = harness.parser(__doc__, "recovery")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
+    parser.add_argument("--outage", type=float, default=30.0, help="seconds payment is down, in the middle")
+    parser.add_argument("--rate", type=float, default=5.0, help="orders per second, open loop")
+    parser.add_argument("--drain", type=float, default=90.0, help="seconds to wait for stragglers after the load")
     args = parser.parse_args(argv)
-    n = 2000 if args.quick else args.sessions
-    with tempfile.TemporaryDirectory(prefix="recovery-bench-") as tmp:
-        data = asyncio.run(_run(n, Path(tmp)))
-    data["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "recovery.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(
-        f"{n} unfinished sessions: healthy {data['healthy_s']:.2f} s after the restart, all replayed "
-        f"{data['replayed_s']:.2f} s, then all completed in {data['drained_s']:.2f} s"
+    if args.quick:
+        args.duration, args.outage, args.drain = 30.0, 7.5, 45.0
+    started = harness.machine()
+    with harness.progress("recovery") as tick, tempfile.TemporaryDirectory(prefix="recovery-bench-") as tmp:
+        rows = asyncio.run(_measure(args, Path(tmp), tick))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    data = harness.write_results(
+        "recovery", rows, path=args.json, extra={"settings": settings}, plot=_plot, started=started
     )
+    for row in rows:
+        if "error" in row:
+            print(f"{row['system']:<12} error: {row['error']}")
+            continue
+        print(
+            f"{row['system']:<12} {row['completed']}/{row['orders']} completed, {row['duplicates']} duplicates, "
+            f"outage cohort {row['outage_cohort_completed']}/{row['outage_cohort']} done "
+            f"{row['recovery_s']} s after payment was back ({row['recovery_from_restart_s']} s after the "
+            f"restart; starting took {row['restart_to_ready_s']} s), verified={row['verified']}"
+        )
+    return data
+
+
+def main() -> None:
+    run()
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ from examples.bank_transfer import Ledger, make_transfer
 from examples.bookseller import bookseller
 from examples.diffie_hellman import group_key_exchange
 from examples.merge_sort import merge_sort, sort_remotely
+from examples.travel import Cars, Flights, Hotels, make_trip
 
-__all__ = ["BANK_A", "BANK_B", "app"]
+__all__ = ["BANK_A", "BANK_B", "CARS", "FLIGHTS", "HOTELS", "app"]
 
 BANK_A = Ledger({"alice": 1_000_000})
 BANK_B = Ledger({"bob": 0})
+FLIGHTS, HOTELS, CARS = Flights(seats=100), Hotels(), Cars(per_city=1)  # each in its own role's sidecar
 
 app = ac.App(
     bookseller,
@@ -27,4 +29,5 @@ app = ac.App(
     make_transfer(BANK_A, BANK_B, source="alice", target="bob"),
     merge_sort,
     sort_remotely,
+    make_trip(FLIGHTS, HOTELS, CARS),
 )

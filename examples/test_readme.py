@@ -83,7 +83,7 @@ def test_quick_start_commands_are_the_ones_we_test() -> None:
     quick = section("Quick start")
     installs = re.findall(r"^pip install (.+?) && (.+)$", quick, re.MULTILINE)
     assert installs == [
-        ("-e .", "python -m examples.warehouse.demo"),  # run by tests/integration/test_warehouse.py
+        ("'.[demo]'", "accompanist demo"),  # run by tests/demo/test_demo_command.py, also from the built wheel
         ("-e '.[test]'", "python -m pytest"),  # what .ci/run runs
         ("-e .", "accompanist check examples.bookseller:bookseller SICP"),
     ]

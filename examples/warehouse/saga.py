@@ -19,7 +19,6 @@ the order, the same on every retry and replay.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
@@ -65,29 +64,25 @@ _DEFAULT_URL = {
 
 
 class _Client:
-    """One aiohttp session per process (per event loop), created on first use and reused."""
+    """The role's aiohttp session: opened by the app's startup hook, closed by its shutdown hook."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closer: asyncio.Task[None] | None = None
+
+    async def open(self, role: str) -> None:
+        """Startup hook: one HTTP session per sidecar, reused by every call of its role."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=2))
+
+    async def close(self, role: str) -> None:
+        """Shutdown hook: close the session (no "Unclosed client session" at exit)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=2))
-            self._loop = loop
-            self._closer = loop.create_task(self._close_at_exit(self._session), name="warehouse-http-closer")
+        if self._session is None or self._session.closed:
+            raise RuntimeError("the warehouse app's HTTP session is not open: run the app's startup hooks")
         return self._session
-
-    @staticmethod
-    async def _close_at_exit(session: aiohttp.ClientSession) -> None:
-        # The sidecar offers no shutdown hook for an app's resources; asyncio.run() cancels
-        # the tasks left when its main coroutine ends, so this closes the session then.
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await session.close()
 
     async def post(self, service: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``service``; return its answer.
@@ -193,3 +188,5 @@ async def order(ch: ac.Choreo, o: ac.Located[Order]) -> ac.Located[str]:
 
 
 app = ac.App(order)
+app.on_startup(_client.open)
+app.on_shutdown(_client.close)

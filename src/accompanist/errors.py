@@ -8,6 +8,7 @@ Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer
     ├── CodecError                 a value cannot cross a process boundary (unregistered type, bad bytes)
     │   └── PayloadTooLargeError   an envelope would exceed the frame limit (known before it is stored)
     ├── ConfigError                a sidecar option is missing or malformed
+    ├── LifecycleError             an app's startup or shutdown hook failed (a failed start)
     ├── NondeterminismError        a replay produced a different step than the journal
     ├── TransportError             a peer cannot be reached, or a frame is malformed or unauthenticated
     │   ├── FrameError             one frame was rejected (bad length, bad signature, bad body)
@@ -47,6 +48,7 @@ __all__ = [
     "DefinitionError",
     "EnvelopeRejectedError",
     "FrameError",
+    "LifecycleError",
     "NondeterminismError",
     "OutcomeDecidedError",
     "OverloadedError",
@@ -120,6 +122,27 @@ class PayloadTooLargeError(CodecError):
 
 class ConfigError(AccompanistError):
     """A sidecar option is missing or malformed."""
+
+
+class LifecycleError(AccompanistError):
+    """An app's startup or shutdown hook raised (see :mod:`accompanist.language.lifecycle`).
+
+    A failed startup hook is a failed start: the sidecar releases what it opened and exits
+    non-zero.
+
+    Attributes:
+        phase: ``startup`` or ``shutdown``.
+        hook: the hook's qualified name.
+        role: the role it ran for.
+        cause: what the hook raised.
+    """
+
+    def __init__(self, phase: str, hook: str, role: str, cause: BaseException) -> None:
+        self.phase = phase
+        self.hook = hook
+        self.role = role
+        self.cause = cause
+        super().__init__(f"{phase} hook {hook!r} failed for role '{role}': {type(cause).__name__}: {cause}")
 
 
 class NondeterminismError(AccompanistError):

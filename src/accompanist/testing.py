@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from accompanist.ids import new_session_id
 from accompanist.interpreters.common import SagaLog, check_args, maybe_sync, session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreo import LocalThunk
-from accompanist.language.choreography import Choreography
+from accompanist.language.choreography import App, Choreography
 from accompanist.language.roles import Role
 from accompanist.language.steps import Step
 from accompanist.language.transaction import Transaction
@@ -69,7 +70,7 @@ class _QueueRunner:
 async def _run_all(choreography: Choreography, args: tuple[Any, ...], timeout: float | None) -> Any:
     check_args(choreography, args)
     channels: dict[tuple[str, str], asyncio.Queue[tuple[int, bytes]]] = {}
-    saga = SagaLog("projected")
+    saga = SagaLog(new_session_id())  # a fresh id per run: transactions' keys never repeat across runs
     runners = {role: _QueueRunner(choreography, channels, role, saga) for role in choreography.roles}
     tasks: dict[Role, asyncio.Task[Any]] = {
         role: asyncio.create_task(project(choreography, role, runners[role], args)) for role in choreography.roles
@@ -97,15 +98,24 @@ async def _run_all(choreography: Choreography, args: tuple[Any, ...], timeout: f
     return session_result(choreography, tasks[choreography.initiator].result())
 
 
-def run_projected(choreography: Choreography, *args: Any, timeout: float | None = 60.0) -> Any:
+def run_projected(choreography: Choreography, *args: Any, timeout: float | None = 60.0, app: App | None = None) -> Any:
     """Run each role as its own projected interpreter, concurrently, and return the result.
 
     Messages cross an in-memory transport through the payload codec, exactly as between
     sidecars. If a role fails, the others are cancelled and that role's error is raised.
     Like ``run_central``, it runs to completion from plain code and returns an awaitable
-    inside a running event loop.
+    inside a running event loop. With ``app``, its startup hooks run for every role of the
+    choreography before the run and its shutdown hooks after it.
 
     Raises:
         TimeoutError: the roles did not all finish within ``timeout`` seconds (a deadlock).
+        LifecycleError: a hook of ``app`` failed.
     """
-    return maybe_sync(lambda: _run_all(choreography, args, timeout))
+
+    async def go() -> Any:
+        if app is None:
+            return await _run_all(choreography, args, timeout)
+        async with app.lifecycle.running([r.name for r in choreography.roles]):
+            return await _run_all(choreography, args, timeout)
+
+    return maybe_sync(go)

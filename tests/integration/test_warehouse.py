@@ -92,6 +92,10 @@ async def test_each_outcome_at_every_sidecar_and_service(tmp_path: Path) -> None
         assert (verdict.completed, verdict.compensated, verdict.declined, verdict.orphans) == (2, 6, 2, 0)
         codes = await cluster.stop()
     assert set(codes.values()) == {0}, codes
+    # The app's shutdown hook closed each sidecar's HTTP session: aiohttp has nothing to warn of.
+    for role in ROLES:
+        log = cluster.procs[role].log_tail(1_000_000)
+        assert "--- start #1 ---" in log and "Unclosed" not in log, log[-2000:]
 
 
 async def test_a_commit_waits_for_a_restarting_service_and_a_sidecar_replays(tmp_path: Path) -> None:

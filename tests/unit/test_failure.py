@@ -138,3 +138,27 @@ def test_the_code_walk_finds_transactions_however_they_are_reached() -> None:
         return await ch.comm(A, B, x)
 
     assert not reach(plain).saga
+
+
+@pytest.mark.parametrize("run", [ac.run_central, ac.testing.run_projected], ids=["central", "projected"])
+async def test_each_run_has_its_own_session_so_keys_never_repeat(run: Any) -> None:
+    """A service idempotent by key must never take one run's transaction for another's."""
+    keys: list[str] = []
+
+    async def undo(ctx: ac.TxContext, value: int, result: int) -> None:
+        pass
+
+    @ac.transaction(compensate=undo, name="charge")
+    async def charge(ctx: ac.TxContext, value: int) -> int:
+        keys.append(ctx.idempotency_key)
+        return value
+
+    @ac.choreography("keys", roles=(A, B))
+    async def keyed(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+        at_b = await ch.comm(A, B, x)
+        await ch.transaction(B, charge, at_b)
+        return await ch.comm(B, A, at_b)
+
+    assert [await run(keyed, n) for n in (1, 2)] == [1, 2]
+    assert len(keys) == 2 and keys[0] != keys[1], keys
+    assert all(k.endswith("/b/charge/0") for k in keys), keys

@@ -34,6 +34,7 @@ EXPECTED_ALL = [
     "EnvelopeRejectedError",
     "Failure",
     "FrameError",
+    "LifecycleError",
     "Located",
     "Mode",
     "NondeterminismError",
@@ -75,7 +76,7 @@ EXPECTED_ALL = [
 ]
 
 # Extras a module may need; a module that cannot import without one is skipped, not failed.
-OPTIONAL_DEPENDENCIES = {"asyncpg", "uvloop", "opentelemetry"}
+OPTIONAL_DEPENDENCIES = {"asyncpg", "uvloop", "opentelemetry", "grpc", "google"}
 
 
 def test_all_is_pinned_and_sorted() -> None:

@@ -233,6 +233,27 @@ async def test_an_envelope_from_a_backed_off_peer_ends_the_backoff(make: Callabl
     assert [e.seq for e in inbox.got] == [2]
 
 
+async def test_a_send_waiting_out_backoff_goes_as_soon_as_the_peer_is_back(
+    make: Callable[..., TcpTransport],
+) -> None:
+    port = free_port()
+    a = make("a", peers={"b": ("127.0.0.1", port)}, backoff_min=20.0, backoff_max=20.0)
+    await a.start(Inbox())
+    with pytest.raises(TransportError):
+        await a.send(env(1), timeout=0.5)  # b is down: the next attempt is 10-20 s away
+    waiting = asyncio.create_task(a.send(env(2), timeout=60))  # a relay's retry, waiting it out
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    inbox = Inbox()
+    b = make("b", ("127.0.0.1", port), peers={"a": a.address})
+    await b.start(inbox)
+    started = time.monotonic()
+    await b.send(env(src="b", dst="a"))  # b's hello after its restart
+    await asyncio.wait_for(waiting, 8)  # well before the 10 s the backoff would have taken
+    assert [e.seq for e in inbox.got] == [2]
+    assert time.monotonic() - started < 8
+
+
 async def test_a_silent_peer_times_out_and_leaves_no_pending_send(made: list[TcpTransport]) -> None:
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()

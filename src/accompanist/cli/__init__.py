@@ -13,6 +13,7 @@ import typer
 
 from accompanist._version import __version__
 from accompanist.cli.check import check
+from accompanist.cli.demo import demo
 from accompanist.cli.inspect import sessions, show
 from accompanist.cli.sidecar import sidecar
 
@@ -20,7 +21,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="accompanist",
-    help="Resilient choreographic programming: check choreographies, run sidecars, inspect sessions.",
+    help="Resilient choreographic programming: run the demo, check choreographies, run sidecars, inspect sessions.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -44,6 +45,7 @@ def _root(
 
 
 # One line per command module; each module holds one command function.
+app.command("demo")(demo)
 app.command("check")(check)
 app.command("sidecar")(sidecar)
 app.command("sessions")(sessions)

@@ -26,7 +26,6 @@ import msgspec
 from accompanist.engine import outcome
 from accompanist.engine.background import announce, nudge_loop, prune_loop
 from accompanist.engine.config import EngineConfig
-from accompanist.engine.ids import SESSION_ID_RULE, new_session_id, valid_session_id
 from accompanist.engine.inbound import Inbound
 from accompanist.engine.probe import eager_roles
 from accompanist.engine.runs import Runs
@@ -43,6 +42,7 @@ from accompanist.errors import (
     UnknownChoreographyError,
     UnknownSessionError,
 )
+from accompanist.ids import SESSION_ID_RULE, new_session_id, valid_session_id
 from accompanist.interpreters.common import check_args
 from accompanist.language.choreography import App, Choreography
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, Store, WriteBatch

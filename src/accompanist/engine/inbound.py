@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from accompanist.engine import outcome
-from accompanist.engine.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.engine.protocol import Outcome, Query, decode, failure_of
 from accompanist.engine.session import SessionRun, new_seed
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind
@@ -29,6 +28,7 @@ from accompanist.errors import (
     UnknownChoreographyError,
 )
 from accompanist.failure import Failure
+from accompanist.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.language.choreography import Choreography
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, WriteBatch
 from accompanist.store.validation import envelope_problem

@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from accompanist.ids import new_session_id
 from accompanist.interpreters.common import SagaLog, check_args, initiator_args, maybe_sync, session_result
 from accompanist.language.choreo import Choreo, LocalThunk
-from accompanist.language.choreography import Choreography
+from accompanist.language.choreography import App, Choreography
 from accompanist.language.located import Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
@@ -53,7 +54,7 @@ def _short(value: Any, limit: int = 40) -> str:
 class _CentralState:
     choreography: Choreography
     run: CentralRun
-    saga: SagaLog = field(default_factory=lambda: SagaLog("central"))
+    saga: SagaLog = field(default_factory=lambda: SagaLog(new_session_id()))
     steps: dict[str, int] = field(default_factory=dict)
 
     def step(self, role: Role) -> int:
@@ -143,18 +144,23 @@ class CentralRunner:
         return run
 
 
-def run_central(choreography: Choreography, *args: Any) -> Any:
+def run_central(choreography: Choreography, *args: Any, app: App | None = None) -> Any:
     """Run every role in one process and return the session's plain result.
 
     Called from plain code it runs to completion; inside a running event loop it returns an
-    awaitable: ``await ac.run_central(...)``.
+    awaitable: ``await ac.run_central(...)``. With ``app``, its startup hooks run for every
+    role of the choreography before the run and its shutdown hooks after it.
 
     Raises:
         DefinitionError: wrong argument count or a badly written choreography.
         ProjectionError: a value was opened at a role that does not own it.
+        LifecycleError: a hook of ``app`` failed.
     """
 
     async def go() -> Any:
-        return (await CentralRunner(choreography).run(*args)).result
+        if app is None:
+            return (await CentralRunner(choreography).run(*args)).result
+        async with app.lifecycle.running([r.name for r in choreography.roles]):
+            return (await CentralRunner(choreography).run(*args)).result
 
     return maybe_sync(go)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from accompanist.codec import PayloadCodec
 from accompanist.errors import DefinitionError, UnknownChoreographyError
+from accompanist.language.lifecycle import Hook, Lifecycle
 from accompanist.language.reach import reach
 from accompanist.language.roles import Role
 from accompanist.language.transaction import Transaction
@@ -164,7 +165,10 @@ def choreography(
 
 
 class App:
-    """The choreographies a sidecar serves, by ``(name, version)``.
+    """The choreographies a sidecar serves, by ``(name, version)``, and its lifecycle hooks.
+
+    ``@app.on_startup`` and ``@app.on_shutdown`` register ``async def hook(role: str)``
+    functions that open and close a role's clients (see :mod:`accompanist.language.lifecycle`).
 
     Args:
         *choreographies: choreographies to serve; several versions of one name may be given.
@@ -174,6 +178,7 @@ class App:
     """
 
     def __init__(self, *choreographies: Choreography) -> None:
+        self.lifecycle = Lifecycle()
         self._by_key: dict[tuple[str, int], Choreography] = {}
         for c in choreographies:
             if not isinstance(c, Choreography):
@@ -182,6 +187,27 @@ class App:
             if other is not None and other is not c:
                 raise DefinitionError(f"choreography {c.name!r} version {c.version} is registered twice")
             self._by_key[(c.name, c.version)] = c
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Run ``hook(role)`` when a sidecar (or a test interpreter) starts a role; a decorator.
+
+        Hooks run in the order they were registered, before any session runs. One that raises
+        fails the start (the shutdown hooks then still run).
+
+        Raises:
+            DefinitionError: ``hook`` is not an ``async def`` function.
+        """
+        return self.lifecycle.on_startup(hook)
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        """Run ``hook(role)`` when a role stops, after its last session step; a decorator.
+
+        Hooks run in reverse order of registration, also after a failed start.
+
+        Raises:
+            DefinitionError: ``hook`` is not an ``async def`` function.
+        """
+        return self.lifecycle.on_shutdown(hook)
 
     def __iter__(self) -> Any:
         return iter(self._by_key.values())

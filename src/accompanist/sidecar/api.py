@@ -29,7 +29,6 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from accompanist.engine.engine import Engine
-from accompanist.engine.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.errors import (
     AccompanistError,
     CodecError,
@@ -42,6 +41,7 @@ from accompanist.errors import (
     UnknownChoreographyError,
     UnknownSessionError,
 )
+from accompanist.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.sidecar.api_errors import ApiError, auth_middleware, errors_middleware
 from accompanist.sidecar.api_input import MAX_DEPTH, convert_args, field, flag, json_object, timeout_of, too_deep
 from accompanist.sidecar.openapi import openapi_document

@@ -66,6 +66,7 @@ class Sidecar:
         self.engine: Engine | None = None
         self._api_runner: web.AppRunner | None = None
         self.api_address: ApiAddress | None = None
+        self._hooks_started = False  # the app's startup hooks ran: its shutdown hooks are owed
 
     def _make_transport(self) -> Any:
         c = self.config
@@ -113,12 +114,35 @@ class Sidecar:
             StoreError: the store cannot be opened (permissions, a missing directory).
             TransportError: the peer endpoint cannot listen (its port is taken).
             ConfigError: a malformed setting, or the API port cannot be bound.
+            LifecycleError: one of the app's startup hooks failed.
 
-        A failed start releases what it opened (store, peer port) before raising.
+        The app's startup hooks run first (a recovered session may call its service at once).
+        A failed start releases what it opened (store, peer port, the hooks' clients) before
+        raising.
         """
         c = self.config
         if self._transport is None:
             self._check_peer_security()  # before anything is opened
+        # The app's clients open before the engine: a recovered session may call a service
+        # at once. A failed hook has closed what the earlier ones opened.
+        await self.app.lifecycle.start([c.role])
+        try:
+            await self._start_engine_and_api()
+        except BaseException:
+            await self.app.lifecycle.stop([c.role], raise_errors=False)
+            raise
+        self._hooks_started = True
+        self.log.info(
+            "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
+            c.role,
+            c.engine.mode,
+            self.peer_address,
+            self.api_address,
+            c.store_url,
+        )
+
+    async def _start_engine_and_api(self) -> None:
+        c = self.config
         store = self._store or open_store(c.store_url, c.role, synchronous=c.sqlite_synchronous)
         transport = self._transport or self._make_transport()
         self.engine = Engine(self.app, c.role, store=store, transport=transport, config=c.engine)
@@ -133,22 +157,24 @@ class Sidecar:
                 with contextlib.suppress(Exception):
                     await self.engine.stop(grace=0)  # no writer thread or peer port left behind
                 raise
-        self.log.info(
-            "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
-            c.role,
-            c.engine.mode,
-            self.peer_address,
-            self.api_address,
-            c.store_url,
-        )
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop the API, let running sessions finish within ``grace``, close everything."""
+        """Stop the API, let running sessions finish within ``grace``, close everything, then
+        run the app's shutdown hooks (no session uses a client any more).
+
+        Raises:
+            LifecycleError: a shutdown hook failed (the others ran; everything else is closed).
+        """
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None
-        if self.engine is not None:
-            await self.engine.stop(grace)
+        try:
+            if self.engine is not None:
+                await self.engine.stop(grace)
+        finally:
+            if self._hooks_started:
+                self._hooks_started = False
+                await self.app.lifecycle.stop([self.config.role])
 
     async def __aenter__(self) -> Sidecar:
         await self.start()

@@ -92,6 +92,7 @@ class PeerLink:
         self._corr = itertools.count(1)
         self._backoff = config.backoff_min
         self._next_attempt = 0.0
+        self._alive = asyncio.Event()  # set by peer_alive: a send waiting out backoff goes now
         self._last_error = ""
         self._ever_connected = False
         self._closed = False
@@ -104,6 +105,7 @@ class PeerLink:
         """The peer just showed it is up (it sent us a valid envelope): stop backing off."""
         self._backoff = self._cfg.backoff_min
         self._next_attempt = 0.0
+        self._alive.set()
 
     @property
     def _where(self) -> str:
@@ -137,7 +139,12 @@ class PeerLink:
                             f"cannot reach {self._where}: {self._last_error} "
                             f"(next attempt in {self._next_attempt - now:.2f}s)"
                         )
-                    await asyncio.sleep(self._next_attempt - now)
+                    # Wait out the backoff, unless the peer shows it is back first (its hello
+                    # after a restart): then connect at once instead of up to backoff_max later.
+                    self._alive.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._next_attempt - now):
+                            await self._alive.wait()
                     continue
                 if now >= deadline:
                     raise TransportError(f"timed out waiting to connect to {self._where}")
