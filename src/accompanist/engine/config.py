@@ -42,7 +42,8 @@ class EngineConfig:
         replay_policy: see :class:`ReplayPolicy`.
         retry_min: first redelivery delay (seconds) of an unacknowledged envelope.
         retry_max: largest redelivery delay.
-        deliver_timeout: how long one delivery attempt waits for the peer's acknowledgement.
+        deliver_timeout: how long one delivery attempt waits for the peer's acknowledgement
+            (the relay waits longer for a peer that is slow to answer, up to a minute).
         delivery_concurrency: deliveries in flight at once (fault-tolerant relay).
         relay_interval: how often the relay rescans the outbox for due retries.
         retention: seconds terminal sessions keep their inbox/outbox/journal rows.
@@ -52,7 +53,8 @@ class EngineConfig:
         compensation: the order in which the roles of a failed saga compensate (see
             :class:`CompensationOrder`).
         outcome_query_after: seconds a role waits for the outcome (or the initiator for an
-            answer) before it asks again; also how often it keeps asking.
+            answer) before it asks again; then it asks at doubling intervals, up to the
+            receive timeout.
         max_payload: the largest message payload in bytes; a larger one fails its session at
             the send, before it is stored (it could never cross the peer's frame limit).
         store_retry_max: the longest pause between two tries of a store write that failed

@@ -41,6 +41,9 @@ __all__ = ["Inbound"]
 S = SessionStatus
 _KNOWN_KINDS = frozenset(k.value for k in EnvelopeKind)
 _FAST = frozenset({*MESSAGE_KINDS, EnvelopeKind.DONE})  # handed to a running session without its lock
+_WAKE_COMPENSATING = frozenset(
+    {EnvelopeKind.COMPENSATE, EnvelopeKind.OUTCOME, EnvelopeKind.REPORT, EnvelopeKind.UNDONE}
+)  # what a compensating session without a task may be waiting for
 _CONTROL_TO_INITIATOR = frozenset(
     {EnvelopeKind.DONE, EnvelopeKind.CANCEL, EnvelopeKind.QUERY, EnvelopeKind.UNDONE, EnvelopeKind.REPORT}
 )
@@ -154,6 +157,7 @@ class Inbound:
             # A message (or 'done') for a running session: it is handed over now and made
             # durable with the session's next commit; the sender hears back after that commit.
             self._same_session(run.record, envelope)
+            run.reach.hear(envelope.src)
             saved = run.unsaved.arrived(envelope) if e.durable else None
             self._offer(run, envelope)
             return None if saved is None else self._durable(saved)
@@ -208,9 +212,12 @@ class Inbound:
         if record is None:
             return await self._unknown(envelope, choreography)
         self._same_session(record, envelope)
+        if run is not None:
+            run.reach.hear(envelope.src)
         if record.status in TERMINAL_STATUSES:
             e.metrics.ignored.inc()
             return None
+        before = record.status
         completed = kind == EnvelopeKind.OUTCOME and record.status == S.FINISHED and _completes(envelope)
         if e.durable and completed:
             e.guard.defer(WriteBatch(inbox=[envelope]))  # if lost, the role asks for it again
@@ -237,15 +244,22 @@ class Inbound:
             await self._tombstone_mail(target, envelope)
         elif completed:  # a finished part needs nothing but the news: no replay, no commit now
             await e.transition(target, S.COMPLETED, lazy=True)
-        elif self._wakes(target.record, envelope, choreography):
+        elif target.record.status != before or self._wakes(target.record, envelope, choreography):
             await e.activate(target.record, choreography)
         return None
 
     def _wakes(self, record: SessionRecord, envelope: Envelope, choreography: Choreography) -> bool:
-        """Whether an envelope for a session without a task resumes it."""
+        """Whether an envelope for a session without a task resumes it (one that changed its
+        status always does)."""
         status, kind = record.status, envelope.kind
-        if status in (S.PARKED, S.COMPENSATING):
+        if status == S.PARKED:
             return True
+        if status == S.COMPENSATING:
+            # It waits for an order, an answer or the outcome. Anything else (a copy of the
+            # decision it knows, answering its own query; a late message) would only run its
+            # wait again, which asks the initiator again, whose answer would wake it again: on
+            # a loaded machine, for as long as the initiator waits.
+            return kind in _WAKE_COMPENSATING
         if status == S.FINISHED:
             return kind not in MESSAGE_KINDS  # a late duplicate message changes nothing
         if status == S.DIVERGED:
@@ -327,6 +341,8 @@ class Inbound:
         e = self._engine
         sid = envelope.session_id
         run = e.live.get(sid)
+        if run is not None:
+            run.reach.hear(envelope.src)  # it waits, so it has not given up on the session: it will answer
         record = run.record if run is not None else None
         if record is None:
             try:

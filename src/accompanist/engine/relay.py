@@ -5,6 +5,15 @@ destination (jittered exponential), and a periodic scan of the outbox picks up e
 unacknowledged, so rows written before a crash are delivered after the restart. A peer that
 (re)starts says hello; its backoff is reset and its rows are retried at once.
 
+A delivery that waits its whole timeout without an answer does not prove the envelope lost:
+on a slow link (a loaded peer) it is still queued there, and a copy sent now would only queue
+behind it, making the link slower still until every envelope is sent again and again and none
+gets through. So a peer that leaves deliveries unanswered is given twice as long to answer the
+next ones (up to a minute), and less again as its answers come back quicker, as TCP backs off
+its retransmission timer. A long wait costs nothing when the peer is well (it answers at once)
+nor when the connection breaks (the send fails at once); a short bound would keep an
+overloaded peer overloaded with copies, for good.
+
 A peer that answers but refuses one envelope is reachable: only that envelope backs off (a
 refusal that may pass, such as a version not deployed yet), or, when the refusal is for good
 (the envelope can never be accepted), the envelope is not retried and its session fails. One
@@ -32,6 +41,7 @@ from accompanist.transport.base import Transport
 __all__ = ["Relay"]
 
 _ACKED_FOR = 10.0  # seconds a deferred acknowledgement mark keeps a row from being redelivered
+_PATIENCE_LIMIT = 60.0  # seconds a delivery may wait for its answer, at most (or deliver_timeout if longer)
 _PER_DESTINATION = 2_000  # rows per destination and scan; more wait for the next scan
 
 
@@ -79,6 +89,7 @@ class Relay:
         self._stopped = False
         self._inflight: set[tuple[str, str, str, int]] = set()
         self._backoff: dict[str, _Backoff] = {}
+        self._patience: dict[str, float] = {}  # dst -> how long a delivery waits for an answer, when slow
         self._row_backoff: dict[tuple[str, str, str, int], _Backoff] = {}
         self._pending_since: dict[tuple[str, str, str, int], float] = {}  # key -> first seen pending (monotonic)
         self._on_refused = on_refused
@@ -111,6 +122,7 @@ class Relay:
     def wake(self, dst: str) -> None:
         """``dst`` said hello: forget its backoff and rescan the outbox now."""
         self._backoff.pop(dst, None)
+        self._patience.pop(dst, None)
         self._wakeup.set()
 
     @property
@@ -145,16 +157,19 @@ class Relay:
             self._inflight.discard(envelope.key)
             return
         self._active += 1
+        patience = self._patience.get(envelope.dst, self._config.deliver_timeout)
+        began = time.monotonic()
         try:
-            answer = self._transport.post(envelope, self._config.deliver_timeout)
+            answer = self._transport.post(envelope, patience)
         except Exception as exc:  # a transport that cannot even start: a failed try like any other
             answer = asyncio.get_running_loop().create_future()
             answer.set_exception(exc)
-        answer.add_done_callback(lambda done: self._answered(envelope, done))
+        answer.add_done_callback(lambda done: self._answered(envelope, done, patience, began))
 
-    def _answered(self, envelope: Envelope, answer: asyncio.Future[None]) -> None:
+    def _answered(self, envelope: Envelope, answer: asyncio.Future[None], patience: float, began: float) -> None:
         self._active -= 1
         key = envelope.key
+        took = time.monotonic() - began
         exc = None if answer.cancelled() else answer.exception()
         recording = False  # a refusal for good is being recorded: the row stays ours until then
         try:
@@ -163,6 +178,7 @@ class Relay:
             if answer.cancelled():
                 self._failed(envelope.dst, TransportError("the delivery was cancelled"))
             elif exc is None:
+                self._quicker(envelope.dst, took)
                 self._backoff.pop(envelope.dst, None)
                 self._row_backoff.pop(key, None)
                 self._metrics.delivered.inc()
@@ -184,6 +200,9 @@ class Relay:
                 recording = True
                 self._task(self._refused(envelope, why))
             elif isinstance(exc, (AccompanistError, OSError, TimeoutError)):
+                if took >= patience:  # unanswered, not refused: maybe only slow
+                    longest = max(_PATIENCE_LIMIT, self._config.deliver_timeout)
+                    self._patience[envelope.dst] = min(2 * patience, longest)
                 self._failed(envelope.dst, exc)
             else:  # pragma: no cover - a bug in a transport: log it, retry the row later
                 self._log.error("delivery of %s failed unexpectedly", key, exc_info=exc)
@@ -216,6 +235,18 @@ class Relay:
         self._metrics.retries.inc()
         if b.failures in (10, 100) or b.failures % 1000 == 0:  # once or twice is routine
             self._log.warning("role '%s' refused %s (%d times): %s", envelope.dst, envelope.key, b.failures, exc)
+
+    def _quicker(self, dst: str, seconds: float) -> None:
+        """``dst`` answered a delivery in ``seconds``: wait four times that for the next answers
+        (never less than the delivery timeout)."""
+        patience = self._patience.get(dst)
+        if patience is None:
+            return
+        calmer = 4 * seconds
+        if calmer <= self._config.deliver_timeout:
+            del self._patience[dst]
+        elif calmer < patience:
+            self._patience[dst] = calmer
 
     async def _refused(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
         """Never deliverable: stop trying, and let the session fail with the reason."""

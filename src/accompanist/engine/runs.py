@@ -25,6 +25,7 @@ from accompanist.engine.locks import KeyedLocks
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
+from accompanist.engine.reach import Resender
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
 from accompanist.engine.session import SessionRun
@@ -116,6 +117,7 @@ class Runs:
         self._locks = KeyedLocks()
         self._waiters: dict[str, list[asyncio.Future[SessionRecord]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.resender = Resender(transport, self.config.deliver_timeout, self.spawn_background)
 
     def live_run(self, session_id: str) -> SessionRun | None:
         """The session's run at this role, if it is in memory now."""
@@ -293,19 +295,15 @@ class Runs:
                     await self.transport.send(envelope, wait=False)
 
     async def resend(self, run: SessionRun, envelopes: Sequence[Envelope]) -> None:
-        """Send envelopes again, best effort (the receivers drop what they have)."""
-        for envelope in envelopes:
-            self.spawn_background(self._send_quietly(envelope), f"resend-{envelope.dst}")
+        """Send envelopes again, best effort (the receivers drop what they have), one copy at a
+        time (see :mod:`accompanist.engine.reach`)."""
+        self.resender.send(run.reach, list(envelopes))
 
     async def query(self, run: SessionRun) -> None:
         """Ask the initiator for the outcome (best effort; never stored)."""
         initiator = run.choreography.initiator.name
         self.metrics.queries.inc()
         await self.resend(run, [self.control(run, initiator, EnvelopeKind.QUERY, encode(outcome.query_of(run)))])
-
-    async def _send_quietly(self, envelope: Envelope) -> None:
-        with contextlib.suppress(AccompanistError, OSError, TimeoutError):
-            await self.transport.send(envelope, wait=True, timeout=self.config.deliver_timeout)
 
     async def discover(self, run: SessionRun) -> list[Committed] | None:
         """Replay the session's journal to meet transactions this process does not know yet

@@ -30,6 +30,7 @@ import msgspec
 from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
+from accompanist.engine.reach import Reach
 from accompanist.engine.signals import Park, Signal, StartRefused, expire
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
 from accompanist.engine.unsaved import Unsaved
@@ -160,6 +161,7 @@ class SessionRun:
         self.orders: dict[int, Compensate] = {}
         self.diverged: Failure | None = None
         self.resumed: dict[str, int] = {}  # role -> the last replay number it resumed with
+        self.reach = Reach()  # whether the peers answer: a default-mode initiator waits for those that do
         initiator = choreography.initiator.name
         self._defer_to = initiator if record.role != initiator else None
         self._deferred: tuple[Step, Envelope, bool] | None = None
