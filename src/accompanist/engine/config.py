@@ -42,7 +42,8 @@ class EngineConfig:
         replay_policy: see :class:`ReplayPolicy`.
         retry_min: first redelivery delay (seconds) of an unacknowledged envelope.
         retry_max: largest redelivery delay.
-        deliver_timeout: how long one delivery attempt waits for the peer's acknowledgement.
+        deliver_timeout: how long one delivery attempt waits for the peer's acknowledgement
+            (the relay waits longer for a peer that is slow to answer, up to a minute).
         delivery_concurrency: deliveries in flight at once (fault-tolerant relay).
         relay_interval: how often the relay rescans the outbox for due retries.
         retention: seconds terminal sessions keep their inbox/outbox/journal rows.
@@ -52,7 +53,8 @@ class EngineConfig:
         compensation: the order in which the roles of a failed saga compensate (see
             :class:`CompensationOrder`).
         outcome_query_after: seconds a role waits for the outcome (or the initiator for an
-            answer) before it asks again; also how often it keeps asking.
+            answer) before it asks again; then it asks at doubling intervals, up to the
+            receive timeout.
         max_payload: the largest message payload in bytes; a larger one fails its session at
             the send, before it is stored (it could never cross the peer's frame limit).
         store_retry_max: the longest pause between two tries of a store write that failed
@@ -64,6 +66,9 @@ class EngineConfig:
         memory_retention: default mode: ended sessions are kept this many seconds at most.
         lazy_interval: how often writes that may be lost without harm (acknowledgement marks,
             a participant's ``completed``) are made durable when no other commit carries them.
+            One second: they nearly always ride on a commit made anyway before then, where a
+            tenth of a second made a sidecar whose sessions take longer pay a commit of its
+            own for them about once a session.
         steps_kept: the live steps (times, values, attempts) of this many recent sessions are
             kept in memory for ``GET /sessions/{id}/steps`` (at most ``memory_keep``); 0 keeps
             none (the steps then come from the store alone, in fault-tolerant mode).
@@ -93,7 +98,7 @@ class EngineConfig:
     ack_linger: float = 0.1
     memory_keep: int = 100_000
     memory_retention: float = 3600.0
-    lazy_interval: float = 0.1
+    lazy_interval: float = 1.0
     steps_kept: int = 10_000
     traces_file: str | None = None
     metrics_file: str | None = None

@@ -18,14 +18,16 @@ arise:
 
 Every status change happens through the engine's ``transition`` under the session's lock;
 the functions named ``*_locked`` expect the caller to hold it. Waiting roles ask the initiator
-again after ``outcome_query_after`` seconds; in fault-tolerant mode a role that waits longer
-than the receive timeout parks (no task) and resumes when the envelope it waits for arrives.
+again after ``outcome_query_after`` seconds, then at doubling intervals (one copy at a time:
+see ``Runs.resend``); in fault-tolerant mode a role that waits longer than the receive timeout
+parks (no task) and resumes when the envelope it waits for arrives. In default mode the
+initiator stops waiting only for a role that is unreachable, not for one that is slow.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -138,6 +140,11 @@ def all_done(run: SessionRun) -> bool:
     return all(r in run.dones for r in participants(run) if r != run.record.role)
 
 
+def _not_done(run: SessionRun) -> list[str]:
+    """The participants the initiator still waits to hear ``done`` from."""
+    return sorted(r for r in participants(run) if r not in run.dones and r != run.record.role)
+
+
 def cancel_failure(role: str) -> Failure:
     """The failure an operator's cancel at ``role`` stands for."""
     return Failure(
@@ -247,35 +254,51 @@ async def _wait(
     ready: Callable[[], bool],
     nudge: Callable[[], Awaitable[None]],
     *,
-    give_up: bool = False,
+    awaiting: Callable[[], Iterable[str]] | None = None,
+    probing: bool = False,
 ) -> bool:
-    """Wait in ``phase`` until ``ready()`` (or the status changed), nudging peers every
-    ``outcome_query_after`` seconds. False after the receive timeout: in fault-tolerant mode
-    the run parks; in default mode only a waiting initiator (``give_up``) stops waiting."""
+    """Wait in ``phase`` until ``ready()`` (or the status changed), nudging peers after
+    ``outcome_query_after`` seconds, then at doubling intervals up to the receive timeout: a
+    long wait (a slow peer, a loaded machine) must not fill the links with nudges that say
+    nothing new, or the envelopes that end the sessions wait behind them. False when the run
+    should stop waiting: in fault-tolerant
+    mode after the receive timeout (the run parks, and resumes when what it waits for
+    arrives); in default mode only at the initiator, once every role it waits for
+    (``awaiting``) is silent: nothing came from it for the receive timeout, and, when the
+    nudges send it copies (``probing``), the latest copy went unacknowledged. A role that is
+    only slow (its machine is loaded, its compensation takes long) still acknowledges the
+    copies, and is waited for: a slow machine must not turn into an outcome."""
     config = co.config
     since = time.monotonic()
+    interval, longest = config.outcome_query_after, max(config.outcome_query_after, config.receive_timeout)
     while True:
         try:
-            await run.wait_for(lambda: ready() or run.record.status != phase, config.outcome_query_after)
+            await run.wait_for(lambda: ready() or run.record.status != phase, interval)
             return True
         except TimeoutError:
             pass
         await nudge()
-        if (co.durable or give_up) and time.monotonic() - since >= config.receive_timeout:
+        interval = min(2 * interval, longest)
+        if co.durable:
+            if time.monotonic() - since >= config.receive_timeout:
+                return False
+        elif awaiting is not None and all(
+            run.reach.silent(role, since, config.receive_timeout, probed=probing) for role in awaiting()
+        ):
             return False
 
 
 async def await_outcome(co: Coordinator, run: SessionRun) -> bool:
     """The ``finished`` phase. Returns False when the run should park."""
     if run.initiator:
-        waited = await _wait(co, run, S.FINISHED, lambda: all_done(run), _nothing, give_up=True)
+        waited = await _wait(co, run, S.FINISHED, lambda: all_done(run), _nothing, awaiting=lambda: _not_done(run))
         async with co.session_lock(run.session_id):
             if run.record.status != S.FINISHED:
                 return True
             if not waited and not all_done(run) and co.durable:
                 return False
             if not all_done(run):  # default mode: a participant never reported; compensate
-                missing = sorted(r for r in participants(run) if r not in run.dones and r != run.record.role)
+                missing = _not_done(run)
                 why = Failure(
                     role=run.record.role,
                     step=None,
@@ -350,7 +373,13 @@ async def _answers(co: Coordinator, run: SessionRun, answered: Mapping[str, obje
         return [r for r in peers if r not in answered]
 
     done = await _wait(
-        co, run, S.COMPENSATING, lambda: not missing(), lambda: _resend_decision(co, run, missing), give_up=True
+        co,
+        run,
+        S.COMPENSATING,
+        lambda: not missing(),
+        lambda: _resend_decision(co, run, missing),
+        awaiting=missing,
+        probing=True,
     )
     return None if not done and co.durable else missing()
 
@@ -394,7 +423,9 @@ async def _wait_batch(co: Coordinator, run: SessionRun, number: int, order: Enve
         if not co.durable:
             await co.resend(run, [order])
 
-    return await _wait(co, run, S.COMPENSATING, lambda: number in run.batches_done, resend, give_up=True)
+    return await _wait(
+        co, run, S.COMPENSATING, lambda: number in run.batches_done, resend, awaiting=lambda: [order.dst], probing=True
+    )
 
 
 async def _answer(co: Coordinator, run: SessionRun, envelope: Envelope) -> None:

@@ -20,13 +20,16 @@ import msgspec
 
 from accompanist.engine import compensation, outcome
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
+from accompanist.engine.linger import Lingering
 from accompanist.engine.locks import KeyedLocks
 from accompanist.engine.metrics import Metrics, peer_depths
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
+from accompanist.engine.reach import Resender
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
-from accompanist.engine.session import Park, SessionRun, StartRefused
+from accompanist.engine.session import SessionRun
+from accompanist.engine.signals import Park, StartRefused
 from accompanist.engine.status import check_transition
 from accompanist.engine.trail import Trails
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
@@ -94,6 +97,7 @@ class Runs:
         self.durable = self.config.mode is Mode.FAULT_TOLERANT
         self.guard = StoreGuard(store, self.config.store_retry_max, self.log, self.config.lazy_interval)
         self.guard.on_commit = self.metrics.commit_seconds.observe
+        self.lingering = Lingering(self.config.ack_linger)
         self.registry = TransactionRegistry(app)
         self.relay = (
             Relay(
@@ -118,6 +122,7 @@ class Runs:
         self._locks = KeyedLocks()
         self._waiters: dict[str, list[asyncio.Future[SessionRecord]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.resender = Resender(transport, self.config.deliver_timeout, self.spawn_background)
 
     def live_run(self, session_id: str) -> SessionRun | None:
         """The session's run at this role, if it is in memory now."""
@@ -187,8 +192,10 @@ class Runs:
             StoreInputError: the write was refused as invalid (nothing changed).
         """
         record = run.record
-        check_transition(record.session_id, record.status, status)
-        before = msgspec.structs.replace(record)
+        previous = record.status
+        check_transition(record.session_id, previous, status)
+        # What this change touches, to put back if the write is refused (no copy of the record).
+        undo = (previous, record.failure, record.error, record.state, record.updated_at)
         record.status = status
         if failure is not None:
             record.failure, record.error = failure.encode(), failure.describe()
@@ -199,11 +206,11 @@ class Runs:
         if state is not None:
             record.state = state
         record.updated_at = time.time()
-        self.metrics.moved(before.status, status)
+        self.metrics.moved(previous, status)
         write = batch or WriteBatch()
         write.sessions.append(msgspec.structs.replace(record))
         try:
-            if lazy and not run.unsaved.waiting:
+            if lazy and self.durable and not run.unsaved.waiting:
                 # Losing it costs nothing: the role asks for the outcome again (see the README).
                 run.unsaved.take(write)
                 self.guard.defer(write)
@@ -211,24 +218,24 @@ class Runs:
             else:
                 await run.unsaved.save(write, sends)
         except StoreInputError:
-            run.record = before
-            self.metrics.moved(status, before.status)
+            record.status, record.failure, record.error, record.state, record.updated_at = undo
+            self.metrics.moved(status, previous)
             raise
         if run.starting is not None and not run.starting.done():
             run.starting.set_result(None)  # a session that ends before any step with an effect
         if status in TERMINAL_STATUSES:
             run.accepting = False  # late envelopes are acknowledged and ignored, not handed over
         waiting = status in _AWAITING
-        if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
+        if waiting != (previous in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
-        self.event(record, status, before=before.status, failure=failure)
+        self.event(record, status, before=previous, failure=failure)
         if self.tracing.enabled:
             c = run.choreography
             self.tracing.on_transition(
                 record.session_id,
                 (c.name, c.version, c.initiator.name),
                 record.created_at,
-                (before.status, before.updated_at, before.error),
+                (previous, undo[4], undo[2]),
                 (status, record.updated_at, status in TERMINAL_STATUSES),
             )
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
@@ -302,19 +309,15 @@ class Runs:
                     await self.transport.send(envelope, wait=False)
 
     async def resend(self, run: SessionRun, envelopes: Sequence[Envelope]) -> None:
-        """Send envelopes again, best effort (the receivers drop what they have)."""
-        for envelope in envelopes:
-            self.spawn_background(self._send_quietly(envelope), f"resend-{envelope.dst}")
+        """Send envelopes again, best effort (the receivers drop what they have), one copy at a
+        time (see :mod:`accompanist.engine.reach`)."""
+        self.resender.send(run.reach, list(envelopes))
 
     async def query(self, run: SessionRun) -> None:
         """Ask the initiator for the outcome (best effort; never stored)."""
         initiator = run.choreography.initiator.name
         self.metrics.queries.inc()
         await self.resend(run, [self.control(run, initiator, EnvelopeKind.QUERY, encode(outcome.query_of(run)))])
-
-    async def _send_quietly(self, envelope: Envelope) -> None:
-        with contextlib.suppress(AccompanistError, OSError, TimeoutError):
-            await self.transport.send(envelope, wait=True, timeout=self.config.deliver_timeout)
 
     async def discover(self, run: SessionRun) -> list[Committed] | None:
         """Replay the session's journal to meet transactions this process does not know yet
@@ -411,7 +414,7 @@ class Runs:
         """The run stops being in memory (its state, if any, is in the store); senders of
         envelopes it had not saved are told to deliver them again."""
         run.accepting = False
-        run.unsaved.fail(f"session {run.session_id} stopped at '{self.role}' before saving; deliver again")
+        run.unsaved.fail(self.role)
         if self.live.get(run.session_id) is run:
             del self.live[run.session_id]
             if run.record.status in _AWAITING:

@@ -3,7 +3,8 @@
 For tests of the layers above: every envelope and every answer still goes through the real
 frame encoder and decoder (and HMAC, when keys are set), so codec problems surface here, but
 delivery is a function call on the same event loop, and a :class:`FaultPlan` can drop,
-duplicate, delay and reorder envelopes, or :meth:`MemoryNetwork.partition` two roles.
+duplicate, delay and reorder envelopes, hold chosen ones back, narrow every link to a given
+rate, or :meth:`MemoryNetwork.partition` two roles.
 
 Losses look exactly as they would over TCP to a sender that waits: a lost envelope and a lost
 acknowledgement raise the *same* :class:`~accompanist.errors.TransportError`, at once (where
@@ -17,7 +18,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from accompanist.envelope import Envelope
@@ -53,6 +54,13 @@ class FaultPlan:
         reorder: let deliveries overtake each other; without it each link stays FIFO even
             with delays (like TCP).
         seed: seed of :attr:`rng`.
+        hold: extra seconds chosen envelopes spend in flight (``hold(envelope)``; 0 for the
+            others): one kind of answer made slow, deterministically. On a FIFO link the
+            envelopes behind a held one wait for it, as over TCP.
+        serve: seconds a link needs per envelope, one envelope at a time (a narrow link, or a
+            peer too busy to read faster): a sender that sends more than ``1/serve``
+            envelopes a second to one peer builds a queue there, as a loaded sidecar does.
+            Needs FIFO links (not ``reorder``).
         rng: the source of every random decision.
     """
 
@@ -61,6 +69,8 @@ class FaultPlan:
     delay: tuple[float, float] = (0.0, 0.0)
     reorder: bool = False
     seed: int | None = 0
+    hold: Callable[[Envelope], float] | None = None
+    serve: float = 0.0
     rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,12 +81,15 @@ class FaultPlan:
         low, high = self.delay
         if not 0.0 <= low <= high:
             raise ConfigError(f"FaultPlan.delay={self.delay} needs 0 <= low <= high")
+        if not 0.0 <= self.serve < float("inf") or (self.serve and self.reorder):
+            raise ConfigError(f"FaultPlan.serve={self.serve} needs a finite time >= 0 and FIFO links (no reorder)")
         self.rng = random.Random(self.seed)
 
-    def draw_delay(self) -> float:
-        """Draw one delivery delay from :attr:`delay`."""
+    def draw_delay(self, envelope: Envelope | None = None) -> float:
+        """Draw one delivery delay from :attr:`delay`, plus what :attr:`hold` adds for ``envelope``."""
         low, high = self.delay
-        return self.rng.uniform(low, high) if high > 0 else 0.0
+        held = self.hold(envelope) if self.hold is not None and envelope is not None else 0.0
+        return (self.rng.uniform(low, high) if high > 0 else 0.0) + held
 
 
 @dataclass
@@ -153,6 +166,10 @@ class MemoryTransport:
             raise rejected(f"role '{envelope.dst}'", frame.info, authenticated=True)
         self.stats.acked += 1
 
+    def post(self, envelope: Envelope, timeout: float | None = None) -> asyncio.Future[None]:
+        """:meth:`send` with ``wait=True``, as a future (see ``Transport.post``)."""
+        return asyncio.ensure_future(self.send(envelope, wait=True, timeout=timeout))
+
     async def receive(self, data: bytes) -> bytes | None:
         """Decode, authenticate and hand one frame to the handler; return the answer frame."""
         net = self._network
@@ -171,7 +188,9 @@ class MemoryTransport:
             return None  # stopped while the envelope was in flight: lost
         self.stats.received += 1
         try:
-            await handler(envelope)
+            pending = handler(envelope)
+            if pending is not None:
+                await pending
         except Exception as exc:
             self.stats.rejected[Reason.HANDLER.value] += 1
             return self._answer(FrameType.REJECT, reject_info(exc), envelope.auth)
@@ -227,6 +246,7 @@ class MemoryNetwork:
         self._transports: dict[str, MemoryTransport] = {}
         self._cut: set[frozenset[str]] = set()
         self._fifo: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._due: dict[tuple[str, str], float] = {}  # per link: when its latest envelope arrives
         self._inflight: set[asyncio.Task[bytes | None]] = set()
 
     def transport(
@@ -304,15 +324,23 @@ class MemoryNetwork:
         copies = 2 if plan.duplicate and plan.rng.random() < plan.duplicate else 1
         self.stats.duplicated += copies - 1
         first: asyncio.Task[bytes | None] | None = None
+        now = loop.time()
         for _ in range(copies):
-            delay = plan.draw_delay()
+            delay = plan.draw_delay(envelope)
             self.stats.delayed += delay > 0
             hops = plan.rng.randrange(4) if plan.reorder else 0
             arrived: asyncio.Future[None] = loop.create_future()
             previous = None if plan.reorder else self._fifo.get((src, dst))
+            due = now + delay
             if not plan.reorder:
                 self._fifo[(src, dst)] = arrived
-            task = loop.create_task(self._deliver(src, receiver, data, delay, hops, previous, arrived))
+                # FIFO per link, as over TCP: due no earlier than the envelope before it (and on
+                # a narrow link one ``serve`` after it). Known now, a delivery seldom has to wait
+                # for the one before it: each such wait costs loop turns, which a loaded machine
+                # has few of, and would make the link far slower than a TCP connection.
+                due = max(due, self._due.get((src, dst), now)) + plan.serve
+                self._due[(src, dst)] = due
+            task = loop.create_task(self._deliver(src, receiver, data, due, hops, previous, arrived))
             # A delivery cancelled before it ran (its receiver closed) must not hold up the link.
             task.add_done_callback(functools.partial(_release, arrived))
             self._inflight.add(task)
@@ -326,14 +354,15 @@ class MemoryNetwork:
         src: str,
         receiver: MemoryTransport,
         data: bytes,
-        delay: float,
+        due: float,
         hops: int,
         previous: asyncio.Future[None] | None,
         arrived: asyncio.Future[None],
     ) -> bytes | None:
         try:
-            if delay:
-                await asyncio.sleep(delay)
+            wait = due - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             for _ in range(hops):  # a few loop turns let later deliveries overtake this one
                 await asyncio.sleep(0)
             if previous is not None and not previous.done():
