@@ -23,7 +23,7 @@ from accompanist.errors import TransportError
 from accompanist.sidecar.api import API_TOKEN_SET
 from accompanist.sidecar.config_values import ApiAddress, is_loopback
 
-__all__ = ["bind_unix_socket", "serve"]
+__all__ = ["bind_unix_socket", "is_loopback", "serve"]  # is_loopback: re-exported from config_values
 
 log = logging.getLogger("accompanist.api")
 
