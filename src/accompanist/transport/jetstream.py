@@ -184,8 +184,7 @@ class JetStreamTransport:
                 )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             self._closed = True
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                await nc.close()
+            await _disconnect(nc)
             raise TransportError(
                 f"role '{self.role}' cannot reach the NATS broker at {self.where} within "
                 f"{self._connect_timeout:g}s: {str(exc) or type(exc).__name__}"
@@ -198,7 +197,7 @@ class JetStreamTransport:
             await self._nc.flush(timeout=max(1, round(self._send_timeout)))
         except BaseException:
             self._closed = True
-            await self._nc.close()
+            await _disconnect(self._nc)
             raise
 
     async def _disconnected(self) -> None:
@@ -361,8 +360,21 @@ class JetStreamTransport:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if nc is not None:
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                await nc.close()
+            await _disconnect(nc)
+
+
+async def _disconnect(nc: Client) -> None:
+    """Close the client, whatever state the broker is in."""
+    try:
+        await nc.close()
+    except (nats.errors.Error, OSError, TimeoutError):
+        pass
+    except asyncio.CancelledError:
+        # With the broker gone the client's close can end in a CancelledError of its own
+        # (a socket it cancelled); only a cancellation of our task must go on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 async def _settle(answer: Any) -> None:
