@@ -184,7 +184,10 @@ async def test_start_errors_are_clear() -> None:
 
 
 async def test_thousands_of_concurrent_sessions() -> None:
-    async with cluster(APP, ["buyer", "seller"]) as c:
+    # Default mode fails a session whose peer stays silent for the receive timeout; on a loaded
+    # machine 5,000 sessions sharing one event loop can keep a peer silent for longer than the
+    # harness's 5 s, and the test is about concurrency, not timeouts.
+    async with cluster(APP, ["buyer", "seller"], config=EngineConfig(receive_timeout=120)) as c:
         titles = ["SICP" if i % 2 else "HtDP" for i in range(5000)]
         results = await asyncio.gather(*(c["buyer"].run("bookseller", t, timeout=120) for t in titles))
         assert results == ["bought at 30" if t == "SICP" else "too expensive" for t in titles]
