@@ -129,8 +129,10 @@ async def test_a_saga_survives_a_sidecar_kill_and_a_broker_restart(tmp_path: Pat
             await asyncio.sleep(0.5)
         for role in ROLES:
             await cluster[role].terminate()
+        codes = {role: cluster[role].proc.returncode if cluster[role].proc else None for role in ROLES}
     print(f"\n[jetstream] {len(started)} sessions; calls repeated at b's replay: {len(repeats)}", file=sys.stderr)
     assert len(started) == 50
+    assert all(code in (0, None) for code in codes.values()), f"exit codes on SIGTERM: {codes}"
     assert sorted({s for by_sid in seen.values() for s in (r["status"] for r in by_sid.values())}) == [
         "compensated",
         "completed",

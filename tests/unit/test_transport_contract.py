@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -65,8 +66,17 @@ async def test_both_directions_at_once(mesh: Mesh) -> None:
 
 
 async def test_concurrent_sends_are_each_handled_once_and_side_by_side(mesh: Mesh) -> None:
+    together = asyncio.Event()
+
     async def work(_: Envelope) -> None:
-        await asyncio.sleep(0.001)
+        # The first calls wait (5 s at most) for a second one to run beside them: a transport
+        # that handled one envelope at a time would never get there.
+        if inbox.active >= 2:
+            together.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await together.wait()
+        together.set()
 
     inbox = Inbox(work)
     await mesh.transport("b", inbox)

@@ -76,14 +76,14 @@ async def test_an_envelope_not_yet_accepted_when_its_role_stopped_comes_back_at_
 
 async def test_a_slow_handler_is_not_given_the_envelope_twice(make: Make) -> None:
     async def slow(_: Envelope) -> None:
-        await asyncio.sleep(1.5)  # three times ack_wait: the transport says it is still at it
+        await asyncio.sleep(2.5)  # over twice ack_wait: the transport says it is still at it
 
     inbox = Inbox(slow)
-    await make("b", inbox, ack_wait=0.5)
+    await make("b", inbox, ack_wait=1.0)
     a = await make("a")
     await a.send(env())
     await inbox.wait_for(1)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.2)
     assert inbox.calls == 1
 
 
