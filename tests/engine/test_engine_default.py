@@ -82,7 +82,7 @@ async def test_many_concurrent_sessions_reordered_and_duplicated() -> None:
         inputs = [[rng.randint(-50, 50) for _ in range(rng.randint(0, 20))] for _ in range(300)]
         results = await asyncio.gather(*(c["primary"].run("merge-sort", xs) for xs in inputs))
         assert results == [sorted(xs) for xs in inputs]
-        dropped = sum(e.metrics.duplicates._value.get() for e in c.engines.values())
+        dropped = sum(e.metrics.duplicates.get() for e in c.engines.values())
         assert dropped > 0, "the fault plan duplicated envelopes, so some must have been dropped"
 
 
@@ -246,4 +246,4 @@ async def test_default_mode_keeps_a_bounded_number_of_ended_sessions() -> None:
         for role in "ab":
             kept = len(await c.stores[role].list_sessions(limit=10_000))
             assert kept <= 50, (role, kept)
-            assert c[role].metrics.sessions_kept._value.get() <= 50
+            assert c[role].metrics.sessions_kept.get() <= 50

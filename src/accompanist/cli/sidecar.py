@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -16,6 +17,10 @@ from accompanist.errors import AccompanistError
 __all__ = ["sidecar"]
 
 _ENV = "ACCOMPANIST_"
+
+# The cyclic garbage collector's thresholds for a running sidecar (Python's default: 700, 10,
+# 10). See _tune_gc.
+GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def _opt(env: str, help_text: str) -> Any:
@@ -157,9 +162,27 @@ async def _serve(cfg: Any) -> None:
         f"peer={_addr(sidecar.peer_address)} api={_addr(sidecar.api_address)}",
         flush=True,
     )
+    _tune_gc()
     await stop.wait()
     logging.getLogger("accompanist").info("stopping: finishing in-flight sessions")
     await sidecar.stop()
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path of a started sidecar.
+
+    Why: measured on the chain benchmark, Python's default thresholds made the collector take
+    10-15% of a sidecar's CPU per session, most of it traversing, again and again, the objects
+    created at start (modules, the app, the web server) that live as long as the process. They
+    are frozen (moved where the collector never looks) once the sidecar is up, and the young
+    generation is collected every 50,000 allocations instead of every 700, so the many
+    short-lived objects of a session are mostly freed by reference counting before a
+    collection looks at them. This sidecar process is ours to tune; an embedding application
+    keeps its own settings.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def event_loop(choice: str) -> tuple[Any, str]:

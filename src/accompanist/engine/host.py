@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from accompanist.engine.config import EngineConfig
+from accompanist.engine.linger import Lingering
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.registry import TransactionRegistry
@@ -34,6 +35,7 @@ class Host(Protocol):
     registry: TransactionRegistry
     guard: StoreGuard
     tracing: Tracing
+    lingering: Lingering
 
     def atomic(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AtomicScope]] | None:
         """The store's atomic scope for ``atomic=True`` transactions (fault-tolerant mode), or None."""

@@ -20,6 +20,7 @@ import msgspec
 
 from accompanist.engine import compensation, outcome
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
+from accompanist.engine.linger import Lingering
 from accompanist.engine.locks import KeyedLocks
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
@@ -27,7 +28,8 @@ from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.reach import Resender
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
-from accompanist.engine.session import Park, SessionRun, StartRefused
+from accompanist.engine.session import SessionRun
+from accompanist.engine.signals import Park, StartRefused
 from accompanist.engine.status import check_transition
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
 from accompanist.errors import (
@@ -92,6 +94,7 @@ class Runs:
         self.durable = self.config.mode is Mode.FAULT_TOLERANT
         self.guard = StoreGuard(store, self.config.store_retry_max, self.log, self.config.lazy_interval)
         self.guard.on_commit = self.metrics.commit_seconds.observe
+        self.lingering = Lingering(self.config.ack_linger)
         self.registry = TransactionRegistry(app)
         self.relay = (
             Relay(
@@ -184,8 +187,10 @@ class Runs:
             StoreInputError: the write was refused as invalid (nothing changed).
         """
         record = run.record
-        check_transition(record.session_id, record.status, status)
-        before = msgspec.structs.replace(record)
+        previous = record.status
+        check_transition(record.session_id, previous, status)
+        # What this change touches, to put back if the write is refused (no copy of the record).
+        undo = (previous, record.failure, record.error, record.state, record.updated_at)
         record.status = status
         if failure is not None:
             record.failure, record.error = failure.encode(), failure.describe()
@@ -199,7 +204,7 @@ class Runs:
         write = batch or WriteBatch()
         write.sessions.append(msgspec.structs.replace(record))
         try:
-            if lazy and not run.unsaved.waiting:
+            if lazy and self.durable and not run.unsaved.waiting:
                 # Losing it costs nothing: the role asks for the outcome again (see the README).
                 run.unsaved.take(write)
                 self.guard.defer(write)
@@ -207,16 +212,16 @@ class Runs:
             else:
                 await run.unsaved.save(write, sends)
         except StoreInputError:
-            run.record = before
+            record.status, record.failure, record.error, record.state, record.updated_at = undo
             raise
         if run.starting is not None and not run.starting.done():
             run.starting.set_result(None)  # a session that ends before any step with an effect
         if status in TERMINAL_STATUSES:
             run.accepting = False  # late envelopes are acknowledged and ignored, not handed over
         waiting = status in _AWAITING
-        if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
+        if waiting != (previous in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
-        self.event(record, status, before=before.status, failure=failure)
+        self.event(record, status, before=previous, failure=failure)
         if status in TERMINAL_STATUSES and self.tracing.enabled:
             self.tracing.end(record.session_id, status)
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
@@ -394,7 +399,7 @@ class Runs:
         """The run stops being in memory (its state, if any, is in the store); senders of
         envelopes it had not saved are told to deliver them again."""
         run.accepting = False
-        run.unsaved.fail(f"session {run.session_id} stopped at '{self.role}' before saving; deliver again")
+        run.unsaved.fail(self.role)
         if self.live.get(run.session_id) is run:
             del self.live[run.session_id]
             if run.record.status in _AWAITING:

@@ -31,6 +31,7 @@ from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.reach import Reach
+from accompanist.engine.signals import Park, Signal, StartRefused, expire
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
 from accompanist.engine.unsaved import Unsaved
 from accompanist.envelope import Envelope
@@ -60,9 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOCK_HEADER",
     "DONE_HEADER",
-    "Park",
     "SessionRun",
-    "StartRefused",
     "journal_name",
     "new_seed",
 ]
@@ -73,23 +72,6 @@ the roles it sent to, as a JSON list), so no separate ``done`` envelope is sent.
 
 CLOCK_HEADER = "accompanist-clock"
 """Header carrying the sender's Lamport time: commits are ordered causally across roles by it."""
-
-
-class Park(Exception):  # noqa: N818 - a signal, not an error
-    """The session waits without a task: a receive timed out in fault-tolerant mode.
-
-    Attributes:
-        awaited: ``(src, seq)`` of the envelope it waits for.
-    """
-
-    def __init__(self, what: str, awaited: tuple[str, int]) -> None:
-        self.awaited = awaited
-        super().__init__(what)
-
-
-class StartRefused(Exception):  # noqa: N818 - a signal, not an error
-    """A session started through the API could not be made durable before its first effect:
-    the start is refused (the caller hears why) and the run stops without a trace."""
 
 
 def journal_name(step: Step) -> str:
@@ -165,7 +147,7 @@ class SessionRun:
         self.starting: asyncio.Future[None] | None = None  # set by an API start: done once durable
         self.projected = False  # the projection ran (to its end or its failure) in this life
         # What the outcome round learned (filled from envelopes, live or from the inbox).
-        self.signal = asyncio.Event()
+        self.signal = Signal()
         self.arrivals = 0  # envelopes of the outcome round absorbed so far
         self.dones: dict[str, list[str]] = {}
         self.decision: Failure | None = None
@@ -184,7 +166,6 @@ class SessionRun:
         self._defer_to = initiator if record.role != initiator else None
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
-        self._traceparent = _traceparent(record.session_id, record.role)
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
@@ -233,10 +214,22 @@ class SessionRun:
         Raises:
             TimeoutError: not within ``timeout``.
         """
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self.signal.clear()
-                await self.signal.wait()
+        if condition():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        signal = self.signal
+        while not condition():
+            signal.flag = False
+            waiter: asyncio.Future[None] = loop.create_future()
+            signal.waiter = waiter
+            expiry = None if deadline is None else loop.call_at(deadline, expire, waiter)
+            try:
+                await waiter
+            finally:
+                signal.waiter = None
+                if expiry is not None:
+                    expiry.cancel()
 
     # -- journal -----------------------------------------------------------------------------
     def _replayed(self, step: Step) -> bool:
@@ -324,6 +317,9 @@ class SessionRun:
                 size=len(payload),
                 limit=limit,
             )
+        headers = {CLOCK_HEADER: str(self.clock)}
+        if self.host.tracing.enabled:  # nothing reads it otherwise: not built per envelope
+            headers["traceparent"] = _traceparent(self.session_id, self.record.role)
         envelope = Envelope(
             session_id=self.session_id,
             choreography=self.choreography.name,
@@ -333,7 +329,7 @@ class SessionRun:
             seq=step.seq,
             kind=step.msg_kind,
             payload=payload,
-            headers={"traceparent": self._traceparent, CLOCK_HEADER: str(self.clock)},
+            headers=headers,
         )
         if step.dst == self._defer_to:
             # Held until this role's next step starts (microseconds): if there is none, the
@@ -484,7 +480,10 @@ class SessionRun:
     async def _transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
         and a commit that failed before fails again without running."""
-        await self.flush()
+        # A durable commit that is not atomic writes its intent before the service is called,
+        # and what waits (held sends, the new record, inbox rows) goes in that same commit: one
+        # fsync, not two. Nothing with an effect runs before it.
+        await self.flush(sending=self.durable and not tx.atomic)
         self._start_step(step)
         recorded = self._recorded(step)
         occurrence = self.occurrences.get(tx.name, 0)

@@ -28,7 +28,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from accompanist.engine.engine import _SESSION_ID, Engine
+from accompanist.engine.engine import Engine
 from accompanist.errors import (
     AccompanistError,
     CodecError,
@@ -41,6 +41,7 @@ from accompanist.errors import (
     UnknownChoreographyError,
     UnknownSessionError,
 )
+from accompanist.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.sidecar.api_errors import ApiError, auth_middleware, errors_middleware
 from accompanist.sidecar.api_input import MAX_DEPTH, convert_args, field, flag, json_object, timeout_of, too_deep
 from accompanist.sidecar.openapi import openapi_document
@@ -116,13 +117,8 @@ def build_api(
         args = field(body, "args", list, "a JSON array")
         args = [] if args is None else args
         session_id = field(body, "session_id", str, "a string")
-        if session_id is not None and not _SESSION_ID.match(session_id):
-            raise ApiError(
-                "invalid-field",
-                f"invalid session_id {session_id!r}: use 1-128 letters, digits and '._:-', starting with a letter "
-                "or digit",
-                "session_id",
-            )
+        if session_id is not None and not valid_session_id(session_id):
+            raise ApiError("invalid-field", f"invalid session_id {session_id!r}: use {SESSION_ID_RULE}", "session_id")
         wait = flag(request, "wait")
         timeout = timeout_of(request)
         try:

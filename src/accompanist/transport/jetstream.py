@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import nats.errors
@@ -216,7 +217,9 @@ class JetStreamTransport:
         for role in sorted(failed):
             hello = Envelope("", "", 0, role, self.role, 0, EnvelopeKind.HELLO)
             with contextlib.suppress(Exception):
-                await handler(hello)
+                pending = handler(hello)
+                if pending is not None:
+                    await pending
 
     async def _error(self, exc: Exception) -> None:
         self._throttle.warning(f"nats:{type(exc).__name__}", "%s: NATS client: %s", self.role, exc)
@@ -224,13 +227,27 @@ class JetStreamTransport:
     # --- receiving -------------------------------------------------------------------------
 
     async def _on_message(self, msg: Msg) -> None:
-        """Called by the client one message at a time: hand each to a task of its own, so a
-        handler waiting for a commit never holds up the envelopes behind it."""
-        await self._slots.acquire()
-        if self._closed:
-            self._slots.release()
+        """Called by the client one message at a time. A handler that decides at once is
+        answered here; one that accepts later (once the envelope is in the inbox) is awaited
+        in a task of its own, so it never holds up the envelopes behind it."""
+        envelope = self._admit(msg)
+        if envelope is None:
+            await _settle(msg.term())
             return
-        task = asyncio.get_running_loop().create_task(self._receive(msg))
+        handler = self._handler
+        if handler is None or self._closed:
+            return  # not acknowledged: the broker delivers it again at the next start
+        self.stats.received += 1
+        try:
+            pending = handler(envelope)
+        except Exception as exc:
+            await self._refused(msg, envelope, exc)
+            return
+        if pending is None:
+            await _settle(msg.ack())
+            return
+        await self._slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._accept_later(msg, envelope, pending))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -238,26 +255,23 @@ class JetStreamTransport:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _receive(self, msg: Msg) -> None:
-        envelope = self._admit(msg)
-        if envelope is None:
-            await _settle(msg.term())
-            return
-        handler = self._handler
-        assert handler is not None
-        self.stats.received += 1
-        progress = asyncio.get_running_loop().create_task(self._keep_alive(msg))
+    async def _accept_later(self, msg: Msg, envelope: Envelope, pending: Awaitable[None]) -> None:
+        alive = _KeepAlive(msg, self._ack_wait / 3, self._tasks)
         try:
-            await handler(envelope)
+            await pending
         except Exception as exc:
-            progress.cancel()
-            self._reject(Reason.HANDLER, f"handler refused {envelope.key}: {reject_info(exc)}")
-            permanent = isinstance(exc, EnvelopeRejectedError) and exc.permanent
-            await _settle(msg.term() if permanent else msg.nak(delay=self._redelivery_delay(msg)))
+            alive.stop()
+            await self._refused(msg, envelope, exc)
             return
         finally:
-            progress.cancel()
+            alive.stop()
         await _settle(msg.ack())
+
+    async def _refused(self, msg: Msg, envelope: Envelope, exc: Exception) -> None:
+        """Terminate what is refused for good; redeliver, later and later, what may pass."""
+        self._reject(Reason.HANDLER, f"handler refused {envelope.key}: {reject_info(exc)}")
+        permanent = isinstance(exc, EnvelopeRejectedError) and exc.permanent
+        await _settle(msg.term() if permanent else msg.nak(delay=self._redelivery_delay(msg)))
 
     def _admit(self, msg: Msg) -> Envelope | None:
         """The envelope of an authenticated frame addressed to this role, or None (counted)."""
@@ -343,6 +357,11 @@ class JetStreamTransport:
                 "it may or may not be stored, retry it"
             ) from exc
 
+    def post(self, envelope: Envelope, timeout: float | None = None) -> asyncio.Future[None]:
+        """:meth:`send` with ``wait=True``, as a future (see ``Transport.post``): done once the
+        broker stored the envelope, or with its error."""
+        return asyncio.ensure_future(self.send(envelope, wait=True, timeout=timeout))
+
     # --- shutting down ---------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -361,6 +380,27 @@ class JetStreamTransport:
         await asyncio.gather(*tasks, return_exceptions=True)
         if nc is not None:
             await _disconnect(nc)
+
+
+class _KeepAlive:
+    """Tells the broker every ``period`` seconds that a slow handler is still at ``msg``, so it
+    does not redeliver it meanwhile (a timer, not a task, while all is quick)."""
+
+    def __init__(self, msg: Msg, period: float, tasks: set[asyncio.Task[None]]) -> None:
+        self._msg = msg
+        self._period = period
+        self._tasks = tasks
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(period, self._fire)
+
+    def _fire(self) -> None:
+        task = self._loop.create_task(_settle(self._msg.in_progress()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._timer = self._loop.call_later(self._period, self._fire)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 async def _disconnect(nc: Client) -> None:
