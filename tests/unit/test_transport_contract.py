@@ -55,6 +55,19 @@ async def test_an_envelope_sent_without_waiting_is_delivered(mesh: Mesh) -> None
     assert a.stats.acked == 0
 
 
+async def test_post_ends_as_an_awaited_send_would(mesh: Mesh) -> None:
+    inbox = Inbox()
+    await mesh.transport("b", inbox)
+    a = await mesh.transport("a")
+    answers = [a.post(env(seq)) for seq in range(1, 21)]
+    assert await asyncio.gather(*answers) == [None] * 20
+    await inbox.wait_for(20)
+    assert sorted(e.seq for e in inbox.got) == list(range(1, 21))
+    await a.close()
+    with pytest.raises(TransportError, match="closed"):
+        await a.post(env(21))
+
+
 async def test_both_directions_at_once(mesh: Mesh) -> None:
     got_a, got_b = Inbox(), Inbox()
     a = await mesh.transport("a", got_a)
