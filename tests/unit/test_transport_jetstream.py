@@ -10,6 +10,7 @@ out, and the relay hears of it as it would hear a peer's hello.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -147,6 +148,28 @@ async def test_a_broker_restart_is_waited_out_and_the_relay_told(own_nats: NatsS
     await inbox.wait_for(2, timeout=30)
     # 1 may come twice: b's ack of it may have died with the broker (the engine deduplicates).
     assert set(e.seq for e in inbox.got) == {1, 2} and a.stats.reconnects >= 1
+
+
+async def test_a_broker_that_lost_its_store_gets_the_stream_and_consumers_back(
+    own_nats: NatsServer, make: Make
+) -> None:
+    inbox = Inbox()
+    await make("b", inbox, url=own_nats.url)
+    a = await make("a", url=own_nats.url)
+    own_nats.kill()
+    shutil.rmtree(own_nats.store / "jetstream")  # the broker's disk is gone
+    own_nats.start()
+    await until(lambda: a.stats.reconnects >= 1, timeout=30)
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:  # until the sidecars have put the stream back
+        try:
+            await a.send(env(1), timeout=1)
+            break
+        except TransportError:
+            assert asyncio.get_running_loop().time() < deadline, "the stream never came back"
+            await asyncio.sleep(0.2)
+    await inbox.wait_for(1, timeout=30)
+    assert [e.seq for e in inbox.got] == [1]
 
 
 async def test_an_unreachable_broker_fails_the_start_within_the_connect_timeout(make: Make) -> None:

@@ -96,8 +96,11 @@ async def ensure_stream(js: JetStreamContext, layout: Layout) -> None:
         )
 
 
-async def ensure_consumer(js: JetStreamContext, layout: Layout, *, ack_wait: float, max_ack_pending: int) -> None:
-    """Create this role's durable consumer, or recreate it to redeliver what a crash left.
+async def ensure_consumer(
+    js: JetStreamContext, layout: Layout, *, ack_wait: float, max_ack_pending: int, recreate: bool = True
+) -> None:
+    """Create this role's durable consumer, or (with ``recreate``, at a start) recreate it to
+    redeliver what a crash left.
 
     A consumer that still has envelopes handed out but unacknowledged belongs to a sidecar
     that died (or stopped) before accepting them. JetStream would redeliver them only once
@@ -132,7 +135,7 @@ async def ensure_consumer(js: JetStreamContext, layout: Layout, *, ack_wait: flo
                 and have.ack_wait == wanted.ack_wait
                 and have.max_ack_pending == wanted.max_ack_pending
             )
-            if same and not info.num_ack_pending:
+            if same and (not recreate or not info.num_ack_pending):
                 return
             await js.delete_consumer(layout.stream, layout.consumer)
         await js.add_consumer(layout.stream, wanted)

@@ -208,8 +208,25 @@ class JetStreamTransport:
     async def _reconnected(self) -> None:
         self.stats.reconnects += 1
         self._logger.info("%s: reconnected to the NATS broker", self.role)
-        # The equivalent of a peer's hello (see the module's docstring): the relay retries at
-        # once what failed while the broker was away.
+        # Not awaited here: the client's reconnection waits for this callback.
+        task = asyncio.get_running_loop().create_task(self._back_with_broker())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _back_with_broker(self) -> None:
+        """After a reconnection: make sure the stream and consumer are still there (a broker
+        that lost its store comes back without them), then give the engine the equivalent of
+        a peer's hello (see the module's docstring): the relay retries at once what failed
+        while the broker was away."""
+        js = self._js
+        if js is not None and not self._closed:
+            try:
+                await ensure_stream(js, self.layout)
+                await ensure_consumer(
+                    js, self.layout, ack_wait=self._ack_wait, max_ack_pending=self._max_inflight, recreate=False
+                )
+            except TransportError as exc:
+                self._logger.warning("%s: after reconnecting: %s", self.role, exc)
         failed, self._failed_to = self._failed_to, set()
         handler = self._handler
         if handler is None or self._closed:
