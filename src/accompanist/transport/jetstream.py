@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
-from typing import Any, Final
+from typing import Final
 
 import nats.errors
 import nats.js.errors
@@ -48,6 +48,7 @@ from nats.js import JetStreamContext
 
 from accompanist.envelope import Envelope, EnvelopeKind
 from accompanist.errors import ConfigError, EnvelopeRejectedError, TransportError
+from accompanist.transport._jetstream_client import KeepAlive, disconnect, settle
 from accompanist.transport._jetstream_setup import Layout, ensure_consumer, ensure_stream
 from accompanist.transport._throttle import LogThrottle
 from accompanist.transport.base import Handler, TransportStats
@@ -185,7 +186,7 @@ class JetStreamTransport:
                 )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             self._closed = True
-            await _disconnect(nc)
+            await disconnect(nc)
             raise TransportError(
                 f"role '{self.role}' cannot reach the NATS broker at {self.where} within "
                 f"{self._connect_timeout:g}s: {str(exc) or type(exc).__name__}"
@@ -198,7 +199,7 @@ class JetStreamTransport:
             await self._nc.flush(timeout=max(1, round(self._send_timeout)))
         except BaseException:
             self._closed = True
-            await _disconnect(self._nc)
+            await disconnect(self._nc)
             raise
 
     async def _disconnected(self) -> None:
@@ -249,7 +250,7 @@ class JetStreamTransport:
         in a task of its own, so it never holds up the envelopes behind it."""
         envelope = self._admit(msg)
         if envelope is None:
-            await _settle(msg.term())
+            await settle(msg.term())
             return
         handler = self._handler
         if handler is None or self._closed:
@@ -261,7 +262,7 @@ class JetStreamTransport:
             await self._refused(msg, envelope, exc)
             return
         if pending is None:
-            await _settle(msg.ack())
+            await settle(msg.ack())
             return
         await self._slots.acquire()
         task = asyncio.get_running_loop().create_task(self._accept_later(msg, envelope, pending))
@@ -273,7 +274,7 @@ class JetStreamTransport:
         self._slots.release()
 
     async def _accept_later(self, msg: Msg, envelope: Envelope, pending: Awaitable[None]) -> None:
-        alive = _KeepAlive(msg, self._ack_wait / 3, self._tasks)
+        alive = KeepAlive(msg, self._ack_wait / 3, self._tasks)
         try:
             await pending
         except Exception as exc:
@@ -282,13 +283,13 @@ class JetStreamTransport:
             return
         finally:
             alive.stop()
-        await _settle(msg.ack())
+        await settle(msg.ack())
 
     async def _refused(self, msg: Msg, envelope: Envelope, exc: Exception) -> None:
         """Terminate what is refused for good; redeliver, later and later, what may pass."""
         self._reject(Reason.HANDLER, f"handler refused {envelope.key}: {reject_info(exc)}")
         permanent = isinstance(exc, EnvelopeRejectedError) and exc.permanent
-        await _settle(msg.term() if permanent else msg.nak(delay=self._redelivery_delay(msg)))
+        await settle(msg.term() if permanent else msg.nak(delay=self._redelivery_delay(msg)))
 
     def _admit(self, msg: Msg) -> Envelope | None:
         """The envelope of an authenticated frame addressed to this role, or None (counted)."""
@@ -313,7 +314,7 @@ class JetStreamTransport:
         """Tell the broker a slow handler is still at it, so it does not redeliver meanwhile."""
         while True:
             await asyncio.sleep(self._ack_wait / 3)
-            await _settle(msg.in_progress())
+            await settle(msg.in_progress())
 
     def _redelivery_delay(self, msg: Msg) -> float:
         try:
@@ -396,45 +397,4 @@ class JetStreamTransport:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if nc is not None:
-            await _disconnect(nc)
-
-
-class _KeepAlive:
-    """Tells the broker every ``period`` seconds that a slow handler is still at ``msg``, so it
-    does not redeliver it meanwhile (a timer, not a task, while all is quick)."""
-
-    def __init__(self, msg: Msg, period: float, tasks: set[asyncio.Task[None]]) -> None:
-        self._msg = msg
-        self._period = period
-        self._tasks = tasks
-        self._loop = asyncio.get_running_loop()
-        self._timer = self._loop.call_later(period, self._fire)
-
-    def _fire(self) -> None:
-        task = self._loop.create_task(_settle(self._msg.in_progress()))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._timer = self._loop.call_later(self._period, self._fire)
-
-    def stop(self) -> None:
-        self._timer.cancel()
-
-
-async def _disconnect(nc: Client) -> None:
-    """Close the client, whatever state the broker is in."""
-    try:
-        await nc.close()
-    except (nats.errors.Error, OSError, TimeoutError):
-        pass
-    except asyncio.CancelledError:
-        # With the broker gone the client's close can end in a CancelledError of its own
-        # (a socket it cancelled); only a cancellation of our task must go on.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-
-
-async def _settle(answer: Any) -> None:
-    """Send an ack, nak, term or progress note; a lost one only means a redelivery."""
-    with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-        await answer
+            await disconnect(nc)
