@@ -141,7 +141,7 @@ class TcpMesh(Mesh):
 class JetStreamMesh(Mesh):
     kind = "jetstream"
     answers_refusals = False
-    redelivery_window = 1.5  # ack_wait 0.5 s below, three times over
+    redelivery_window = 2.0  # ack_wait 1 s below, twice over
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -166,7 +166,7 @@ class JetStreamMesh(Mesh):
             keys=keys,
             current_key_id=current_key_id,
             max_frame=max_frame,
-            ack_wait=0.5,
+            ack_wait=1.0,  # short, so a redelivery would show within the test; long enough for a loaded loop
             retry_min=0.05,
             retry_max=0.2,
         )

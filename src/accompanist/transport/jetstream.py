@@ -215,19 +215,10 @@ class JetStreamTransport:
         task.add_done_callback(self._tasks.discard)
 
     async def _back_with_broker(self) -> None:
-        """After a reconnection: make sure the stream and consumer are still there (a broker
-        that lost its store comes back without them), then give the engine the equivalent of
-        a peer's hello (see the module's docstring): the relay retries at once what failed
-        while the broker was away."""
-        js = self._js
-        if js is not None and not self._closed:
-            try:
-                await ensure_stream(js, self.layout)
-                await ensure_consumer(
-                    js, self.layout, ack_wait=self._ack_wait, max_ack_pending=self._max_inflight, recreate=False
-                )
-            except TransportError as exc:
-                self._logger.warning("%s: after reconnecting: %s", self.role, exc)
+        """After a reconnection: give the engine the equivalent of a peer's hello (see the
+        module's docstring), so the relay retries at once what failed while the broker was
+        away; then make sure the stream and this role's consumer are still there (a broker
+        that lost its store comes back without them)."""
         failed, self._failed_to = self._failed_to, set()
         handler = self._handler
         if handler is None or self._closed:
@@ -238,6 +229,16 @@ class JetStreamTransport:
                 pending = handler(hello)
                 if pending is not None:
                     await pending
+        js = self._js
+        if js is None or self._closed:
+            return
+        try:
+            await ensure_stream(js, self.layout)
+            await ensure_consumer(
+                js, self.layout, ack_wait=self._ack_wait, max_ack_pending=self._max_inflight, recreate=False
+            )
+        except TransportError as exc:
+            self._logger.warning("%s: after reconnecting: %s", self.role, exc)
 
     async def _error(self, exc: Exception) -> None:
         self._throttle.warning(f"nats:{type(exc).__name__}", "%s: NATS client: %s", self.role, exc)
