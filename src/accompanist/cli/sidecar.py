@@ -80,6 +80,21 @@ def sidecar(
             show_default=False,
         ),
     ] = None,
+    ui: Annotated[
+        bool | None,
+        typer.Option(
+            "--ui", envvar=_ENV + "UI", help="Serve the web view on the API port under /ui.", show_default=False
+        ),
+    ] = None,
+    ui_sidecars: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ui-sidecar",
+            envvar=_ENV + "UI_SIDECARS",
+            help="Another sidecar's API URL the web view reads (repeat).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar=_ENV + "LOG_LEVEL", help="Logging level.")] = "INFO",
     log_format: Annotated[
         str, typer.Option(envvar=_ENV + "LOG_FORMAT", help="'text' or 'json' (one object per line).")
@@ -125,6 +140,8 @@ def sidecar(
         "grace": grace,
         "loop": loop,
         "insecure": insecure,
+        "ui": ui,
+        "ui_sidecars": ui_sidecars or None,
     }
     try:
         # Precedence: options (typer also reads their ACCOMPANIST_* variables), then the

@@ -69,6 +69,12 @@ class EngineConfig:
             One second: they nearly always ride on a commit made anyway before then, where a
             tenth of a second made a sidecar whose sessions take longer pay a commit of its
             own for them about once a session.
+        steps_kept: the live steps (times, values, attempts) of this many recent sessions are
+            kept in memory for ``GET /sessions/{id}/steps`` (at most ``memory_keep``); 0 keeps
+            none (the steps then come from the store alone, in fault-tolerant mode).
+        traces_file: write every span here, one JSON object per line (see :mod:`accompanist.tracing`).
+        metrics_file: write every OpenTelemetry metrics export here, one JSON object per line
+            (see :mod:`accompanist.otel_metrics`).
     """
 
     mode: Mode = Mode.DEFAULT
@@ -93,4 +99,6 @@ class EngineConfig:
     memory_keep: int = 100_000
     memory_retention: float = 3600.0
     lazy_interval: float = 1.0
+    steps_kept: int = 10_000
     traces_file: str | None = None
+    metrics_file: str | None = None

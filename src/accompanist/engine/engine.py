@@ -113,7 +113,10 @@ class Engine(Runs):
                 async with gate, self.session_lock(record.session_id):
                     await self._resume_at_start(record)
 
-            await asyncio.gather(*(resume(r) for r in await self.guard.retry(self.store.nonterminal_sessions)))
+            unfinished = await self.guard.retry(self.store.nonterminal_sessions)
+            for record in unfinished:  # counted before any of them resumes (and is counted out)
+                self.metrics.moved("", record.status)
+            await asyncio.gather(*(resume(r) for r in unfinished))
             self.spawn_background(announce(self), "accompanist-hello")
         self.spawn_background(nudge_loop(self), "accompanist-nudge")
         self._accepting = True

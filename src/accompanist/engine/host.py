@@ -17,6 +17,7 @@ from accompanist.engine.linger import Lingering
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.registry import TransactionRegistry
+from accompanist.engine.trail import Trails
 from accompanist.envelope import Envelope
 from accompanist.store.base import AtomicScope
 from accompanist.tracing import Tracing
@@ -35,6 +36,7 @@ class Host(Protocol):
     registry: TransactionRegistry
     guard: StoreGuard
     tracing: Tracing
+    trails: Trails
     lingering: Lingering
 
     def atomic(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AtomicScope]] | None:

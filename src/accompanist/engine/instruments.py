@@ -100,6 +100,10 @@ class Labelled:
             child = self.children[key] = self._make()
         return child  # type: ignore[return-value]  # each family holds one kind
 
+    def level(self, **values: str) -> Level:
+        """The :class:`Level` child for these label values."""
+        return self.labels(**values)  # type: ignore[return-value]
+
     def timing(self, **values: str) -> Timing:
         """The :class:`Timing` child for these label values."""
         return self.labels(**values)  # type: ignore[return-value]
@@ -128,6 +132,12 @@ class Instruments(Collector):
         level = Level()
         self._all.append(("gauge", name, doc, level))
         return level
+
+    def gauges(self, name: str, doc: str, labelnames: Sequence[str]) -> Labelled:
+        """A gauge family with labels."""
+        family = Labelled(labelnames, Level)
+        self._all.append(("gauge", name, doc, family))
+        return family
 
     def histogram(self, name: str, doc: str, bounds: Sequence[float]) -> Timing:
         """A histogram with these bucket bounds."""

@@ -44,6 +44,13 @@ class Lingering:
         """``unsaved`` committed (or stopped): it no longer waits."""
         self._due.pop(unsaved, None)
 
+    def waited(self, unsaved: Waiter) -> float:
+        """Seconds ``unsaved`` has waited (0 when it does not wait): for metrics."""
+        due = self._due.get(unsaved)
+        if due is None:
+            return 0.0
+        return max(0.0, asyncio.get_running_loop().time() - (due - self._linger))
+
     def _fire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()

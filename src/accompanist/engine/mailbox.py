@@ -120,6 +120,11 @@ class Mailbox:
         """Whether the envelope ``src -> here #seq`` has arrived and waits to be taken."""
         return (src, seq) in self._buffer or (src, seq) in self._spilled
 
+    def waiting_from(self) -> list[str]:
+        """The sender of every envelope that arrived early and waits to be taken (for metrics)."""
+        early = [src for (src, seq) in self._buffer if (src, seq) not in self._history]
+        return early + [src for src, _ in self._spilled]
+
     @property
     def buffered(self) -> int:
         """How many envelopes wait in the buffer."""

@@ -125,6 +125,16 @@ class Relay:
         self._patience.pop(dst, None)
         self._wakeup.set()
 
+    def pending_by_peer(self) -> dict[str, tuple[int, float]]:
+        """``{peer: (unacknowledged envelopes, seconds the oldest has been pending)}`` as of the
+        last outbox scan (for metrics)."""
+        now = time.monotonic()
+        out: dict[str, tuple[int, float]] = {}
+        for key, since in self._pending_since.items():
+            count, oldest = out.get(key[2], (0, 0.0))
+            out[key[2]] = (count + 1, max(oldest, now - since))
+        return out
+
     @property
     def inflight(self) -> int:
         """Deliveries in flight."""
@@ -290,12 +300,14 @@ class Relay:
             for envelope in pending:
                 if self._due(envelope):
                     self._spawn(envelope)
-            self._metrics.outbox_unacked.set(len(pending))
             self._wakeup.clear()
             keep = {e.key for e in pending}
-            for key in keep:
+            # Acknowledged rows whose mark is not durable yet are not waiting for their peer.
+            unacked = {key for key in keep if key not in self._acked}
+            self._metrics.outbox_unacked.set(len(unacked))
+            for key in unacked:
                 self._pending_since.setdefault(key, now)
-            for key in [k for k in self._pending_since if k not in keep]:
+            for key in [k for k in self._pending_since if k not in unacked]:
                 del self._pending_since[key]
             oldest = min(self._pending_since.values(), default=now)
             self._metrics.outbox_oldest.set(now - oldest)

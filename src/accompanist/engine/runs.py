@@ -22,7 +22,7 @@ from accompanist.engine import compensation, outcome
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
 from accompanist.engine.linger import Lingering
 from accompanist.engine.locks import KeyedLocks
-from accompanist.engine.metrics import Metrics
+from accompanist.engine.metrics import Metrics, peer_depths
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.reach import Resender
@@ -31,12 +31,14 @@ from accompanist.engine.relay import Relay
 from accompanist.engine.session import SessionRun
 from accompanist.engine.signals import Park, StartRefused
 from accompanist.engine.status import check_transition
+from accompanist.engine.trail import Trails
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
 from accompanist.errors import (
     AccompanistError,
     DefinitionError,
     EnvelopeRejectedError,
     NondeterminismError,
+    SessionCancelledError,
     SessionError,
     StoreInputError,
     UnknownChoreographyError,
@@ -88,6 +90,7 @@ class Runs:
         self.events = logging.getLogger(SESSION_LOGGER)  # one line per session event
         self.tracing = tracing or setup_tracing(role, self.config.traces_file)
         self.metrics = Metrics(role)
+        self.trails = Trails(min(self.config.memory_keep, self.config.steps_kept))  # GET /sessions/{id}/steps
         stats = getattr(store, "commit_stats", None)
         if stats is not None:
             self.metrics.store_commits.set_function(lambda: float(store.commit_stats.transactions))  # type: ignore[attr-defined]
@@ -111,6 +114,8 @@ class Runs:
             else None
         )
         self.live: dict[str, SessionRun] = {}
+        peers = sorted({r.name for c in app for r in c.roles if r.name != role})
+        self.metrics.watch_peers(lambda: peer_depths(list(self.live.values()), self.relay, peers))
         self.blocked: dict[str, str] = {}
         self.stopping = False  # stop() is under way: nothing new runs
         self.on_session_end: list[Callable[[SessionRecord], Awaitable[None] | None]] = []
@@ -201,6 +206,7 @@ class Runs:
         if state is not None:
             record.state = state
         record.updated_at = time.time()
+        self.metrics.moved(previous, status)
         write = batch or WriteBatch()
         write.sessions.append(msgspec.structs.replace(record))
         try:
@@ -213,6 +219,7 @@ class Runs:
                 await run.unsaved.save(write, sends)
         except StoreInputError:
             record.status, record.failure, record.error, record.state, record.updated_at = undo
+            self.metrics.moved(status, previous)
             raise
         if run.starting is not None and not run.starting.done():
             run.starting.set_result(None)  # a session that ends before any step with an effect
@@ -222,8 +229,15 @@ class Runs:
         if waiting != (previous in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
         self.event(record, status, before=previous, failure=failure)
-        if status in TERMINAL_STATUSES and self.tracing.enabled:
-            self.tracing.end(record.session_id, status)
+        if self.tracing.enabled:
+            c = run.choreography
+            self.tracing.on_transition(
+                record.session_id,
+                (c.name, c.version, c.initiator.name),
+                record.created_at,
+                (previous, undo[4], undo[2]),
+                (status, record.updated_at, status in TERMINAL_STATUSES),
+            )
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
             await self.ended(record)
         return record
@@ -386,9 +400,10 @@ class Runs:
         if self.stopping:
             return
         self.live[run.session_id] = run
+        run.trail = self.trails.attach(run.session_id)
         if self.tracing.enabled:
             c = run.choreography
-            self.tracing.session(run.session_id, c.name, c.version, c.initiator.name)
+            self.tracing.session(run.session_id, c.name, c.version, c.initiator.name, run.record.created_at)
         if run.record.status in _AWAITING:
             self.metrics.awaiting_outcome.inc()
         run.task = asyncio.create_task(self._drive(run), name=f"session-{run.session_id}")
@@ -446,7 +461,10 @@ class Runs:
         choreography = run.choreography
         try:
             args = choreography.codec.decode(run.record.args) if run.initiator else []
-            returned = await project(choreography, choreography.role(self.role), run, args)
+            try:
+                returned = await project(choreography, choreography.role(self.role), run, args)
+            finally:  # its steps are over: kept as plain data from now on (see engine.trail)
+                self.trails.seal(run.session_id)
             run.check_replay_complete()
             run.projected = True
             result = choreography.codec.encode(session_result(choreography, returned)) if run.initiator else None
@@ -566,6 +584,9 @@ class Runs:
         self.metrics.sessions_ended.labels(status=record.status).inc()
         if record.status not in TERMINAL_STATUSES:
             return
+        failure = self.failure_of(record)
+        if failure is not None and failure.error_type == SessionCancelledError.__name__:
+            self.metrics.cancelled.inc()
         for waiter in self._waiters.pop(record.session_id, []):
             if not waiter.done():
                 waiter.set_result(msgspec.structs.replace(record))

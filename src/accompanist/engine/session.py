@@ -33,6 +33,7 @@ from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.reach import Reach
 from accompanist.engine.signals import Park, Signal, StartRefused, expire
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
+from accompanist.engine.trail import raised
 from accompanist.engine.unsaved import Unsaved
 from accompanist.envelope import Envelope
 from accompanist.errors import (
@@ -86,6 +87,9 @@ def new_seed() -> bytes:
     return os.urandom(16)
 
 
+_RESULT: Any = object()  # _live records the step's own result
+
+
 def _traceparent(session_id: str, role: str) -> str:
     """W3C trace context of the envelopes a role sends: the session's trace, the role's
     session span (see :mod:`accompanist.tracing`), the same after a replay."""
@@ -110,6 +114,8 @@ class SessionRun:
         sent: ``(dst, seq)`` of envelopes already in the outbox.
         txlog: the session's transaction records, by key.
     """
+
+    trail: list[Any] | None = None  # its steps, LIVE items each: the engine's once it is spawned
 
     def __init__(
         self,
@@ -166,6 +172,9 @@ class SessionRun:
         self._defer_to = initiator if record.role != initiator else None
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
+        self.tx_attempts = 0  # commit attempts of the transaction running now
+        self.doing: Step | None = None  # the live step running now (a receive: the role waits there)
+        self.doing_since = 0.0  # when it began (perf_counter)
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
@@ -277,25 +286,42 @@ class SessionRun:
         return pending
 
     # -- StepRunner --------------------------------------------------------------------------
-    async def _live(self, kind: str, step: Step, work: Awaitable[T], **attrs: Any) -> T:
-        """Run a live step: its duration goes to ``accompanist_step_seconds``, and a span to the
-        tracer when tracing is on (replayed steps get neither: they did not run again)."""
-        began = time.perf_counter()
+    async def _live(self, kind: str, step: Step, work: Awaitable[T], shown: Any = _RESULT, **attrs: Any) -> T:
+        """Run a live step: its duration goes to ``accompanist_step_seconds``, one tuple to the
+        session's trail (``shown``, or the step's result), and a span to the tracer when tracing
+        is on (replayed steps get none of these: they did not run again)."""
+        trail = self.trail
+        if trail is None:  # a run the engine did not spawn (a probe): its steps are nobody's to see
+            trail = self.trail = []
+        self.doing = step
+        began = self.doing_since = time.perf_counter()
+        outcome: Any = shown
         try:
             tracing = self.host.tracing
             if not tracing.enabled:
-                return await work
-            with tracing.step(self.session_id, kind, step=step.index, **attrs):
-                return await work
+                result = await work
+            else:
+                attempts = (lambda: self.tx_attempts) if kind == "transaction" else None
+                with tracing.live_step(self.session_id, kind, attempts, step=step.index, **attrs):
+                    result = await work
+            if shown is _RESULT:
+                outcome = result
+            return result
+        except BaseException as exc:
+            outcome = raised(exc)  # the error path: what went wrong, not the traceback
+            raise
         finally:
-            self.host.metrics.step(kind, time.perf_counter() - began)
+            ended = time.perf_counter()
+            self.host.metrics.step(kind, ended - began)
+            self.doing = None
+            trail.extend((step, began, ended, outcome, self.tx_attempts if kind == "transaction" else 0))
 
     async def send(self, step: Step, value: Any) -> None:
         """Timed and traced (when tracing is on) unless replayed; see :meth:`_send`."""
         if self._replayed(step):
             await self._send(step, value)
             return
-        await self._live("send", step, self._send(step, value), peer=step.dst, seq=step.seq)
+        await self._live("send", step, self._send(step, value), value, peer=step.dst, seq=step.seq)
 
     async def _send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
@@ -475,6 +501,7 @@ class SessionRun:
         """Timed and traced (when tracing is on) unless replayed; see :meth:`_transaction`."""
         if self._replayed(step):
             return await self._transaction(step, tx, args)
+        self.tx_attempts = 0
         return await self._live("transaction", step, self._transaction(step, tx, args), transaction=tx.name)
 
     async def _transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
@@ -569,8 +596,13 @@ class SessionRun:
             self.unsaved.txlog(intent)
             self.txlog[key] = intent
             await self.save()
+
+        def attempt(number: int) -> TxContext:  # counted for the trail and the span
+            self.tx_attempts = number
+            return ctx(number)
+
         try:
-            result = await commit_with_retry(tx, ctx, args, commit_atomically if atomic is not None else None)
+            result = await commit_with_retry(tx, attempt, args, commit_atomically if atomic is not None else None)
         except TransactionFailedError as exc:
             if exc.uncertain:  # the retries ran out: it may have taken effect, so undo it too
                 remember(None)

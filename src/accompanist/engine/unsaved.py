@@ -26,6 +26,7 @@ Why each relaxation is safe (the README's fault-tolerance section says the same)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -199,6 +200,12 @@ class Unsaved:
     def _arm(self) -> None:
         if self._host.durable:
             self._host.lingering.arm(self)
+
+    def backlog(self) -> tuple[list[Envelope], float]:
+        """The received envelopes waiting here for their commit (so not yet acknowledged), and
+        since when (``time.monotonic()``) the oldest of them has waited at most (for metrics)."""
+        waited = self._host.lingering.waited(self)
+        return list(self._batch.inbox) if self._batch is not None else [], time.monotonic() - waited
 
     def _disarm(self) -> None:
         self._host.lingering.disarm(self)

@@ -89,6 +89,8 @@ class SidecarConfig:
         peer_unauth_budget: bytes all such connections together may be reading in larger frames.
         insecure: allow a peer endpoint (or a broker) off loopback without hmac_key or TLS
             (anyone who can reach it can forge envelopes).
+        ui: serve the web view on the API port under ``/ui``.
+        ui_sidecars: other sidecars' API URLs the web view reads besides this one.
         transport: how envelopes travel between sidecars: ``tcp`` (direct connections to
             ``peers``, the default) or a NATS JetStream broker, ``nats://host:port`` (several
             separated by commas), which every sidecar of the mesh names instead of peers.
@@ -103,7 +105,8 @@ class SidecarConfig:
     ``retry_max``, ``deliver_timeout``, ``delivery_concurrency``, ``relay_interval``,
     ``retention``, ``tombstone_retention``, ``prune_interval``, ``grace``, ``compensation``,
     ``outcome_query_after``, ``max_payload``, ``store_retry_max``, ``ack_linger``,
-    ``memory_keep``, ``memory_retention``, ``lazy_interval``, ``traces_file``); None takes
+    ``memory_keep``, ``memory_retention``, ``lazy_interval``, ``steps_kept``, ``traces_file``,
+    ``metrics_file``); None takes
     ``engine``'s value, and after construction each holds the value in force.
 
     Raises:
@@ -138,6 +141,8 @@ class SidecarConfig:
     transport: str = "tcp"
     jetstream_stream: str = DEFAULT_STREAM
     jetstream_ack_wait: float = 30.0
+    ui: bool = False
+    ui_sidecars: tuple[str, ...] = ()
     engine: EngineConfig = field(default_factory=EngineConfig)
     _: KW_ONLY
     mode: Mode | str | None = None
@@ -162,7 +167,9 @@ class SidecarConfig:
     memory_keep: int | None = None
     memory_retention: float | None = None
     lazy_interval: float | None = None
+    steps_kept: int | None = None
     traces_file: str | None = None
+    metrics_file: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.role, str) or not self.role:
@@ -193,6 +200,9 @@ class SidecarConfig:
         self.jetstream_ack_wait = to_float("jetstream_ack_wait", self.jetstream_ack_wait)
         if self.jetstream_ack_wait <= 0:
             raise ConfigError(f"jetstream_ack_wait must be greater than 0, got {self.jetstream_ack_wait!r}")
+        self.ui = to_bool("ui", self.ui)
+        sidecars: Any = self.ui_sidecars
+        self.ui_sidecars = tuple(sidecars.split() if isinstance(sidecars, str) else (str(u) for u in sidecars or ()))
         if not isinstance(self.engine, EngineConfig):
             raise ConfigError(f"engine must be an ac.EngineConfig, got {type(self.engine).__name__}")
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)}
