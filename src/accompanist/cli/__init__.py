@@ -15,6 +15,7 @@ from accompanist._version import __version__
 from accompanist.cli.check import check
 from accompanist.cli.demo import demo
 from accompanist.cli.inspect import sessions, show
+from accompanist.cli.replay import export, replay
 from accompanist.cli.sidecar import sidecar
 
 __all__ = ["app", "main"]
@@ -50,6 +51,8 @@ app.command("check")(check)
 app.command("sidecar")(sidecar)
 app.command("sessions")(sessions)
 app.command("show")(show)
+app.command("export")(export)
+app.command("replay")(replay)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from accompanist.testing.explore import explore, explore_async
 from accompanist.testing.ledger import EffectLog, Ledger, LedgerEntry
 from accompanist.testing.probe import Crash, Schedule, TxId
 from accompanist.testing.projected import run_projected
+from accompanist.testing.replay import ReplayReport, SessionExport, export_session, load_export, replay_session
 
 __all__ = [
     "CentralOutcome",
@@ -27,13 +28,18 @@ __all__ = [
     "ExploreReport",
     "Ledger",
     "LedgerEntry",
+    "ReplayReport",
     "RunReport",
+    "SessionExport",
     "Schedule",
     "TxId",
     "Violation",
     "explore",
     "explore_async",
+    "export_session",
+    "load_export",
     "quick_config",
+    "replay_session",
     "run_projected",
     "run_virtual",
     "virtual_clock",

@@ -18,14 +18,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.engine import Engine
 from accompanist.errors import SessionFailedError, StoreError, UnknownSessionError
 from accompanist.language.choreography import App, Choreography
-from accompanist.store.base import TERMINAL_STATUSES, SessionRecord
+from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, Store
 from accompanist.store.memory import MemoryStore
 from accompanist.transport.memory import FaultPlan, MemoryNetwork
 
@@ -56,7 +56,7 @@ class _Life:
     """One engine's view of its role's store: dead once that engine crashed, so nothing the
     crashed engine still runs can write (a process killed with SIGKILL writes nothing more)."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.dead = False
 
@@ -96,6 +96,8 @@ class Cluster:
         config: engine settings for every role (default: :func:`quick_config`, fault-tolerant).
         roles: the roles to run (default: every role of every choreography in ``app``).
         plan: network faults (drop, duplicate, delay, reorder) between the roles.
+        stores: a store per role (default: a ``MemoryStore`` each); a durable one (SQLite)
+            keeps the sessions for ``accompanist export`` after the test.
     """
 
     def __init__(
@@ -105,13 +107,14 @@ class Cluster:
         config: EngineConfig | None = None,
         roles: Iterable[str] | None = None,
         plan: FaultPlan | None = None,
+        stores: Mapping[str, Store] | None = None,
     ) -> None:
         self.app = app if isinstance(app, App) else App(app)
         self.config = config or quick_config()
         found = roles or dict.fromkeys(r.name for c in self.app for r in c.roles)
         self.roles: list[str] = list(found)
         self.network = MemoryNetwork(plan, send_timeout=0.5)
-        self.stores: dict[str, MemoryStore] = {r: MemoryStore(r) for r in self.roles}
+        self.stores: dict[str, Store] = {r: (stores or {}).get(r) or MemoryStore(r) for r in self.roles}
         self.engines: dict[str, Engine] = {}
         self.crashes: dict[str, int] = {}
         self._lives: dict[str, _Life] = {}
@@ -203,14 +206,12 @@ class Cluster:
         if engine is not None:
             with contextlib.suppress(UnknownSessionError, StoreError):
                 return await engine.get(session_id)
-        store = self.stores[role]
-        was_open = store._open
+        store = self.stores[role]  # the role is down: read what its store kept
         await store.open()
         try:
             return await store.get_session(session_id)
         finally:
-            if not was_open:
-                await store.close()
+            await store.close()
 
     async def records(self, session_id: str) -> dict[str, SessionRecord | None]:
         """The session's record at every role (None where it never started)."""
