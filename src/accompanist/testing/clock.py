@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from accompanist.errors import ConfigError
 
-__all__ = ["run_virtual", "virtual_clock", "virtual_time_available"]
+__all__ = ["poll_interval", "run_virtual", "virtual_clock", "virtual_time_available"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,14 @@ def _looptime() -> Any:
 def virtual_time_available() -> bool:
     """Whether ``looptime`` is installed (``pip install 'accompanist[testing]'``)."""
     return _looptime() is not None
+
+
+def poll_interval(real: float = 0.01, virtual: float = 1.0) -> float:
+    """How long a test helper should sleep between two looks at a condition (at most): briefly
+    in real time, but long on a virtual clock, where each sleep is a step of the clock that
+    costs real work, and short steps would make an hour of virtual time cost many of them."""
+    loop = asyncio.get_running_loop()
+    return virtual if getattr(loop, "looptime_on", False) else real
 
 
 def _require() -> Any:

@@ -27,14 +27,20 @@ from accompanist.errors import SessionFailedError, StoreError, UnknownSessionErr
 from accompanist.language.choreography import App, Choreography
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, Store
 from accompanist.store.memory import MemoryStore
+from accompanist.testing.clock import poll_interval
 from accompanist.transport.memory import FaultPlan, MemoryNetwork
 
 __all__ = ["Cluster", "quick_config"]
 
 
-def quick_config(mode: Mode | str = Mode.FAULT_TOLERANT, **overrides: Any) -> EngineConfig:
+def quick_config(mode: Mode | str = Mode.FAULT_TOLERANT, *, virtual: bool = False, **overrides: Any) -> EngineConfig:
     """Engine settings for tests: short retry and outcome intervals, so a crashed role's
-    peers notice its return within milliseconds; ``overrides`` win."""
+    peers notice its return within milliseconds; ``overrides`` win.
+
+    With ``virtual`` (a virtual clock), the periodic wake-ups (the relay's rescan, the outcome
+    round's nudges) are seconds apart instead: waiting costs nothing there, but every wake-up
+    is a step of the clock, and an hour in 20 ms steps would take a while even so.
+    """
     settings: dict[str, Any] = {
         "mode": Mode(mode),
         "receive_timeout": 30.0,
@@ -48,6 +54,8 @@ def quick_config(mode: Mode | str = Mode.FAULT_TOLERANT, **overrides: Any) -> En
         "lazy_interval": 0.02,
         "ack_linger": 0.01,
     }
+    if virtual:
+        settings.update(relay_interval=60.0, outcome_query_after=30.0, lazy_interval=0.1, ack_linger=0.05)
     settings.update(overrides)
     return EngineConfig(**settings)
 
@@ -225,6 +233,7 @@ class Cluster:
             TimeoutError: not within ``timeout``; the message says where each role is.
         """
         deadline = time.monotonic() + timeout
+        pause = 0.005
         while True:
             records = await self.records(session_id)
             present = [r for r in records.values() if r is not None]
@@ -233,4 +242,5 @@ class Cluster:
             if time.monotonic() > deadline:
                 where = ", ".join(f"{role}={r.status if r else '-'}" for role, r in records.items())
                 raise TimeoutError(f"session {session_id} did not end everywhere within {timeout:g}s: {where}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, poll_interval(0.02, 60.0))  # see poll_interval

@@ -35,7 +35,7 @@ from accompanist.testing.checks import (
     Violation,
     check_run,
 )
-from accompanist.testing.clock import run_virtual, virtual_clock, virtual_time_available
+from accompanist.testing.clock import poll_interval, run_virtual, virtual_clock, virtual_time_available
 from accompanist.testing.cluster import Cluster, quick_config
 from accompanist.testing.ledger import EffectLog
 from accompanist.testing.probe import Crash, Probe, Schedule, instrument
@@ -133,7 +133,7 @@ class _Explorer:
                         report.violations.append(check_stuck(str(exc), self.timeout))
                         return report, probe
                 if records is None:
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(poll_interval(0.005, 0.5))
             for role, record in records.items():
                 if record is None:
                     continue
@@ -185,13 +185,13 @@ async def explore_async(
 ) -> ExploreReport:
     """Explore in the running event loop; see :func:`explore`."""
     mode = Mode(mode)
-    config = config or quick_config(mode)
-    if config.mode is not mode:
-        raise ConfigError(f"explore(mode={mode.value!r}) was given an EngineConfig with mode {config.mode.value!r}")
     virtual = virtual_time_available() if virtual_time is None else virtual_time
     loop = asyncio.get_running_loop()
     if virtual_time is None and (not isinstance(loop, asyncio.BaseEventLoop) or not hasattr(loop, "_selector")):
         virtual = False  # uvloop: real time
+    config = config or quick_config(mode, virtual=virtual)
+    if config.mode is not mode:
+        raise ConfigError(f"explore(mode={mode.value!r}) was given an EngineConfig with mode {config.mode.value!r}")
     explorer = _Explorer(target, args, config=config, effects=effects, timeout=timeout, progress=progress)
     durable = mode is Mode.FAULT_TOLERANT
     if not durable:
