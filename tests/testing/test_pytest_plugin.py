@@ -8,7 +8,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-USER_TESTS = '''
+USER_TESTS = """
 import accompanist as ac
 from accompanist.testing import Ledger
 
@@ -60,7 +60,7 @@ def test_explore_passes(explore):
 def test_explore_fails_with_a_readable_trace(explore):
     ledger = Ledger()
     explore(lambda: make(ledger, idempotent=False), "pen", effects=ledger)
-'''
+"""
 
 
 def test_the_fixtures_work_in_a_users_test_file(pytester: pytest.Pytester) -> None:
