@@ -13,7 +13,16 @@ import msgspec
 
 from accompanist.errors import CodecError, TransactionFailedError
 
-__all__ = ["Failure"]
+__all__ = ["Failure", "storable_text"]
+
+
+def storable_text(text: str) -> str:
+    """``text`` as every store and JSON can hold it: lone surrogates become ``?`` and NUL
+    characters U+FFFD. An error message is outside data (an exception may quote anything), so
+    it is made storable once, where the failure is made, not checked again at each commit."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +44,16 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     transaction: str | None
     error_type: str
     message: str
+
+    def __post_init__(self) -> None:
+        # Made by this process from an exception, or decoded from a peer: either way outside
+        # text, which every record of the failure (its JSON, the session's error) must hold.
+        for name in ("role", "transaction", "error_type", "message"):
+            value = getattr(self, name)
+            if value is not None:
+                clean = storable_text(value)
+                if clean is not value:
+                    msgspec.structs.force_setattr(self, name, clean)
 
     @classmethod
     def of(cls, exc: BaseException, role: str, step: int | None) -> Failure:

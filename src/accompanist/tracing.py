@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from accompanist.errors import ConfigError
@@ -63,7 +63,15 @@ class Tracing:
         """Whether spans are recorded (an exporter is configured)."""
         return self.tracer is not None
 
-    def _start(self, name: str, trace: int, span: int | None, parent: int | None, attrs: dict[str, Any]) -> Any:
+    def _start(
+        self,
+        name: str,
+        trace: int,
+        span: int | None,
+        parent: int | None,
+        attrs: dict[str, Any],
+        start: float | None = None,
+    ) -> Any:
         from opentelemetry import trace as otel
 
         context = None
@@ -73,12 +81,16 @@ class Tracing:
         token = _FORCED.set((trace, span) if span is not None else None)
         try:
             assert self.tracer is not None
-            return self.tracer.start_span(name, context=context, attributes=attrs)
+            start_time = int(start * 1e9) if start else None
+            return self.tracer.start_span(name, context=context, attributes=attrs, start_time=start_time)
         finally:
             _FORCED.reset(token)
 
-    def session(self, session_id: str, choreography: str, version: int, initiator: str) -> Any:
-        """The role's session span (started once per process; the same id after a replay)."""
+    def session(
+        self, session_id: str, choreography: str, version: int, initiator: str, start: float | None = None
+    ) -> Any:
+        """The role's session span (started once per process; the same id after a replay),
+        beginning at ``start`` (UNIX seconds: when the session began here), or now."""
         span = self.open.get(session_id)
         if span is None and self.tracer is not None:
             trace = trace_id_of(session_id)
@@ -90,7 +102,12 @@ class Tracing:
                 "accompanist.version": version,
             }
             span = self._start(
-                f"session {choreography} at {self.role}", trace, session_span_id(session_id, self.role), parent, attrs
+                f"session {choreography} at {self.role}",
+                trace,
+                session_span_id(session_id, self.role),
+                parent,
+                attrs,
+                start,
             )
             self.open[session_id] = span
         return span
@@ -111,6 +128,62 @@ class Tracing:
         fields.setdefault("accompanist.session_id", session_id)
         with self.tracer.start_as_current_span(name, context=context, attributes=fields) as span:
             yield span
+
+    @contextlib.contextmanager
+    def live_step(self, session_id: str, name: str, attempts: Callable[[], int] | None, **attrs: Any) -> Iterator[Any]:
+        """:meth:`step` for a live step of the projection: a wait that ended in a park is marked
+        ``accompanist.parked`` (a ``parked`` span follows), and ``attempts()`` (a commit's tries)
+        is recorded as ``accompanist.attempts`` when the step is over."""
+        with self.step(session_id, name, **attrs) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                if span is not None and type(exc).__name__ == "Park":
+                    span.set_attribute("accompanist.parked", True)
+                raise
+            finally:
+                if span is not None and attempts is not None:
+                    span.set_attribute("accompanist.attempts", attempts())
+
+    def on_transition(
+        self, session_id: str, session: tuple[str, int, str], created: float, before: tuple[str, float, Any], after: Any
+    ) -> None:
+        """A session's status changed (durably): a ``parked`` span when it leaves ``parked``
+        (from the park to now, with the reason), and the role's session span ends with a
+        terminal status. The session span is opened here when this process never ran the
+        session (it waited for the outcome across a restart), from when the session began here.
+
+        Args:
+            session_id: the session.
+            session: its choreography, version and initiator.
+            created: when it began at this role (UNIX seconds).
+            before: the status it leaves, since when (UNIX seconds), and its reason.
+            after: ``(status, now, terminal)``.
+        """
+        status, now, terminal = after
+        if before[0] != "parked" and not terminal:
+            return
+        self.session(session_id, *session, start=created)
+        if before[0] == "parked":
+            self.interval(session_id, "parked", before[1], now, reason=before[2])
+        if terminal:
+            self.end(session_id, status)
+
+    def interval(self, session_id: str, name: str, start: float, end: float, **attrs: Any) -> None:
+        """A child span of the session span covering ``start`` to ``end`` (UNIX seconds), for
+        what is known only once it is over (a park, from its start to the resume)."""
+        parent = self.open.get(session_id)
+        if parent is None or self.tracer is None:
+            return
+        from opentelemetry import trace as otel
+
+        fields = {f"accompanist.{k}": v for k, v in attrs.items() if v is not None}
+        fields.setdefault("accompanist.role", self.role)
+        fields.setdefault("accompanist.session_id", session_id)
+        span = self.tracer.start_span(
+            name, context=otel.set_span_in_context(parent), attributes=fields, start_time=int(start * 1e9)
+        )
+        span.end(end_time=int(max(end, start) * 1e9))
 
     def close(self) -> None:
         """Export what is still buffered (the engine stops)."""

@@ -82,7 +82,7 @@ async def test_many_concurrent_sessions_reordered_and_duplicated() -> None:
         inputs = [[rng.randint(-50, 50) for _ in range(rng.randint(0, 20))] for _ in range(300)]
         results = await asyncio.gather(*(c["primary"].run("merge-sort", xs) for xs in inputs))
         assert results == [sorted(xs) for xs in inputs]
-        dropped = sum(e.metrics.duplicates._value.get() for e in c.engines.values())
+        dropped = sum(e.metrics.duplicates.get() for e in c.engines.values())
         assert dropped > 0, "the fault plan duplicated envelopes, so some must have been dropped"
 
 
@@ -184,7 +184,10 @@ async def test_start_errors_are_clear() -> None:
 
 
 async def test_thousands_of_concurrent_sessions() -> None:
-    async with cluster(APP, ["buyer", "seller"]) as c:
+    # Default mode fails a session whose peer stays silent for the receive timeout; on a loaded
+    # machine 5,000 sessions sharing one event loop can keep a peer silent for longer than the
+    # harness's 5 s, and the test is about concurrency, not timeouts.
+    async with cluster(APP, ["buyer", "seller"], config=EngineConfig(receive_timeout=120)) as c:
         titles = ["SICP" if i % 2 else "HtDP" for i in range(5000)]
         results = await asyncio.gather(*(c["buyer"].run("bookseller", t, timeout=120) for t in titles))
         assert results == ["bought at 30" if t == "SICP" else "too expensive" for t in titles]
@@ -243,4 +246,4 @@ async def test_default_mode_keeps_a_bounded_number_of_ended_sessions() -> None:
         for role in "ab":
             kept = len(await c.stores[role].list_sessions(limit=10_000))
             assert kept <= 50, (role, kept)
-            assert c[role].metrics.sessions_kept._value.get() <= 50
+            assert c[role].metrics.sessions_kept.get() <= 50

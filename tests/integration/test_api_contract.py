@@ -80,6 +80,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str, str | None]] = [
     ("GET", "/sessions?status=bogus", {}, 400, "invalid-query", "status"),
     ("GET", "/sessions?limit=many", {}, 400, "invalid-query", "limit"),
     ("GET", "/sessions/no-such-session", {}, 404, "unknown-session", "session_id"),
+    ("GET", "/sessions/no-such-session/steps", {}, 404, "unknown-session", "session_id"),
     ("POST", "/sessions/no-such-session/cancel", {}, 404, "unknown-session", "session_id"),
     ("POST", "/sessions/no-such-session/resume", {}, 404, "unknown-session", "session_id"),
     ("GET", "/no/such/path", {}, 404, "not-found", None),
@@ -235,6 +236,14 @@ async def test_every_answer_fits_the_served_openapi_document(tmp_path: Path) -> 
         assert status == 409
         assert (await answer("GET", "a", f"/sessions/{done['session_id']}"))[0] == 200
         assert (await answer("GET", "b", f"/sessions/{done['session_id']}"))[0] == 200
+        for role in "ab":  # its steps (default mode: from memory); and a session still running
+            status, steps = await answer("GET", role, f"/sessions/{done['session_id']}/steps")
+            assert status == 200 and steps["role"] == role and steps["sources"] == ["memory"], steps
+            kinds = [(s["kind"], s["peer"], s["value"]) for s in steps["steps"] if s["kind"] in ("send", "receive")]
+            assert kinds[0] == ("send", "b", "6") if role == "a" else ("receive", "a", "6"), kinds
+            assert all(s["started_at"] and s["state"] == "done" for s in steps["steps"]), steps
+        status, steps = await answer("GET", "a", f"/sessions/{slow['session_id']}/steps")
+        assert status == 200 and steps["status"] in ("running", "parked"), steps
         for query in ("", "?status=completed&limit=5", "?status=running", "?status=blocked", "?limit=0"):
             status, listing = await answer("GET", "a", f"/sessions{query}")
             assert status == 200, listing

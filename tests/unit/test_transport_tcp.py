@@ -114,6 +114,46 @@ async def test_send_without_waiting_is_delivered(make: Callable[..., TcpTranspor
     assert a.stats.acked == 0
 
 
+async def test_a_send_without_waiting_gets_no_answer_frame(make: Callable[..., TcpTransport]) -> None:
+    a, b = await serving(make, Inbox())
+    await a.send(env(1))  # connected, with one answer
+    await a.send(env(2), wait=False)
+    await a.send(env(3))
+    assert (a.stats.sent, a.stats.acked, b.stats.received) == (3, 2, 3)
+    assert not a.stats.rejected  # the answer to #2 was not sent, not dropped as unexpected
+
+
+async def test_posts_resolve_with_their_answers_without_a_task_each(make: Callable[..., TcpTransport]) -> None:
+    async def refuse_odd(e: Envelope) -> None:
+        if e.seq % 2:
+            raise ValueError(f"odd seq {e.seq}")
+
+    a, b = await serving(make, Inbox(refuse_odd))
+    first = a.post(env(2))  # no connection yet: it connects in a task
+    await first
+    tasks_before = len(asyncio.all_tasks())
+    answers = [a.post(env(seq), timeout=5) for seq in range(3, 203)]
+    assert len(asyncio.all_tasks()) == tasks_before  # on a live connection, nothing but futures
+    results = await asyncio.gather(*answers, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, TransportError)]
+    assert len(refused) == 100 and all("odd seq" in str(r) for r in refused)
+    assert results[1::2] == [None] * 100  # even seqs accepted
+    assert (a.stats.sent, a.stats.acked, b.stats.received) == (201, 101, 201)
+
+
+async def test_a_post_without_an_answer_fails_at_its_deadline(make: Callable[..., TcpTransport]) -> None:
+    gate = asyncio.Event()
+
+    async def stall(_: Envelope) -> None:
+        await gate.wait()
+
+    a, _ = await serving(make, Inbox(stall))
+    await a.send(env(1), wait=False)  # connect
+    with pytest.raises(TransportError, match="no answer from role 'b'"):
+        await a.post(env(2), timeout=0.2)
+    gate.set()
+
+
 async def test_1000_pipelined_sends_are_each_handled_exactly_once(make: Callable[..., TcpTransport]) -> None:
     async def work(_: Envelope) -> None:
         await asyncio.sleep(0)

@@ -14,9 +14,12 @@ import typer
 from accompanist._version import __version__
 from accompanist.cli.check import check
 from accompanist.cli.demo import demo
-from accompanist.cli.inspect import sessions, show
+from accompanist.cli.diagram import diagram
 from accompanist.cli.replay import export, replay
+from accompanist.cli.sessions import sessions
+from accompanist.cli.show import show
 from accompanist.cli.sidecar import sidecar
+from accompanist.cli.ui import ui
 
 __all__ = ["app", "main"]
 
@@ -51,6 +54,8 @@ app.command("check")(check)
 app.command("sidecar")(sidecar)
 app.command("sessions")(sessions)
 app.command("show")(show)
+app.command("diagram")(diagram)
+app.command("ui")(ui)
 app.command("export")(export)
 app.command("replay")(replay)
 

@@ -139,7 +139,11 @@ async def _compensate_one(host: Host, run: SessionRun, item: Committed, key: str
     if atomic is not None and run.unsaved:
         await run.unsaved.save()  # its commit's row must not land after the mark
 
+    attempts = 0
+
     def ctx(attempt: int) -> TxContext:
+        nonlocal attempts
+        attempts = attempt
         return dataclasses.replace(item.ctx, attempt=attempt, compensating=True)
 
     def complain(attempt: int, exc: BaseException) -> None:
@@ -154,15 +158,20 @@ async def _compensate_one(host: Host, run: SessionRun, item: Committed, key: str
             await item.tx.compensate(lent, *item.args, item.result)
             scope.batch.txlog.append(mark)
 
-    await compensate_until_done(
-        item.tx,
-        ctx,
-        item.args,
-        item.result,
-        on_error=complain,
-        max_delay=host.config.retry_max,
-        call=undo_atomically if atomic is not None else None,
-    )
+    began = time.perf_counter()
+    with host.tracing.step(run.session_id, "compensate", transaction=item.tx.name, step=item.ctx.step) as span:
+        await compensate_until_done(
+            item.tx,
+            ctx,
+            item.args,
+            item.result,
+            on_error=complain,
+            max_delay=host.config.retry_max,
+            call=undo_atomically if atomic is not None else None,
+        )
+        if span is not None:
+            span.set_attribute("accompanist.attempts", attempts)
+    host.trails.note_undone(run.session_id, (item.tx.name, key, item.ctx.step, began, time.perf_counter(), attempts))
     if host.durable and atomic is None:
         await run.unsaved.save(WriteBatch(txlog=[mark]))  # after the commit's own row, if it waited
     run.txlog[key] = mark

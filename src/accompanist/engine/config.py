@@ -66,6 +66,15 @@ class EngineConfig:
         memory_retention: default mode: ended sessions are kept this many seconds at most.
         lazy_interval: how often writes that may be lost without harm (acknowledgement marks,
             a participant's ``completed``) are made durable when no other commit carries them.
+            One second: they nearly always ride on a commit made anyway before then, where a
+            tenth of a second made a sidecar whose sessions take longer pay a commit of its
+            own for them about once a session.
+        steps_kept: the live steps (times, values, attempts) of this many recent sessions are
+            kept in memory for ``GET /sessions/{id}/steps`` (at most ``memory_keep``); 0 keeps
+            none (the steps then come from the store alone, in fault-tolerant mode).
+        traces_file: write every span here, one JSON object per line (see :mod:`accompanist.tracing`).
+        metrics_file: write every OpenTelemetry metrics export here, one JSON object per line
+            (see :mod:`accompanist.otel_metrics`).
     """
 
     mode: Mode = Mode.DEFAULT
@@ -89,5 +98,7 @@ class EngineConfig:
     ack_linger: float = 0.1
     memory_keep: int = 100_000
     memory_retention: float = 3600.0
-    lazy_interval: float = 0.1
+    lazy_interval: float = 1.0
+    steps_kept: int = 10_000
     traces_file: str | None = None
+    metrics_file: str | None = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -43,7 +42,7 @@ from accompanist.errors import (
     UnknownChoreographyError,
     UnknownSessionError,
 )
-from accompanist.ids import new_session_id
+from accompanist.ids import SESSION_ID_RULE, new_session_id, valid_session_id
 from accompanist.interpreters.common import check_args
 from accompanist.language.choreography import App, Choreography
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, Store, WriteBatch
@@ -53,7 +52,6 @@ __all__ = ["Engine", "UnknownSessionError"]
 
 S = SessionStatus
 _RECOVERY_CONCURRENCY = 64
-_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class Engine(Runs):
@@ -104,7 +102,7 @@ class Engine(Runs):
 
     async def _start_opened(self) -> None:
         self._started_at = time.time()
-        await self.transport.start(self.inbound.handle)
+        await self.transport.start(self.inbound.accept)
         if self.relay is not None:
             await self.relay.start()
             # Unfinished sessions resume side by side (their reads overlap), a bounded number
@@ -115,7 +113,10 @@ class Engine(Runs):
                 async with gate, self.session_lock(record.session_id):
                     await self._resume_at_start(record)
 
-            await asyncio.gather(*(resume(r) for r in await self.guard.retry(self.store.nonterminal_sessions)))
+            unfinished = await self.guard.retry(self.store.nonterminal_sessions)
+            for record in unfinished:  # counted before any of them resumes (and is counted out)
+                self.metrics.moved("", record.status)
+            await asyncio.gather(*(resume(r) for r in unfinished))
             self.spawn_background(announce(self), "accompanist-hello")
         self.spawn_background(nudge_loop(self), "accompanist-nudge")
         self._accepting = True
@@ -226,11 +227,8 @@ class Engine(Runs):
         """
         if not self._accepting:
             raise OverloadedError("the sidecar is not accepting sessions (starting or shutting down)")
-        if session_id is not None and (not isinstance(session_id, str) or not _SESSION_ID.match(session_id)):
-            raise DefinitionError(
-                f"invalid session_id {session_id!r}: use 1-128 letters, digits and '._:-', starting with "
-                "a letter or digit"
-            )
+        if session_id is not None and not valid_session_id(session_id):
+            raise DefinitionError(f"invalid session_id {session_id!r}: use {SESSION_ID_RULE}")
         choreography = self.app.get(name, version)
         if session_id is not None and await self._taken(session_id, choreography):
             return session_id

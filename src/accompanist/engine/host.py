@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from accompanist.engine.config import EngineConfig
+from accompanist.engine.linger import Lingering
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.registry import TransactionRegistry
+from accompanist.engine.trail import Trails
 from accompanist.envelope import Envelope
 from accompanist.store.base import AtomicScope
 from accompanist.tracing import Tracing
@@ -34,6 +36,8 @@ class Host(Protocol):
     registry: TransactionRegistry
     guard: StoreGuard
     tracing: Tracing
+    trails: Trails
+    lingering: Lingering
 
     def atomic(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AtomicScope]] | None:
         """The store's atomic scope for ``atomic=True`` transactions (fault-tolerant mode), or None."""

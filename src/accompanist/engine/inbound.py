@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -27,8 +28,10 @@ from accompanist.errors import (
     UnknownChoreographyError,
 )
 from accompanist.failure import Failure
+from accompanist.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.language.choreography import Choreography
 from accompanist.store.base import TERMINAL_STATUSES, SessionRecord, SessionStatus, WriteBatch
+from accompanist.store.validation import envelope_problem
 
 if TYPE_CHECKING:
     from accompanist.engine.runs import Runs
@@ -88,6 +91,15 @@ class Inbound:
             raise self._reject("invalid", f"message envelope with invalid seq {envelope.seq}", permanent=True)
         if envelope.kind in _CONTROL_TO_INITIATOR and e.role != choreography.initiator.name:
             raise self._reject("invalid", f"a {envelope.kind} envelope goes to the initiator only", permanent=True)
+        # Checked here, once, so that every row the engine builds from it is fit to store:
+        # its batches then skip the store's row validation (WriteBatch.trusted).
+        if not valid_session_id(envelope.session_id):
+            raise self._reject(
+                "invalid", f"invalid session id {envelope.session_id[:200]!r}: use {SESSION_ID_RULE}", permanent=True
+            )
+        problem = envelope_problem(envelope)
+        if problem is not None:
+            raise self._reject("invalid", f"the envelope cannot be stored: {problem}", permanent=True)
         return choreography
 
     def _same_session(self, record: SessionRecord, envelope: Envelope) -> None:
@@ -115,11 +127,24 @@ class Inbound:
         Raises:
             EnvelopeRejectedError: it is refused (``permanent`` when it can never be accepted).
         """
+        pending = self.accept(envelope)
+        if pending is not None:
+            await pending
+
+    def accept(self, envelope: Envelope) -> Awaitable[None] | None:
+        """:meth:`handle` as a transport handler (see ``transport.base.Handler``): None when the
+        envelope is accepted at once (a message for a running session in default mode), the
+        future of its durability when only that is awaited (fault-tolerant mode), a coroutine
+        otherwise (whatever needs the session's lock). So the common envelope costs no task.
+
+        Raises:
+            EnvelopeRejectedError: it is refused (``permanent`` when it can never be accepted).
+        """
         e = self._engine
         if envelope.kind == EnvelopeKind.HELLO:
             if e.relay is not None:
                 e.relay.wake(envelope.src)
-            return
+            return None
         if e.stopping:
             raise self._reject("stopping", f"role '{e.role}' is shutting down; retry", permanent=False)
         try:
@@ -127,8 +152,7 @@ class Inbound:
         except DefinitionError as exc:
             raise self._reject("invalid", str(exc), permanent=True) from None
         e.metrics.messages_received.inc()
-        sid = envelope.session_id
-        run = e.live.get(sid)
+        run = e.live.get(envelope.session_id)
         if run is not None and envelope.kind in _FAST and run.accepting:
             # A message (or 'done') for a running session: it is handed over now and made
             # durable with the session's next commit; the sender hears back after that commit.
@@ -136,21 +160,28 @@ class Inbound:
             run.reach.hear(envelope.src)
             saved = run.unsaved.arrived(envelope) if e.durable else None
             self._offer(run, envelope)
-            await self._acknowledge(saved)
-            return
-        async with e.session_lock(sid):
-            saved = await self._locked(envelope, choreography)
-        await self._acknowledge(saved)  # outside the lock: the run's commit may need it
+            return None if saved is None else self._durable(saved)
+        return self._under_lock(envelope, choreography)
 
-    async def _acknowledge(self, saved: asyncio.Future[None] | None) -> None:
-        """Return (and so acknowledge) once the envelope is durable."""
-        if saved is None:
-            return
-        try:
-            async with asyncio.timeout(self._engine.config.deliver_timeout):
-                await asyncio.shield(saved)
-        except TimeoutError:
-            raise self._reject("slow", "the envelope is not durable yet; deliver it again", permanent=False) from None
+    async def _under_lock(self, envelope: Envelope, choreography: Choreography) -> None:
+        async with self._engine.session_lock(envelope.session_id):
+            saved = await self._locked(envelope, choreography)
+        if saved is not None:  # outside the lock: the run's commit may need it
+            await self._durable(saved)
+
+    def _durable(self, saved: asyncio.Future[None]) -> asyncio.Future[None]:
+        """``saved`` (this envelope's own future, see ``Unsaved.arrived``), which ends refused
+        as ``slow`` if the envelope is not durable within ``deliver_timeout``."""
+        if not saved.done():
+            expiry = asyncio.get_running_loop().call_later(self._engine.config.deliver_timeout, self._too_slow, saved)
+            saved.add_done_callback(lambda _: expiry.cancel())
+        return saved
+
+    def _too_slow(self, saved: asyncio.Future[None]) -> None:
+        if not saved.done():
+            saved.set_exception(
+                self._reject("slow", "the envelope is not durable yet; deliver it again", permanent=False)
+            )
 
     def _offer(self, run: SessionRun, envelope: Envelope) -> None:
         outcome.absorb(run, envelope)  # a 'done', alone or riding on the message

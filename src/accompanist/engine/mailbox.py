@@ -94,19 +94,20 @@ class Mailbox:
             self._history.discard(key)
             self._consumed[src] = max(self._consumed.get(src, 0), seq)
             return found
-        waiter: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Envelope] = loop.create_future()
         self._waiters[key] = waiter
+        # The deadline settles the waiter itself (cheaper than a timeout scope around it): the
+        # waiter ends with the envelope or with the timeout, whichever comes first, so an
+        # envelope handed over is never lost to a timeout that fires in the same turn.
+        expiry = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
         try:
-            async with asyncio.timeout(timeout):
-                return await waiter
-        except TimeoutError:
-            # The envelope may have been handed over in the very loop turn the timeout fired:
-            # it is consumed then, so return it rather than lose it.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                return waiter.result()
-            raise
+            return await waiter
         finally:
-            self._waiters.pop(key, None)
+            if expiry is not None:
+                expiry.cancel()
+            if self._waiters.get(key) is waiter:
+                del self._waiters[key]
 
     def fail(self, exc: BaseException) -> None:
         """Wake every pending receive with ``exc`` (e.g. a failure broadcast by a peer)."""
@@ -119,7 +120,17 @@ class Mailbox:
         """Whether the envelope ``src -> here #seq`` has arrived and waits to be taken."""
         return (src, seq) in self._buffer or (src, seq) in self._spilled
 
+    def waiting_from(self) -> list[str]:
+        """The sender of every envelope that arrived early and waits to be taken (for metrics)."""
+        early = [src for (src, seq) in self._buffer if (src, seq) not in self._history]
+        return early + [src for src, _ in self._spilled]
+
     @property
     def buffered(self) -> int:
         """How many envelopes wait in the buffer."""
         return len(self._buffer)
+
+
+def _expire(waiter: asyncio.Future[Envelope]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

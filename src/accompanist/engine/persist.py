@@ -38,7 +38,7 @@ class StoreGuard:
         log: where outages and recoveries are logged (once each, not per try).
     """
 
-    def __init__(self, store: Store, retry_max: float, log: logging.Logger, lazy_interval: float = 0.1) -> None:
+    def __init__(self, store: Store, retry_max: float, log: logging.Logger, lazy_interval: float = 1.0) -> None:
         self.store = store
         self._retry_max = max(retry_max, _FIRST_DELAY)
         self._log = log
@@ -95,6 +95,7 @@ class StoreGuard:
         riders = self._take_riders()
         if riders:
             batch.extend(riders)
+        batch.trusted = True  # built by the engine from checked inputs (see WriteBatch.trusted)
         began = time.perf_counter()
         await self.retry(lambda: self.store.commit(batch))
         if self.on_commit is not None:
@@ -123,6 +124,7 @@ class StoreGuard:
             self._flush = None
         riders = self._take_riders()
         if riders:
+            riders.trusted = True
             await self.retry(lambda: self.store.commit(riders))
             self._written(riders)
 
@@ -157,6 +159,7 @@ class StoreGuard:
         Raises:
             StoreError: the store failed (the health says so too).
         """
+        batch.trusted = True
         await self.once(lambda: self.store.commit(batch))
 
     async def once(self, op: Callable[[], Awaitable[T]]) -> T:

@@ -23,6 +23,7 @@ poisoned row never delays other sessions' envelopes to the same peer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -33,7 +34,7 @@ from typing import Any
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.metrics import Metrics
 from accompanist.envelope import Envelope
-from accompanist.errors import AccompanistError, EnvelopeRejectedError, FrameError
+from accompanist.errors import AccompanistError, EnvelopeRejectedError, FrameError, TransportError
 from accompanist.store.base import Store, WriteBatch
 from accompanist.transport.base import Transport
 
@@ -82,7 +83,10 @@ class Relay:
         self._config = config
         self._metrics = metrics
         self._log = log
-        self._sem = asyncio.Semaphore(config.delivery_concurrency)
+        self._limit = max(1, config.delivery_concurrency)
+        self._active = 0  # deliveries handed to the transport and not answered yet
+        self._queued: collections.deque[Envelope] = collections.deque()  # waiting for a free slot
+        self._stopped = False
         self._inflight: set[tuple[str, str, str, int]] = set()
         self._backoff: dict[str, _Backoff] = {}
         self._patience: dict[str, float] = {}  # dst -> how long a delivery waits for an answer, when slow
@@ -103,6 +107,8 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop scanning and cancel deliveries in flight (they stay in the outbox)."""
+        self._stopped = True
+        self._queued.clear()
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
@@ -118,6 +124,16 @@ class Relay:
         self._backoff.pop(dst, None)
         self._patience.pop(dst, None)
         self._wakeup.set()
+
+    def pending_by_peer(self) -> dict[str, tuple[int, float]]:
+        """``{peer: (unacknowledged envelopes, seconds the oldest has been pending)}`` as of the
+        last outbox scan (for metrics)."""
+        now = time.monotonic()
+        out: dict[str, tuple[int, float]] = {}
+        for key, since in self._pending_since.items():
+            count, oldest = out.get(key[2], (0, 0.0))
+            out[key[2]] = (count + 1, max(oldest, now - since))
+        return out
 
     @property
     def inflight(self) -> int:
@@ -139,49 +155,98 @@ class Relay:
         if key in self._inflight:
             return
         self._inflight.add(key)
-        task = asyncio.create_task(self._deliver(envelope))
+        if self._active >= self._limit:
+            self._queued.append(envelope)  # started when a delivery in flight ends
+            return
+        self._start(envelope)
+
+    def _start(self, envelope: Envelope) -> None:
+        """Hand one envelope to the transport; :meth:`_answered` takes it from there. No task per
+        envelope: the transport's answer future calls back."""
+        if self._stopped or not self._due(envelope):
+            self._inflight.discard(envelope.key)
+            return
+        self._active += 1
+        patience = self._patience.get(envelope.dst, self._config.deliver_timeout)
+        began = time.monotonic()
+        try:
+            answer = self._transport.post(envelope, patience)
+        except Exception as exc:  # a transport that cannot even start: a failed try like any other
+            answer = asyncio.get_running_loop().create_future()
+            answer.set_exception(exc)
+        answer.add_done_callback(lambda done: self._answered(envelope, done, patience, began))
+
+    def _answered(self, envelope: Envelope, answer: asyncio.Future[None], patience: float, began: float) -> None:
+        self._active -= 1
+        key = envelope.key
+        took = time.monotonic() - began
+        exc = None if answer.cancelled() else answer.exception()
+        recording = False  # a refusal for good is being recorded: the row stays ours until then
+        try:
+            if self._stopped:
+                return
+            if answer.cancelled():
+                self._failed(envelope.dst, TransportError("the delivery was cancelled"))
+            elif exc is None:
+                self._quicker(envelope.dst, took)
+                self._backoff.pop(envelope.dst, None)
+                self._row_backoff.pop(key, None)
+                self._metrics.delivered.inc()
+                mark = WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)], trusted=True)
+                if self._on_acked is not None:
+                    self._acked[key] = time.monotonic()
+                    self._on_acked(mark)
+                else:
+                    self._task(self._commit_quietly(mark, envelope))
+            elif isinstance(exc, EnvelopeRejectedError):
+                self._backoff.pop(envelope.dst, None)  # the peer is up: it answered
+                if not exc.permanent:
+                    self._retry_row(envelope, exc)
+                else:
+                    recording = True
+                    self._task(self._refused(envelope, exc))
+            elif isinstance(exc, FrameError):  # it cannot even be framed (too large): never deliverable
+                why = EnvelopeRejectedError(f"cannot be sent: {exc}", code="too-large", permanent=True)
+                recording = True
+                self._task(self._refused(envelope, why))
+            elif isinstance(exc, (AccompanistError, OSError, TimeoutError)):
+                if took >= patience:  # unanswered, not refused: maybe only slow
+                    longest = max(_PATIENCE_LIMIT, self._config.deliver_timeout)
+                    self._patience[envelope.dst] = min(2 * patience, longest)
+                self._failed(envelope.dst, exc)
+            else:  # pragma: no cover - a bug in a transport: log it, retry the row later
+                self._log.error("delivery of %s failed unexpectedly", key, exc_info=exc)
+        finally:
+            if not recording:
+                self._inflight.discard(key)
+            self._next()
+
+    def _next(self) -> None:
+        while self._queued and self._active < self._limit:
+            self._start(self._queued.popleft())
+
+    def _task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, envelope: Envelope) -> None:
+    async def _commit_quietly(self, mark: WriteBatch, envelope: Envelope) -> None:
         try:
-            async with self._sem:
-                if not self._due(envelope):
-                    return
-                patience = self._patience.get(envelope.dst, self._config.deliver_timeout)
-                began = time.monotonic()
-                try:
-                    await self._transport.send(envelope, wait=True, timeout=patience)
-                except EnvelopeRejectedError as exc:
-                    self._backoff.pop(envelope.dst, None)  # the peer is up: it answered
-                    await self._refused(envelope, exc)
-                    return
-                except FrameError as exc:  # it cannot even be framed (too large): never deliverable
-                    why = EnvelopeRejectedError(f"cannot be sent: {exc}", code="too-large", permanent=True)
-                    await self._refused(envelope, why)
-                    return
-                except (AccompanistError, OSError, TimeoutError) as exc:
-                    if time.monotonic() - began >= patience:  # unanswered, not refused: maybe only slow
-                        longest = max(_PATIENCE_LIMIT, self._config.deliver_timeout)
-                        self._patience[envelope.dst] = min(2 * patience, longest)
-                    self._failed(envelope.dst, exc)
-                    return
-                self._answered(envelope.dst, time.monotonic() - began)
-                self._backoff.pop(envelope.dst, None)
-                self._row_backoff.pop(envelope.key, None)
-                self._metrics.delivered.inc()
-                mark = WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)])
-                if self._on_acked is not None:
-                    self._acked[envelope.key] = time.monotonic()
-                    self._on_acked(mark)
-                else:
-                    await self._store.commit(mark)
+            await self._store.commit(mark)
         except AccompanistError as exc:  # the ack could not be stored: the row is retried later
             self._log.warning("could not record acknowledgement of %s: %s", envelope.key, exc)
-        finally:
-            self._inflight.discard(envelope.key)
 
-    def _answered(self, dst: str, seconds: float) -> None:
+    def _retry_row(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
+        """A refusal that may pass: only this envelope backs off."""
+        b = self._row_backoff.setdefault(envelope.key, _Backoff())
+        b.failures += 1
+        delay = min(self._config.retry_max * 4, self._config.retry_min * (2 ** min(b.failures - 1, 20)))
+        b.due = time.monotonic() + delay * self._rng.uniform(0.5, 1.0)
+        self._metrics.retries.inc()
+        if b.failures in (10, 100) or b.failures % 1000 == 0:  # once or twice is routine
+            self._log.warning("role '%s' refused %s (%d times): %s", envelope.dst, envelope.key, b.failures, exc)
+
+    def _quicker(self, dst: str, seconds: float) -> None:
         """``dst`` answered a delivery in ``seconds``: wait four times that for the next answers
         (never less than the delivery timeout)."""
         patience = self._patience.get(dst)
@@ -194,22 +259,17 @@ class Relay:
             self._patience[dst] = calmer
 
     async def _refused(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
-        if not exc.permanent:
-            b = self._row_backoff.setdefault(envelope.key, _Backoff())
-            b.failures += 1
-            delay = min(self._config.retry_max * 4, self._config.retry_min * (2 ** min(b.failures - 1, 20)))
-            b.due = time.monotonic() + delay * self._rng.uniform(0.5, 1.0)
-            self._metrics.retries.inc()
-            if b.failures in (10, 100) or b.failures % 1000 == 0:  # once or twice is routine
-                self._log.warning("role '%s' refused %s (%d times): %s", envelope.dst, envelope.key, b.failures, exc)
-            return
-        # Never deliverable: stop trying, and let the session fail with the reason.
-        self._row_backoff.pop(envelope.key, None)
-        await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)]))
-        if self._on_refused is not None:
-            task = asyncio.create_task(self._on_refused(envelope, exc))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Never deliverable: stop trying, and let the session fail with the reason."""
+        key = envelope.key
+        try:
+            self._row_backoff.pop(key, None)
+            await self._store.commit(WriteBatch(acks=[(envelope.session_id, envelope.dst, envelope.seq)], trusted=True))
+            if self._on_refused is not None:
+                self._task(self._on_refused(envelope, exc))
+        except AccompanistError as exc_:
+            self._log.warning("could not record the refusal of %s: %s", key, exc_)
+        finally:
+            self._inflight.discard(key)
 
     def _failed(self, dst: str, exc: BaseException) -> None:
         b = self._backoff.setdefault(dst, _Backoff())
@@ -240,12 +300,14 @@ class Relay:
             for envelope in pending:
                 if self._due(envelope):
                     self._spawn(envelope)
-            self._metrics.outbox_unacked.set(len(pending))
             self._wakeup.clear()
             keep = {e.key for e in pending}
-            for key in keep:
+            # Acknowledged rows whose mark is not durable yet are not waiting for their peer.
+            unacked = {key for key in keep if key not in self._acked}
+            self._metrics.outbox_unacked.set(len(unacked))
+            for key in unacked:
                 self._pending_since.setdefault(key, now)
-            for key in [k for k in self._pending_since if k not in keep]:
+            for key in [k for k in self._pending_since if k not in unacked]:
                 del self._pending_since[key]
             oldest = min(self._pending_since.values(), default=now)
             self._metrics.outbox_oldest.set(now - oldest)

@@ -20,21 +20,25 @@ import msgspec
 
 from accompanist.engine import compensation, outcome
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
+from accompanist.engine.linger import Lingering
 from accompanist.engine.locks import KeyedLocks
-from accompanist.engine.metrics import Metrics
+from accompanist.engine.metrics import Metrics, peer_depths
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.reach import Resender
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
-from accompanist.engine.session import Park, SessionRun, StartRefused
+from accompanist.engine.session import SessionRun
+from accompanist.engine.signals import Park, StartRefused
 from accompanist.engine.status import check_transition
+from accompanist.engine.trail import Trails
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
 from accompanist.errors import (
     AccompanistError,
     DefinitionError,
     EnvelopeRejectedError,
     NondeterminismError,
+    SessionCancelledError,
     SessionError,
     StoreInputError,
     UnknownChoreographyError,
@@ -86,12 +90,14 @@ class Runs:
         self.events = logging.getLogger(SESSION_LOGGER)  # one line per session event
         self.tracing = tracing or setup_tracing(role, self.config.traces_file)
         self.metrics = Metrics(role)
+        self.trails = Trails(min(self.config.memory_keep, self.config.steps_kept))  # GET /sessions/{id}/steps
         stats = getattr(store, "commit_stats", None)
         if stats is not None:
             self.metrics.store_commits.set_function(lambda: float(store.commit_stats.transactions))  # type: ignore[attr-defined]
         self.durable = self.config.mode is Mode.FAULT_TOLERANT
         self.guard = StoreGuard(store, self.config.store_retry_max, self.log, self.config.lazy_interval)
         self.guard.on_commit = self.metrics.commit_seconds.observe
+        self.lingering = Lingering(self.config.ack_linger)
         self.registry = TransactionRegistry(app)
         self.relay = (
             Relay(
@@ -108,6 +114,8 @@ class Runs:
             else None
         )
         self.live: dict[str, SessionRun] = {}
+        peers = sorted({r.name for c in app for r in c.roles if r.name != role})
+        self.metrics.watch_peers(lambda: peer_depths(list(self.live.values()), self.relay, peers))
         self.blocked: dict[str, str] = {}
         self.stopping = False  # stop() is under way: nothing new runs
         self.on_session_end: list[Callable[[SessionRecord], Awaitable[None] | None]] = []
@@ -184,8 +192,10 @@ class Runs:
             StoreInputError: the write was refused as invalid (nothing changed).
         """
         record = run.record
-        check_transition(record.session_id, record.status, status)
-        before = msgspec.structs.replace(record)
+        previous = record.status
+        check_transition(record.session_id, previous, status)
+        # What this change touches, to put back if the write is refused (no copy of the record).
+        undo = (previous, record.failure, record.error, record.state, record.updated_at)
         record.status = status
         if failure is not None:
             record.failure, record.error = failure.encode(), failure.describe()
@@ -196,10 +206,11 @@ class Runs:
         if state is not None:
             record.state = state
         record.updated_at = time.time()
+        self.metrics.moved(previous, status)
         write = batch or WriteBatch()
         write.sessions.append(msgspec.structs.replace(record))
         try:
-            if lazy and not run.unsaved.waiting:
+            if lazy and self.durable and not run.unsaved.waiting:
                 # Losing it costs nothing: the role asks for the outcome again (see the README).
                 run.unsaved.take(write)
                 self.guard.defer(write)
@@ -207,18 +218,26 @@ class Runs:
             else:
                 await run.unsaved.save(write, sends)
         except StoreInputError:
-            run.record = before
+            record.status, record.failure, record.error, record.state, record.updated_at = undo
+            self.metrics.moved(status, previous)
             raise
         if run.starting is not None and not run.starting.done():
             run.starting.set_result(None)  # a session that ends before any step with an effect
         if status in TERMINAL_STATUSES:
             run.accepting = False  # late envelopes are acknowledged and ignored, not handed over
         waiting = status in _AWAITING
-        if waiting != (before.status in _AWAITING) and self.live.get(record.session_id) is run:
+        if waiting != (previous in _AWAITING) and self.live.get(record.session_id) is run:
             self.metrics.awaiting_outcome.inc(1 if waiting else -1)
-        self.event(record, status, before=before.status, failure=failure)
-        if status in TERMINAL_STATUSES and self.tracing.enabled:
-            self.tracing.end(record.session_id, status)
+        self.event(record, status, before=previous, failure=failure)
+        if self.tracing.enabled:
+            c = run.choreography
+            self.tracing.on_transition(
+                record.session_id,
+                (c.name, c.version, c.initiator.name),
+                record.created_at,
+                (previous, undo[4], undo[2]),
+                (status, record.updated_at, status in TERMINAL_STATUSES),
+            )
         if status in TERMINAL_STATUSES or status in (S.DIVERGED, S.PARKED):
             await self.ended(record)
         return record
@@ -381,9 +400,10 @@ class Runs:
         if self.stopping:
             return
         self.live[run.session_id] = run
+        run.trail = self.trails.attach(run.session_id)
         if self.tracing.enabled:
             c = run.choreography
-            self.tracing.session(run.session_id, c.name, c.version, c.initiator.name)
+            self.tracing.session(run.session_id, c.name, c.version, c.initiator.name, run.record.created_at)
         if run.record.status in _AWAITING:
             self.metrics.awaiting_outcome.inc()
         run.task = asyncio.create_task(self._drive(run), name=f"session-{run.session_id}")
@@ -394,7 +414,7 @@ class Runs:
         """The run stops being in memory (its state, if any, is in the store); senders of
         envelopes it had not saved are told to deliver them again."""
         run.accepting = False
-        run.unsaved.fail(f"session {run.session_id} stopped at '{self.role}' before saving; deliver again")
+        run.unsaved.fail(self.role)
         if self.live.get(run.session_id) is run:
             del self.live[run.session_id]
             if run.record.status in _AWAITING:
@@ -441,7 +461,10 @@ class Runs:
         choreography = run.choreography
         try:
             args = choreography.codec.decode(run.record.args) if run.initiator else []
-            returned = await project(choreography, choreography.role(self.role), run, args)
+            try:
+                returned = await project(choreography, choreography.role(self.role), run, args)
+            finally:  # its steps are over: kept as plain data from now on (see engine.trail)
+                self.trails.seal(run.session_id)
             run.check_replay_complete()
             run.projected = True
             result = choreography.codec.encode(session_result(choreography, returned)) if run.initiator else None
@@ -561,6 +584,9 @@ class Runs:
         self.metrics.sessions_ended.labels(status=record.status).inc()
         if record.status not in TERMINAL_STATUSES:
             return
+        failure = self.failure_of(record)
+        if failure is not None and failure.error_type == SessionCancelledError.__name__:
+            self.metrics.cancelled.inc()
         for waiter in self._waiters.pop(record.session_id, []):
             if not waiter.done():
                 waiter.set_result(msgspec.structs.replace(record))

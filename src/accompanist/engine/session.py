@@ -31,7 +31,9 @@ from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.reach import Reach
+from accompanist.engine.signals import Park, Signal, StartRefused, expire
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
+from accompanist.engine.trail import raised
 from accompanist.engine.unsaved import Unsaved
 from accompanist.envelope import Envelope
 from accompanist.errors import (
@@ -60,9 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOCK_HEADER",
     "DONE_HEADER",
-    "Park",
     "SessionRun",
-    "StartRefused",
     "journal_name",
     "new_seed",
 ]
@@ -75,23 +75,6 @@ CLOCK_HEADER = "accompanist-clock"
 """Header carrying the sender's Lamport time: commits are ordered causally across roles by it."""
 
 
-class Park(Exception):  # noqa: N818 - a signal, not an error
-    """The session waits without a task: a receive timed out in fault-tolerant mode.
-
-    Attributes:
-        awaited: ``(src, seq)`` of the envelope it waits for.
-    """
-
-    def __init__(self, what: str, awaited: tuple[str, int]) -> None:
-        self.awaited = awaited
-        super().__init__(what)
-
-
-class StartRefused(Exception):  # noqa: N818 - a signal, not an error
-    """A session started through the API could not be made durable before its first effect:
-    the start is refused (the caller hears why) and the run stops without a trace."""
-
-
 def journal_name(step: Step) -> str:
     """The name a step is journaled under; a replay must produce the same one."""
     if step.kind in (StepKind.SEND, StepKind.RECV):
@@ -102,6 +85,9 @@ def journal_name(step: Step) -> str:
 def new_seed() -> bytes:
     """A session's random seed: ``ch.uuid`` and ``ch.random`` values are derived from it."""
     return os.urandom(16)
+
+
+_RESULT: Any = object()  # _live records the step's own result
 
 
 def _traceparent(session_id: str, role: str) -> str:
@@ -128,6 +114,8 @@ class SessionRun:
         sent: ``(dst, seq)`` of envelopes already in the outbox.
         txlog: the session's transaction records, by key.
     """
+
+    trail: list[Any] | None = None  # its steps, LIVE items each: the engine's once it is spawned
 
     def __init__(
         self,
@@ -165,7 +153,7 @@ class SessionRun:
         self.starting: asyncio.Future[None] | None = None  # set by an API start: done once durable
         self.projected = False  # the projection ran (to its end or its failure) in this life
         # What the outcome round learned (filled from envelopes, live or from the inbox).
-        self.signal = asyncio.Event()
+        self.signal = Signal()
         self.arrivals = 0  # envelopes of the outcome round absorbed so far
         self.dones: dict[str, list[str]] = {}
         self.decision: Failure | None = None
@@ -184,7 +172,9 @@ class SessionRun:
         self._defer_to = initiator if record.role != initiator else None
         self._deferred: tuple[Step, Envelope, bool] | None = None
         self.replayed_steps = 0
-        self._traceparent = _traceparent(record.session_id, record.role)
+        self.tx_attempts = 0  # commit attempts of the transaction running now
+        self.doing: Step | None = None  # the live step running now (a receive: the role waits there)
+        self.doing_since = 0.0  # when it began (perf_counter)
 
     async def _from_inbox(self, src: str, seq: int) -> Envelope | None:
         """An envelope left in the inbox because more than ``buffer_limit`` arrived early."""
@@ -233,10 +223,22 @@ class SessionRun:
         Raises:
             TimeoutError: not within ``timeout``.
         """
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self.signal.clear()
-                await self.signal.wait()
+        if condition():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        signal = self.signal
+        while not condition():
+            signal.flag = False
+            waiter: asyncio.Future[None] = loop.create_future()
+            signal.waiter = waiter
+            expiry = None if deadline is None else loop.call_at(deadline, expire, waiter)
+            try:
+                await waiter
+            finally:
+                signal.waiter = None
+                if expiry is not None:
+                    expiry.cancel()
 
     # -- journal -----------------------------------------------------------------------------
     def _replayed(self, step: Step) -> bool:
@@ -284,25 +286,42 @@ class SessionRun:
         return pending
 
     # -- StepRunner --------------------------------------------------------------------------
-    async def _live(self, kind: str, step: Step, work: Awaitable[T], **attrs: Any) -> T:
-        """Run a live step: its duration goes to ``accompanist_step_seconds``, and a span to the
-        tracer when tracing is on (replayed steps get neither: they did not run again)."""
-        began = time.perf_counter()
+    async def _live(self, kind: str, step: Step, work: Awaitable[T], shown: Any = _RESULT, **attrs: Any) -> T:
+        """Run a live step: its duration goes to ``accompanist_step_seconds``, one tuple to the
+        session's trail (``shown``, or the step's result), and a span to the tracer when tracing
+        is on (replayed steps get none of these: they did not run again)."""
+        trail = self.trail
+        if trail is None:  # a run the engine did not spawn (a probe): its steps are nobody's to see
+            trail = self.trail = []
+        self.doing = step
+        began = self.doing_since = time.perf_counter()
+        outcome: Any = shown
         try:
             tracing = self.host.tracing
             if not tracing.enabled:
-                return await work
-            with tracing.step(self.session_id, kind, step=step.index, **attrs):
-                return await work
+                result = await work
+            else:
+                attempts = (lambda: self.tx_attempts) if kind == "transaction" else None
+                with tracing.live_step(self.session_id, kind, attempts, step=step.index, **attrs):
+                    result = await work
+            if shown is _RESULT:
+                outcome = result
+            return result
+        except BaseException as exc:
+            outcome = raised(exc)  # the error path: what went wrong, not the traceback
+            raise
         finally:
-            self.host.metrics.step(kind, time.perf_counter() - began)
+            ended = time.perf_counter()
+            self.host.metrics.step(kind, ended - began)
+            self.doing = None
+            trail.extend((step, began, ended, outcome, self.tx_attempts if kind == "transaction" else 0))
 
     async def send(self, step: Step, value: Any) -> None:
         """Timed and traced (when tracing is on) unless replayed; see :meth:`_send`."""
         if self._replayed(step):
             await self._send(step, value)
             return
-        await self._live("send", step, self._send(step, value), peer=step.dst, seq=step.seq)
+        await self._live("send", step, self._send(step, value), value, peer=step.dst, seq=step.seq)
 
     async def _send(self, step: Step, value: Any) -> None:
         """Send one message (durably through the outbox in fault-tolerant mode)."""
@@ -324,6 +343,9 @@ class SessionRun:
                 size=len(payload),
                 limit=limit,
             )
+        headers = {CLOCK_HEADER: str(self.clock)}
+        if self.host.tracing.enabled:  # nothing reads it otherwise: not built per envelope
+            headers["traceparent"] = _traceparent(self.session_id, self.record.role)
         envelope = Envelope(
             session_id=self.session_id,
             choreography=self.choreography.name,
@@ -333,7 +355,7 @@ class SessionRun:
             seq=step.seq,
             kind=step.msg_kind,
             payload=payload,
-            headers={"traceparent": self._traceparent, CLOCK_HEADER: str(self.clock)},
+            headers=headers,
         )
         if step.dst == self._defer_to:
             # Held until this role's next step starts (microseconds): if there is none, the
@@ -479,12 +501,16 @@ class SessionRun:
         """Timed and traced (when tracing is on) unless replayed; see :meth:`_transaction`."""
         if self._replayed(step):
             return await self._transaction(step, tx, args)
+        self.tx_attempts = 0
         return await self._live("transaction", step, self._transaction(step, tx, args), transaction=tx.name)
 
     async def _transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         """Commit a saga transaction once per session: a replay returns the logged result,
         and a commit that failed before fails again without running."""
-        await self.flush()
+        # A durable commit that is not atomic writes its intent before the service is called,
+        # and what waits (held sends, the new record, inbox rows) goes in that same commit: one
+        # fsync, not two. Nothing with an effect runs before it.
+        await self.flush(sending=self.durable and not tx.atomic)
         self._start_step(step)
         recorded = self._recorded(step)
         occurrence = self.occurrences.get(tx.name, 0)
@@ -570,8 +596,13 @@ class SessionRun:
             self.unsaved.txlog(intent)
             self.txlog[key] = intent
             await self.save()
+
+        def attempt(number: int) -> TxContext:  # counted for the trail and the span
+            self.tx_attempts = number
+            return ctx(number)
+
         try:
-            result = await commit_with_retry(tx, ctx, args, commit_atomically if atomic is not None else None)
+            result = await commit_with_retry(tx, attempt, args, commit_atomically if atomic is not None else None)
         except TransactionFailedError as exc:
             if exc.uncertain:  # the retries ran out: it may have taken effect, so undo it too
                 remember(None)

@@ -26,6 +26,7 @@ Why each relaxation is safe (the README's fault-tolerance section says the same)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -67,14 +68,19 @@ class Unsaved:
     def __init__(self, host: Host, run: Owner) -> None:
         self._host = host
         self._run = run
-        self._batch = WriteBatch()
+        self._batch: WriteBatch | None = None  # made when a row arrives
         self._sends: list[Envelope] = []
         self._record = False
         self._savers: list[asyncio.Future[None]] = []
-        self._linger: asyncio.TimerHandle | None = None
 
     def __bool__(self) -> bool:
-        return bool(self._batch or self._sends or self._record or self._savers or self._run.pending)
+        return bool(
+            (self._batch is not None and self._batch)
+            or self._sends
+            or self._record
+            or self._savers
+            or self._run.pending
+        )
 
     @property
     def record_pending(self) -> bool:
@@ -99,12 +105,15 @@ class Unsaved:
     def arrived(self, envelope: Envelope) -> asyncio.Future[None]:
         """A received envelope: its inbox row goes with the next commit; the future is done when
         it is durable (then, and only then, the sender may be told)."""
-        self._batch.inbox.append(envelope)
+        self._rows().inbox.append(envelope)
         return self.saver()
 
     def received(self, src: str, seq: int) -> Envelope | None:
         """A received envelope whose inbox row waits here, if it does."""
-        return next((e for e in self._batch.inbox if e.src == src and e.seq == seq), None)
+        batch = self._batch
+        if batch is None:
+            return None
+        return next((e for e in batch.inbox if e.src == src and e.seq == seq), None)
 
     def saver(self) -> asyncio.Future[None]:
         """A future done once everything recorded so far is durable."""
@@ -113,9 +122,15 @@ class Unsaved:
         self._arm()
         return future
 
+    def _rows(self) -> WriteBatch:
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = WriteBatch()
+        return batch
+
     def txlog(self, entry: TxRecord) -> None:
         """A commit's log row: durable with the next commit (lost, the commit runs again)."""
-        self._batch.txlog.append(entry)
+        self._rows().txlog.append(entry)
 
     def hold(self, envelope: Envelope) -> None:
         """A durable send: written with the next commit, sent right after it."""
@@ -126,14 +141,17 @@ class Unsaved:
         ``batch`` wins); returns the sends to emit and the savers to resolve after the commit."""
         # What waited was done first, so it is applied first: a row of ``batch`` (a status
         # change, a compensated mark) overwrites an older one of the same key, never the reverse.
-        earlier, self._batch = self._batch, WriteBatch()
-        if self._record:
-            earlier.sessions.insert(0, msgspec.structs.replace(self._run.record))
-            self._record = False
-        earlier.journal.extend(self._run.take_pending())
-        earlier.extend(batch)
-        batch.sessions, batch.inbox, batch.outbox = earlier.sessions, earlier.inbox, earlier.outbox
-        batch.acks, batch.journal, batch.txlog = earlier.acks, earlier.journal, earlier.txlog
+        earlier, self._batch = self._batch, None
+        pending = self._run.take_pending()
+        if earlier is not None or self._record or pending:
+            earlier = earlier or WriteBatch()
+            if self._record:
+                earlier.sessions.insert(0, msgspec.structs.replace(self._run.record))
+                self._record = False
+            earlier.journal.extend(pending)
+            earlier.extend(batch)
+            batch.sessions, batch.inbox, batch.outbox = earlier.sessions, earlier.inbox, earlier.outbox
+            batch.acks, batch.journal, batch.txlog = earlier.acks, earlier.journal, earlier.txlog
         sends, self._sends = self._sends, []
         batch.outbox.extend(sends)
         savers, self._savers = self._savers, []
@@ -169,26 +187,31 @@ class Unsaved:
                 future.set_result(None)
         await self._host.emit([*held, *sends])
 
-    def fail(self, why: str) -> None:
-        """The run stops with rows unsaved: their senders are told to deliver again."""
-        self._batch = WriteBatch()
+    def fail(self, role: str) -> None:
+        """The run stops (at ``role``) with rows unsaved: their senders are told to deliver again."""
+        self._batch = None
         self._sends = []
         savers, self._savers = self._savers, []
-        _fail(savers, EnvelopeRejectedError(why, code="stopping", permanent=False))
+        if savers:
+            why = f"session {self._run.session_id} stopped at '{role}' before saving; deliver again"
+            _fail(savers, EnvelopeRejectedError(why, code="stopping", permanent=False))
         self._disarm()
 
     def _arm(self) -> None:
-        if self._linger is None and self._host.durable:
-            loop = asyncio.get_running_loop()
-            self._linger = loop.call_later(self._host.config.ack_linger, self._linger_fired)
+        if self._host.durable:
+            self._host.lingering.arm(self)
+
+    def backlog(self) -> tuple[list[Envelope], float]:
+        """The received envelopes waiting here for their commit (so not yet acknowledged), and
+        since when (``time.monotonic()``) the oldest of them has waited at most (for metrics)."""
+        waited = self._host.lingering.waited(self)
+        return list(self._batch.inbox) if self._batch is not None else [], time.monotonic() - waited
 
     def _disarm(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        self._host.lingering.disarm(self)
 
-    def _linger_fired(self) -> None:
-        self._linger = None
+    def lingered(self) -> None:
+        """Its rows waited ``ack_linger`` seconds: commit them now (without the run)."""
         if self._savers or self._record:
             self._host.spawn_background(self._save_quietly(), f"linger-{self._run.session_id}")
 

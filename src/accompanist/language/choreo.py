@@ -324,6 +324,20 @@ class Choreo(abc.ABC):
     async def _comm(
         self, src: Role, dst: Role | Sequence[Role], value: Located[T], msg_kind: str, operation: str
     ) -> Located[T]:
+        if (
+            isinstance(dst, Role)
+            and src.__class__ is Role
+            and value.__class__ is Located
+            and src != dst
+            and src in self._census
+            and dst in self._census
+        ):
+            # The common case (one receiver), checked cheaply: every role runs every comm of
+            # its choreography, most of them without taking part.
+            mapping = self._mapping
+            if not mapping:
+                return await self._transfer(src, (dst,), value, msg_kind)
+            return await self._transfer(mapping.get(src, src), (mapping.get(dst, dst),), value, msg_kind)
         self._check(src, operation)
         dsts = self._members([dst] if isinstance(dst, Role) else dst, operation)
         if src in dsts:

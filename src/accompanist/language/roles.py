@@ -29,6 +29,18 @@ class Role:
                 "(letters, digits, '_' or '-', starting with a letter, at most 63 characters)"
             )
 
+    # Roles are compared and hashed at every step of every session; these skip the tuple the
+    # generated methods build (a str caches its own hash).
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        if isinstance(other, Role):
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
     def __str__(self) -> str:
         return self.name
 

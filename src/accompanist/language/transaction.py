@@ -101,7 +101,8 @@ class Transaction:
             service's tables then live in the sidecar's database).
 
     Raises:
-        DefinitionError: a commit or compensation that is not ``async def``.
+        DefinitionError: a commit or compensation that is not ``async def``, or a name that
+            is empty or cannot be stored (a NUL character, a lone surrogate).
     """
 
     def __init__(
@@ -114,6 +115,10 @@ class Transaction:
         business_errors: tuple[type[BaseException], ...] = (),
         atomic: bool = False,
     ) -> None:
+        if not isinstance(name, str) or not name or not name.isprintable():
+            # It is part of every idempotency key and log row of the transaction; printable
+            # text has no NUL and no lone surrogate, which no store could hold.
+            raise DefinitionError(f"transaction name {name!r}: use non-empty printable text")
         if not inspect.iscoroutinefunction(commit):
             raise DefinitionError(f"transaction {name!r}: the commit must be an 'async def' function")
         if compensate is not None and not inspect.iscoroutinefunction(compensate):

@@ -5,6 +5,7 @@ A service in any language starts sessions and reads their state here::
     POST /sessions[?wait=true&timeout=S]   {"choreography": "order", "version": 1, "args": [...],
                                             "session_id": "order-1042" (optional: idempotent start)}
     GET  /sessions/{id}
+    GET  /sessions/{id}/steps              that role's steps in order, with times, values, attempts
     GET  /sessions?status=failed&limit=100
     POST /sessions/{id}/cancel[?wait=true&timeout=S]
     POST /sessions/{id}/resume
@@ -28,7 +29,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from accompanist.engine.engine import _SESSION_ID, Engine
+from accompanist.engine.engine import Engine
 from accompanist.errors import (
     AccompanistError,
     CodecError,
@@ -41,6 +42,8 @@ from accompanist.errors import (
     UnknownChoreographyError,
     UnknownSessionError,
 )
+from accompanist.ids import SESSION_ID_RULE, valid_session_id
+from accompanist.inspection.engine_steps import steps_of
 from accompanist.sidecar.api_errors import ApiError, auth_middleware, errors_middleware
 from accompanist.sidecar.api_input import MAX_DEPTH, convert_args, field, flag, json_object, timeout_of, too_deep
 from accompanist.sidecar.openapi import openapi_document
@@ -116,13 +119,8 @@ def build_api(
         args = field(body, "args", list, "a JSON array")
         args = [] if args is None else args
         session_id = field(body, "session_id", str, "a string")
-        if session_id is not None and not _SESSION_ID.match(session_id):
-            raise ApiError(
-                "invalid-field",
-                f"invalid session_id {session_id!r}: use 1-128 letters, digits and '._:-', starting with a letter "
-                "or digit",
-                "session_id",
-            )
+        if session_id is not None and not valid_session_id(session_id):
+            raise ApiError("invalid-field", f"invalid session_id {session_id!r}: use {SESSION_ID_RULE}", "session_id")
         wait = flag(request, "wait")
         timeout = timeout_of(request)
         try:
@@ -191,6 +189,13 @@ def build_api(
         if record is None:
             raise ApiError("unknown-session", f"no session {session_id} at role '{engine.role}'", "session_id")
         return web.json_response(record_json(engine, record))
+
+    async def get_steps(request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        steps = await steps_of(engine, session_id)
+        if steps is None:
+            raise ApiError("unknown-session", f"no session {session_id} at role '{engine.role}'", "session_id")
+        return web.json_response(steps)
 
     async def list_sessions(request: web.Request) -> web.Response:
         status = request.query.get("status")
@@ -281,6 +286,7 @@ def build_api(
     app.router.add_post("/sessions", start_session)
     app.router.add_get("/sessions", list_sessions)
     app.router.add_get("/sessions/{session_id}", get_session)
+    app.router.add_get("/sessions/{session_id}/steps", get_steps)
     app.router.add_post("/sessions/{session_id}/cancel", cancel_session)
     app.router.add_post("/sessions/{session_id}/resume", resume_session)
     app.router.add_get("/healthz", healthz)

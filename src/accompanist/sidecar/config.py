@@ -88,6 +88,8 @@ class SidecarConfig:
         peer_unauth_budget: bytes all such connections together may be reading in larger frames.
         insecure: allow a peer endpoint off loopback without hmac_key or TLS (anyone who can
             reach it can forge envelopes).
+        ui: serve the web view on the API port under ``/ui``.
+        ui_sidecars: other sidecars' API URLs the web view reads besides this one.
         engine: the engine's settings as one ``EngineConfig``; each of its fields is also a
             keyword of its own (``mode=``, ``receive_timeout=`` ...), which wins over it.
 
@@ -96,7 +98,8 @@ class SidecarConfig:
     ``retry_max``, ``deliver_timeout``, ``delivery_concurrency``, ``relay_interval``,
     ``retention``, ``tombstone_retention``, ``prune_interval``, ``grace``, ``compensation``,
     ``outcome_query_after``, ``max_payload``, ``store_retry_max``, ``ack_linger``,
-    ``memory_keep``, ``memory_retention``, ``lazy_interval``, ``traces_file``); None takes
+    ``memory_keep``, ``memory_retention``, ``lazy_interval``, ``steps_kept``, ``traces_file``,
+    ``metrics_file``); None takes
     ``engine``'s value, and after construction each holds the value in force.
 
     Raises:
@@ -128,6 +131,8 @@ class SidecarConfig:
     peer_unauth_frame_limit: int = _PEER.unauth_frame_limit
     peer_unauth_budget: int = _PEER.unauth_budget
     insecure: bool = False
+    ui: bool = False
+    ui_sidecars: tuple[str, ...] = ()
     engine: EngineConfig = field(default_factory=EngineConfig)
     _: KW_ONLY
     mode: Mode | str | None = None
@@ -152,7 +157,9 @@ class SidecarConfig:
     memory_keep: int | None = None
     memory_retention: float | None = None
     lazy_interval: float | None = None
+    steps_kept: int | None = None
     traces_file: str | None = None
+    metrics_file: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.role, str) or not self.role:
@@ -178,6 +185,9 @@ class SidecarConfig:
         for key in _PEER_FLOAT_KEYS:
             setattr(self, key, to_float(key, getattr(self, key)))
         self.insecure = to_bool("insecure", self.insecure)
+        self.ui = to_bool("ui", self.ui)
+        sidecars: Any = self.ui_sidecars
+        self.ui_sidecars = tuple(sidecars.split() if isinstance(sidecars, str) else (str(u) for u in sidecars or ()))
         if not isinstance(self.engine, EngineConfig):
             raise ConfigError(f"engine must be an ac.EngineConfig, got {type(self.engine).__name__}")
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)}

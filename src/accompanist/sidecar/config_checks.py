@@ -28,7 +28,8 @@ _CHOICES: dict[str, type[Mode] | type[ReplayPolicy] | type[CompensationOrder]] =
 }
 # Engine settings that may be 0 (retention 0 prunes at the next pass, grace 0 stops at once);
 # every other number must be positive.
-_MAY_BE_ZERO = frozenset({"retention", "tombstone_retention", "memory_retention", "grace", "ack_linger"})
+_MAY_BE_ZERO = frozenset({"retention", "tombstone_retention", "memory_retention", "grace", "ack_linger", "steps_kept"})
+_PATHS = frozenset({"traces_file", "metrics_file"})
 _DEFAULTS = EngineConfig()
 # Room an envelope needs in a frame besides its payload (ids, headers, the MAC).
 FRAME_OVERHEAD = 4096
@@ -67,10 +68,10 @@ class CheckedConfig(Protocol):
 def _engine_value(name: str, value: Any) -> Any:
     if name in _CHOICES:
         return to_choice(name, value, _CHOICES[name])
-    if name == "traces_file":
+    if name in _PATHS:
         return None if value is None or value == "" else str(value)
     if isinstance(getattr(_DEFAULTS, name), int):
-        return to_int(name, value, minimum=1)
+        return to_int(name, value, minimum=0 if name in _MAY_BE_ZERO else 1)
     number = to_float(name, value)
     if number == 0 and name not in _MAY_BE_ZERO:
         raise ConfigError(f"{name} must be greater than 0, got {value!r}")
@@ -107,7 +108,7 @@ def normalise_engine(engine: EngineConfig, given: Mapping[str, Any]) -> EngineCo
 
 def name_is_number(name: str) -> bool:
     """Whether the engine setting ``name`` is a number (not a choice or a path)."""
-    return name not in _CHOICES and name != "traces_file"
+    return name not in _CHOICES and name not in _PATHS
 
 
 def _show(value: Any) -> str:

@@ -94,6 +94,54 @@ def _schemas() -> dict[str, Any]:
                 "outcome": {"const": "completed"},
             },
         },
+        "Step": _step_schema(),
+        "Waiting": {
+            "type": "object",
+            "description": "Where the role waits now: a receive (by peer and seq), the outcome, an operator.",
+            "required": ["text", "peer", "seq", "since"],
+            "additionalProperties": False,
+            "properties": {
+                "text": {"type": "string"},
+                "peer": _NULLABLE_STRING,
+                "seq": {"type": ["integer", "null"]},
+                "since": {**_NULLABLE_STRING, "format": "date-time"},
+            },
+        },
+        "Steps": {
+            "type": "object",
+            "description": "One role's steps of one session, in order, then its compensations.",
+            "required": [
+                "session_id",
+                "role",
+                "choreography",
+                "version",
+                "status",
+                "roles",
+                "initiator",
+                "steps",
+                "waiting",
+                "failure",
+                "sources",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "session_id": {"type": "string"},
+                "role": {"type": "string"},
+                "choreography": {"type": "string"},
+                "version": {"type": "integer"},
+                "status": {"type": "string", "enum": _STATUSES},
+                "roles": {"type": ["array", "null"], "items": {"type": "string"}},
+                "initiator": _NULLABLE_STRING,
+                "steps": {"type": "array", "items": _ref("Step")},
+                "waiting": {"oneOf": [_ref("Waiting"), {"type": "null"}]},
+                "failure": {"oneOf": [_ref("Failure"), {"type": "null"}]},
+                "sources": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["memory", "store"]},
+                    "description": "where the steps came from: this process's memory, the store",
+                },
+            },
+        },  # fmt: skip
         "Started": {
             "type": "object",
             "required": ["session_id", "status"],
@@ -134,6 +182,59 @@ def _schemas() -> dict[str, Any]:
                     "description": "your own id: makes the start idempotent",
                 },
             },
+        },
+    }
+
+
+def _step_schema() -> dict[str, Any]:
+    nullable_int = {"type": ["integer", "null"]}
+    return {
+        "type": "object",
+        "description": "One step. Times are null where unknown (steps replayed from the store carry none).",
+        "required": [
+            "index",
+            "kind",
+            "name",
+            "peer",
+            "seq",
+            "message",
+            "started_at",
+            "ended_at",
+            "duration_ms",
+            "attempts",
+            "transaction",
+            "value",
+            "error",
+            "state",
+            "clock",
+            "source",
+        ],  # fmt: skip
+        "additionalProperties": False,
+        "properties": {
+            "index": {**nullable_int, "description": "the step's index at this role (null: a compensation)"},
+            "kind": {
+                "type": "string",
+                "enum": ["send", "receive", "local", "now", "uuid", "random", "transaction", "compensation"],
+            },
+            "name": {"type": "string", "description": "the function or transaction; `src->dst #seq` for a message"},
+            "peer": {**_NULLABLE_STRING, "description": "the other role of a message"},
+            "seq": nullable_int,
+            "message": {"type": ["string", "null"], "enum": ["value", "select", None]},
+            "started_at": {**_NULLABLE_STRING, "format": "date-time"},
+            "ended_at": {**_NULLABLE_STRING, "format": "date-time"},
+            "duration_ms": {"type": ["number", "null"], "description": "a receive's includes its wait"},
+            "attempts": {**nullable_int, "description": "commit (or compensation) attempts"},
+            "transaction": {
+                "type": ["string", "null"],
+                "enum": ["pending", "committed", "uncertain", "failed", "compensated", None],
+            },
+            "value": {**_NULLABLE_STRING, "description": "a short summary of the value sent, received or returned"},
+            "error": _NULLABLE_STRING,
+            "state": {"type": "string", "enum": ["done", "failed", "parked", "stopped"]},
+            "clock": {**nullable_int, "description": "the message's Lamport time, where the store has it"},
+            "source": {"type": "string", "enum": ["memory", "journal", "store"]},
+            "parked": {"type": "boolean", "description": "the receive parked before it was served"},
+            "compensates": {**nullable_int, "description": "a compensation: the step it undoes"},
         },
     }
 
@@ -231,6 +332,14 @@ def openapi_document(*, secured: bool) -> dict[str, Any]:
                 "summary": "A session's status, result or failure",
                 "parameters": [_SESSION_ID],
                 "responses": {"200": session, "404": _error("`unknown-session`"), **common},
+            },
+        },
+        "/sessions/{session_id}/steps": {
+            "get": {
+                "operationId": "getSessionSteps",
+                "summary": "The session's steps at this role: kind, name, peer, seq, times, attempts, values",
+                "parameters": [_SESSION_ID],
+                "responses": {"200": _json("the steps", _ref("Steps")), "404": _error("`unknown-session`"), **common},
             },
         },
         "/sessions/{session_id}/cancel": {

@@ -12,6 +12,7 @@ from aiohttp import web
 from accompanist.engine.engine import Engine
 from accompanist.errors import ConfigError
 from accompanist.language.choreography import App
+from accompanist.otel_metrics import MetricsExport, setup_metrics_export
 from accompanist.sidecar.api import build_api
 from accompanist.sidecar.api_serve import is_loopback, serve
 from accompanist.sidecar.config import SidecarConfig
@@ -65,6 +66,7 @@ class Sidecar:
         self._transport = transport
         self.engine: Engine | None = None
         self._api_runner: web.AppRunner | None = None
+        self._metrics_export: MetricsExport | None = None
         self.api_address: ApiAddress | None = None
         self._hooks_started = False  # the app's startup hooks ran: its shutdown hooks are owed
 
@@ -123,6 +125,7 @@ class Sidecar:
         c = self.config
         if self._transport is None:
             self._check_peer_security()  # before anything is opened
+        self._metrics_export = setup_metrics_export(c.role, self._metrics_text, c.engine.metrics_file)
         # The app's clients open before the engine: a recovered session may call a service
         # at once. A failed hook has closed what the earlier ones opened.
         await self.app.lifecycle.start([c.role])
@@ -132,6 +135,8 @@ class Sidecar:
             await self.app.lifecycle.stop([c.role], raise_errors=False)
             raise
         self._hooks_started = True
+        if self._metrics_export is not None:
+            self._metrics_export.start()
         self.log.info(
             "sidecar '%s' (%s mode) peers on %s, API on %s, store %s",
             c.role,
@@ -151,12 +156,31 @@ class Sidecar:
             api = build_api(
                 self.engine, mode=str(c.engine.mode), extra_metrics=self._transport_metrics, token=c.api_token
             )
+            if c.ui:
+                self._add_ui(api)
             try:
                 self._api_runner, self.api_address = await serve(api, c.api_address, socket_mode=c.api_socket_mode)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await self.engine.stop(grace=0)  # no writer thread or peer port left behind
                 raise
+
+    def _add_ui(self, api: web.Application) -> None:
+        """The web view under ``/ui``: this engine, read in process, and the other sidecars named."""
+        from accompanist.inspection.sources import HttpSource, Source
+        from accompanist.ui.local import EngineSource
+        from accompanist.ui.server import add_ui_routes
+
+        assert self.engine is not None
+        sources: list[Source] = [EngineSource(self.engine)]
+        sources += [HttpSource(url, self.config.api_token) for url in self.config.ui_sidecars]
+        add_ui_routes(api, sources)
+
+        async def close(app: web.Application) -> None:
+            for source in sources:
+                await source.close()
+
+        api.on_cleanup.append(close)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop the API, let running sessions finish within ``grace``, close everything, then
@@ -171,6 +195,9 @@ class Sidecar:
         try:
             if self.engine is not None:
                 await self.engine.stop(grace)
+            if self._metrics_export is not None:
+                await self._metrics_export.stop()  # the last numbers too
+                self._metrics_export = None
         finally:
             if self._hooks_started:
                 self._hooks_started = False
@@ -213,6 +240,10 @@ class Sidecar:
     async def wait(self, session_id: str, timeout: float | None = None) -> SessionRecord:
         """Wait for a session to end at this role; return its record."""
         return await self._engine().wait(session_id, timeout)
+
+    def _metrics_text(self) -> bytes:
+        """What ``/metrics`` serves: the engine's metrics and the transport's."""
+        return (self.engine.metrics.render() if self.engine else b"") + self._transport_metrics()
 
     def _transport_metrics(self) -> bytes:
         stats = getattr(self.engine.transport if self.engine else None, "stats", None)

@@ -143,12 +143,18 @@ class WriteBatch:
     acks: list[tuple[str, str, int]] = field(default_factory=list)
     journal: list[JournalEntry] = field(default_factory=list)
     txlog: list[TxRecord] = field(default_factory=list)
+    #: Set by the engine for the batches it builds itself, from inputs it checked where they
+    #: entered (peer envelopes, API calls, error texts made storable): the store skips its row
+    #: validation then, which costs more than the rest of preparing a commit. Anything else
+    #: leaves it False and is checked row by row.
+    trusted: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.sessions or self.inbox or self.outbox or self.acks or self.journal or self.txlog)
 
     def extend(self, other: WriteBatch) -> None:
-        """Append ``other``'s writes after this batch's."""
+        """Append ``other``'s writes after this batch's (trusted only if both were)."""
+        self.trusted = self.trusted and other.trusted
         self.sessions.extend(other.sessions)
         self.inbox.extend(other.inbox)
         self.outbox.extend(other.outbox)

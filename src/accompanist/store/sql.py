@@ -223,7 +223,8 @@ class SQLStore(abc.ABC):
                 store is not open, or the transaction failed (nothing of it was committed).
         """
         writer = self._writer()
-        validate_batch(batch, store=self._name)
+        if not (isinstance(batch, WriteBatch) and batch.trusted):
+            validate_batch(batch, store=self._name)
         if batch:
             await writer.commit(batch)
 

@@ -24,6 +24,7 @@ from typing import Any
 import aiosqlite
 
 from accompanist.errors import ConfigError, StoreCorruptError, StoreError
+from accompanist.store.base import SessionRecord
 from accompanist.store.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY
 from accompanist.store.sql import SCHEMA_VERSION, SQLStore, SQLTx, check_meta
 from accompanist.store.sql_statements import Statements
@@ -136,6 +137,7 @@ class SQLiteStore(SQLStore):
         self._busy_ms = int(busy_timeout * 1000)
         self._wconn: SQLiteWriter | None = None
         self._rconn: aiosqlite.Connection | None = None
+        self._point: sqlite3.Connection | None = None  # point reads on the event loop's thread
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, role={self.role!r})"
@@ -282,6 +284,9 @@ class SQLiteStore(SQLStore):
             self._rconn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._pragmas(self._rconn)
             await self._rconn.execute("PRAGMA query_only=ON")
+            self._point = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._point.execute("PRAGMA busy_timeout=0")  # never wait on the loop: fall back instead
+            self._point.execute("PRAGMA query_only=ON")
         except (sqlite3.Error, OSError) as exc:
             await writer.close()
             await self._close_connections()
@@ -442,6 +447,10 @@ class SQLiteStore(SQLStore):
         await self._close_connections()
 
     async def _close_connections(self) -> None:
+        point, self._point = self._point, None
+        if point is not None:
+            with contextlib.suppress(sqlite3.Error):
+                point.close()
         reader, self._rconn = self._rconn, None
         writer, self._wconn = self._wconn, None
         if reader is not None:
@@ -450,6 +459,28 @@ class SQLiteStore(SQLStore):
         if writer is not None:
             with contextlib.suppress(sqlite3.Error):
                 await writer.close()
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, or None.
+
+        Read on the event loop's own thread: a lookup by primary key takes microseconds in a
+        WAL database (readers never wait for the writer), while a hop to the reader thread
+        costs a few hundred microseconds of CPU across two threads, and every session a peer
+        opens here is looked up once. If SQLite cannot answer at once (a lock held by another
+        process), the read goes to the reader thread as any other.
+        """
+        point = self._point
+        if point is not None and self._committer is not None:
+            try:
+                rows = point.execute(self._q.get_session, (session_id,)).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise self._error(exc) from exc
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            else:
+                return self._session(rows[0]) if rows else None
+        return await super().get_session(session_id)
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         conn = self._rconn

@@ -16,7 +16,7 @@ from accompanist.envelope import Envelope
 from accompanist.errors import StoreInputError
 from accompanist.store.base import TX_STATUSES, JournalEntry, SessionRecord, SessionStatus, TxRecord, WriteBatch
 
-__all__ = ["INT64_MAX", "INT64_MIN", "SESSION_STATUSES", "validate_batch"]
+__all__ = ["INT64_MAX", "INT64_MIN", "SESSION_STATUSES", "envelope_problem", "validate_batch"]
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -134,6 +134,46 @@ def _tx(rec: Any, where: str) -> None:
     _time(rec.updated_at, f"{where}.updated_at")
     _blob(rec.args, f"{where}.args", optional=True)
     _int(rec.clock, f"{where}.clock")
+
+
+def envelope_problem(envelope: Envelope) -> str | None:
+    """Why ``envelope`` could not be stored (a field no database can hold), or None.
+
+    The engine checks every envelope from a peer with this where it arrives, so that the
+    batches it builds from them need no second check at commit time (see
+    ``WriteBatch.trusted``).
+    """
+    e = envelope
+    if (
+        isinstance(e, Envelope)
+        and type(e.seq) is int
+        and type(e.version) is int
+        and INT64_MIN <= e.seq <= INT64_MAX
+        and INT64_MIN <= e.version <= INT64_MAX
+        and type(e.payload) is bytes
+        and type(e.headers) is dict
+    ):
+        try:  # every text field at once (a non-str among them falls through to the full check)
+            text = "".join(
+                (e.session_id, e.choreography, e.src, e.dst, e.kind, e.auth, *e.headers, *e.headers.values())
+            )
+        except TypeError:
+            text = "\x00"
+        if "\x00" not in text and (text.isascii() or _encodable(text)):
+            return None
+    try:
+        _envelope(envelope, "envelope")
+    except _InvalidError as exc:
+        return str(exc)
+    return None  # pragma: no cover - the quick check above passes whatever this one passes
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_batch(batch: WriteBatch, *, store: str = "store") -> None:

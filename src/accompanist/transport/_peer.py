@@ -18,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 
 from accompanist.errors import TransportError
+from accompanist.transport._coalesce import CoalescingWriter
 from accompanist.transport._throttle import LogThrottle
 from accompanist.transport.base import TransportStats
 from accompanist.transport.frames import (
@@ -65,6 +66,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.out = CoalescingWriter(writer, asyncio.get_running_loop())
         self.pending: dict[int, asyncio.Future[None]] = {}
         self.drain_lock = asyncio.Lock()
         self.reader_task: asyncio.Task[None] | None = None
@@ -199,7 +201,8 @@ class PeerLink:
         return conn if conn is not None and not conn.lost else None
 
     def write(self, conn: _Connection, data: bytes) -> bool:
-        """Queue one encoded frame; True if the caller should :meth:`drain` before more.
+        """Queue one encoded frame (it leaves with the others of this event-loop turn, in one
+        system call); True if the caller should :meth:`drain` before more.
 
         Raises:
             TransportError: the connection is gone.
@@ -207,8 +210,41 @@ class PeerLink:
         if conn.lost or conn.writer.transport.is_closing():
             self._lose(conn, "connection closed")
             raise TransportError(f"connection to {self._where} closed before the envelope was written")
-        conn.writer.write(data)
-        return conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        conn.out.write(data)
+        return conn.out.buffered > WRITE_HIGH_WATER
+
+    def post(self, conn: _Connection, corr: int, data: bytes, limit: float, why: str) -> asyncio.Future[None]:
+        """Write one encoded envelope frame now; the returned future ends with its answer (an
+        ack, a reject, a lost connection, or ``why`` after ``limit`` seconds). A socket that
+        has too much unsent already makes it a task that first waits for the socket."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[None] = loop.create_future()
+        try:
+            drain = self.write(conn, data)
+        except TransportError as exc:
+            answer.set_exception(exc)
+            return answer
+        conn.pending[corr] = answer
+        self._cfg.stats.sent += 1
+        expiry = loop.call_later(limit, _give_up, answer, why)
+
+        def settled(_: asyncio.Future[None]) -> None:
+            expiry.cancel()
+            conn.pending.pop(corr, None)
+
+        answer.add_done_callback(settled)
+        if drain:
+            return asyncio.ensure_future(self._drained_then(conn, answer))
+        return answer
+
+    async def _drained_then(self, conn: _Connection, answer: asyncio.Future[None]) -> None:
+        try:
+            await self.drain(conn)
+        except BaseException:
+            if not answer.done():
+                answer.cancel()
+            raise
+        await answer
 
     async def drain(self, conn: _Connection) -> None:
         """Wait until the socket took most of what was written (backpressure on senders).
@@ -217,6 +253,7 @@ class PeerLink:
             TransportError: the connection broke meanwhile.
         """
         try:
+            conn.out.flush()
             async with conn.drain_lock:
                 await conn.writer.drain()
         except (OSError, RuntimeError) as exc:
@@ -317,3 +354,8 @@ class PeerLink:
             await asyncio.gather(task, return_exceptions=True)
         with contextlib.suppress(OSError):  # includes ssl.SSLError
             await conn.writer.wait_closed()
+
+
+def _give_up(answer: asyncio.Future[None], why: str) -> None:
+    if not answer.done():
+        answer.set_exception(TransportError(why))

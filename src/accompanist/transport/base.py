@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -11,10 +12,13 @@ from accompanist.envelope import Envelope
 
 __all__ = ["Handler", "Transport", "TransportStats"]
 
-Handler = Callable[[Envelope], Awaitable[None]]
-"""Accepts one incoming envelope. Returning means *accepted* (in fault-tolerant mode: safely in
-the inbox), so the transport acknowledges it; raising means *rejected*, and the transport
-answers the sender with the error's message (and counts it)."""
+Handler = Callable[[Envelope], Awaitable[None] | None]
+"""Accepts one incoming envelope. Returning None means *accepted now*; returning an awaitable
+(a coroutine, or a future the handler settles) means *accepted* when it completes (in
+fault-tolerant mode: once the envelope is safely in the inbox). Either way the transport then
+acknowledges it. Raising, at once or from the awaitable, means *rejected*: the transport
+answers the sender with the error's message (and counts it). A plain ``async def`` handler is
+the simple case; a handler that can often decide at once saves a task per envelope."""
 
 
 @dataclass
@@ -53,6 +57,12 @@ class Transport(Protocol):
         ``TransportError`` if it could not be delivered, was rejected, or no answer came within
         ``timeout``. With ``wait=False`` hand it to the connection and return (at-most-once).
         """
+
+    def post(self, envelope: Envelope, timeout: float | None = None) -> asyncio.Future[None]:
+        """Start sending ``envelope`` and wait for nothing: the returned future ends as
+        ``send(envelope, wait=True, timeout=timeout)`` would (done when the peer accepted it,
+        or with its ``TransportError``), so a caller that sends many envelopes (the relay)
+        needs no task per envelope. Must be called with the event loop running."""
 
     async def close(self) -> None:
         """Stop receiving and close every connection."""

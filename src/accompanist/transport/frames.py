@@ -46,6 +46,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "read_length",
+    "readable_corr",
     "reject_info",
     "rejected",
 ]
@@ -115,7 +116,8 @@ class Frame(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=
 
     Attributes:
         type: a :class:`FrameType` value.
-        corr: correlation id chosen by the sender of an envelope frame, echoed in its answer.
+        corr: correlation id chosen by the sender of an envelope frame, echoed in its answer;
+            0 on an envelope whose sender does not wait (at most once): it gets no answer.
         envelope: the envelope (envelope frames only).
         info: why the envelope was rejected (reject frames only).
         mac: HMAC-SHA256 of the frame encoded with ``mac=b""`` (empty when unsigned).
@@ -306,6 +308,16 @@ def decode_frame(data: bytes, *, ring: KeyRing | None = None, max_frame: int = D
     if len(body) > length:
         raise InvalidFrameError(Reason.INVALID, f"{len(body) - length} bytes after the frame")
     return decode_body(body, ring=ring)
+
+
+def readable_corr(body: bytes) -> int | None:
+    """The corr id of an envelope frame that failed authentication, if it can be read at all
+    (the sender is then told why, unless it waits for no answer)."""
+    try:
+        frame = decode_body(body)
+    except InvalidFrameError:
+        return None
+    return frame.corr if frame.type == FrameType.ENVELOPE else None
 
 
 _REJECT_CODE: Final = re.compile(r"^\[([a-z][a-z0-9-]{0,39})(!?)\] ")

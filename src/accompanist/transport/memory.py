@@ -166,6 +166,10 @@ class MemoryTransport:
             raise rejected(f"role '{envelope.dst}'", frame.info, authenticated=True)
         self.stats.acked += 1
 
+    def post(self, envelope: Envelope, timeout: float | None = None) -> asyncio.Future[None]:
+        """:meth:`send` with ``wait=True``, as a future (see ``Transport.post``)."""
+        return asyncio.ensure_future(self.send(envelope, wait=True, timeout=timeout))
+
     async def receive(self, data: bytes) -> bytes | None:
         """Decode, authenticate and hand one frame to the handler; return the answer frame."""
         net = self._network
@@ -184,7 +188,9 @@ class MemoryTransport:
             return None  # stopped while the envelope was in flight: lost
         self.stats.received += 1
         try:
-            await handler(envelope)
+            pending = handler(envelope)
+            if pending is not None:
+                await pending
         except Exception as exc:
             self.stats.rejected[Reason.HANDLER.value] += 1
             return self._answer(FrameType.REJECT, reject_info(exc), envelope.auth)

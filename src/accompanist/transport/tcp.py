@@ -29,8 +29,9 @@ from collections import Counter
 from collections.abc import Mapping
 
 from accompanist.envelope import Envelope
-from accompanist.errors import ConfigError, TransportError
-from accompanist.transport._peer import WRITE_HIGH_WATER, LinkConfig, PeerLink
+from accompanist.errors import ConfigError, FrameError, TransportError
+from accompanist.transport._answers import Answers
+from accompanist.transport._peer import LinkConfig, PeerLink
 from accompanist.transport._throttle import LogThrottle
 from accompanist.transport._tls_accept import TlsListener
 from accompanist.transport.base import Handler, TransportStats
@@ -46,6 +47,7 @@ from accompanist.transport.frames import (
     decode_body,
     encode_frame,
     read_length,
+    readable_corr,
     reject_info,
 )
 from accompanist.transport.limits import FIRST, FRAME, IDLE, CloseReason, Inbound, PeerLimits
@@ -309,11 +311,14 @@ class TcpTransport:
         self._per_address[address] += 1
         self.stats.connections += 1
         busy = asyncio.Semaphore(self._max_concurrency)
-        write_lock = asyncio.Lock()
+        answers = Answers(writer, self._ring, self._max_frame, self._handlers)
 
-        def handled(_: object) -> None:
+        handling_now: set[asyncio.Future[None]] = set()
+
+        def handled(done: asyncio.Future[None]) -> None:
             conn.inflight -= 1
             busy.release()
+            handling_now.discard(done)
 
         try:
             while True:
@@ -335,15 +340,19 @@ class TcpTransport:
                 conn.phase = IDLE
                 conn.deadline = loop.time() + lim.idle_timeout
                 await busy.acquire()
-                handling = self._dispatch(body, writer, write_lock, peer, conn)
+                handling = self._dispatch(body, answers, peer, conn)
                 if handling is None:
                     busy.release()
                 else:
                     conn.inflight += 1
+                    handling_now.add(handling)
                     handling.add_done_callback(handled)
         except asyncio.IncompleteReadError as exc:
             if exc.partial and conn.reason is None:  # a clean close between frames is not an error
                 self._reject(Reason.TRUNCATED, peer, f"connection closed {len(exc.partial)} bytes into a frame")
+            elif handling_now:  # the sender is done sending, not reading: its answers still go out
+                with contextlib.suppress(asyncio.CancelledError):  # close(): see below
+                    await asyncio.wait(set(handling_now), timeout=lim.frame_timeout)
         except InvalidFrameError as exc:  # bad length prefix: frame boundaries are lost
             self._reject(exc.reason, peer, f"{exc.detail}; closing the connection")
         except (OSError, ssl.SSLError) as exc:
@@ -359,21 +368,26 @@ class TcpTransport:
             if self._per_address[address] <= 0:
                 del self._per_address[address]
             self.stats.connections -= 1
+            answers.out.flush()  # answers queued in this turn still leave before the close
             writer.close()
 
     def _dispatch(
-        self, body: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str, conn: Inbound | None = None
-    ) -> asyncio.Task[None] | None:
-        """Decode one frame and start its handler call (returned), or reject it (None)."""
+        self, body: bytes, answers: Answers, peer: str, conn: Inbound | None = None
+    ) -> asyncio.Future[None] | None:
+        """Decode one frame and hand it to the handler; return what settles when the handler is
+        done with it (a task, or the handler's own future), or None when that is already so.
+
+        An envelope frame with ``corr`` 0 comes from a sender that does not wait (at most once):
+        it gets no answer, not even a reject."""
         try:
             frame = decode_body(body, ring=self._ring)
             if self._ring is not None and conn is not None:
                 conn.authenticated = True  # its MAC verified under our key ring
         except InvalidFrameError as exc:
             self._reject(exc.reason, peer, exc.detail)
-            corr = _readable_corr(body)
-            if corr is not None:
-                self._reply(writer, lock, Frame(FrameType.REJECT, corr, info=str(exc)))
+            corr = readable_corr(body)
+            if corr:
+                answers.send(Frame(FrameType.REJECT, corr, info=str(exc)))
             return None
         envelope = frame.envelope
         if frame.type != FrameType.ENVELOPE or envelope is None:
@@ -382,7 +396,8 @@ class TcpTransport:
         if envelope.dst != self.role:
             info = f"envelope for role '{envelope.dst}' reached role '{self.role}' (misconfigured peer address?)"
             self._reject(Reason.WRONG_DST, peer, info)
-            self._reply(writer, lock, Frame(FrameType.REJECT, frame.corr, info=info))
+            if frame.corr:
+                answers.send(Frame(FrameType.REJECT, frame.corr, info=info))
             return None
         if conn is not None and conn.roles is not None and envelope.src not in conn.roles:
             info = (
@@ -390,49 +405,46 @@ class TcpTransport:
                 f"{', '.join(sorted(conn.roles))} only"
             )
             self._reject(Reason.WRONG_SRC, peer, info)
-            self._reply(writer, lock, Frame(FrameType.REJECT, frame.corr, info=info))
+            if frame.corr:
+                answers.send(Frame(FrameType.REJECT, frame.corr, info=info))
             return None
-        task = asyncio.create_task(self._handle(frame.corr, envelope, writer, lock, peer))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-        return task
-
-    async def _handle(
-        self, corr: int, envelope: Envelope, writer: asyncio.StreamWriter, lock: asyncio.Lock, peer: str
-    ) -> None:
         assert self._handler is not None
         self.stats.received += 1
         link = self._links.get(envelope.src)
         if link is not None:
             link.peer_alive()
         try:
-            await self._handler(envelope)
+            pending = self._handler(envelope)
         except Exception as exc:
+            self._answer(frame.corr, envelope, exc, answers, peer)
+            return None
+        if pending is None:  # accepted at once: no task
+            self._answer(frame.corr, envelope, None, answers, peer)
+            return None
+        if isinstance(pending, asyncio.Future):  # settled by the handler: a callback, no task
+            settling: asyncio.Future[None] = pending
+        else:  # a coroutine: it runs as a task of its own (cancelled when the transport closes)
+            settling = asyncio.ensure_future(pending)
+            self._handlers.add(settling)
+            settling.add_done_callback(self._handlers.discard)
+
+        def settled(done: asyncio.Future[None]) -> None:
+            if not done.cancelled():  # cancelled: the transport closes; the sender retries
+                self._answer(frame.corr, envelope, done.exception(), answers, peer)
+
+        settling.add_done_callback(settled)
+        return settling
+
+    def _answer(self, corr: int, envelope: Envelope, exc: BaseException | None, answers: Answers, peer: str) -> None:
+        """Acknowledge (``exc`` None) or reject an envelope the handler is done with."""
+        if exc is None:
+            answer = Frame(FrameType.ACK, corr)
+        else:
             info = reject_info(exc)
             self._reject(Reason.HANDLER, peer, f"handler refused {envelope.key}: {info}")
             answer = Frame(FrameType.REJECT, corr, info=info)
-        else:
-            answer = Frame(FrameType.ACK, corr)
-        await self._reply_and_drain(writer, lock, answer, envelope.auth)
-
-    def _reply(self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame) -> None:
-        task = asyncio.create_task(self._reply_and_drain(writer, lock, frame))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-
-    async def _reply_and_drain(
-        self, writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: Frame, key_id: str | None = None
-    ) -> None:
-        if writer.transport.is_closing():
-            return  # the sender is gone; it will learn nothing and retry
-        # Answers are tiny and never oversized; reject info is clipped to stay that way.
-        if len(frame.info) > 1024:
-            frame = Frame(frame.type, frame.corr, info=frame.info[:1024] + "...")
-        writer.write(encode_frame(frame, ring=self._ring, max_frame=self._max_frame, key_id=key_id))
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            with contextlib.suppress(OSError, RuntimeError):
-                async with lock:
-                    await writer.drain()
+        if corr:  # 0: the sender did not wait for an answer
+            answers.send(answer, envelope.auth)
 
     def _tls_refused(self, exc: BaseException | None, peer: str) -> None:
         """Count (and log, rate-limited) an incoming TLS connection that failed or names no role."""
@@ -470,7 +482,7 @@ class TcpTransport:
         limit = self._send_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        corr = link.next_corr()
+        corr = link.next_corr() if wait else 0  # 0: the receiver sends no answer
         data = encode_frame(Frame(FrameType.ENVELOPE, corr, envelope), ring=self._ring, max_frame=self._max_frame)
         try:
             conn = link.live()
@@ -505,6 +517,28 @@ class TcpTransport:
             raise TransportError(
                 f"no answer from role '{envelope.dst}' for envelope {envelope.key} within {limit:g}s"
             ) from None
+
+    def post(self, envelope: Envelope, timeout: float | None = None) -> asyncio.Future[None]:
+        """Start sending ``envelope``; the future ends with its answer (see ``Transport.post``).
+
+        On a live connection this writes the frame now and returns the very future the answer
+        resolves: no task, no coroutine. Otherwise (connecting, backing off) it runs
+        :meth:`send` in a task.
+        """
+        link = self._links.get(envelope.dst)
+        conn = link.live() if link is not None and not self._closed else None
+        if link is None or conn is None:
+            return asyncio.ensure_future(self.send(envelope, wait=True, timeout=timeout))
+        limit = self._send_timeout if timeout is None else timeout
+        corr = link.next_corr()
+        try:
+            data = encode_frame(Frame(FrameType.ENVELOPE, corr, envelope), ring=self._ring, max_frame=self._max_frame)
+        except FrameError as exc:
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        why = f"no answer from role '{envelope.dst}' for envelope {envelope.key} within {limit:g}s"
+        return link.post(conn, corr, data, limit, why)
 
     def _link(self, role: str) -> PeerLink:
         link = self._links.get(role)
@@ -557,12 +591,3 @@ def _peerhost(writer: asyncio.StreamWriter) -> str:
     if isinstance(name, tuple) and name:
         return str(name[0])
     return str(name)
-
-
-def _readable_corr(body: bytes) -> int | None:
-    """The corr id of an envelope frame that failed authentication, if it can be read at all."""
-    try:
-        frame = decode_body(body)
-    except InvalidFrameError:
-        return None
-    return frame.corr if frame.type == FrameType.ENVELOPE else None
