@@ -95,3 +95,23 @@ def test_the_bank_transfer_and_the_bookseller_pass() -> None:
     )
     assert transfer.ok and transfer.runs[0].result["outcome"] == "committed"
     assert explore(bookseller, "SICP").ok
+
+
+def test_a_commit_whose_retries_run_out_is_compensated_without_a_false_alarm() -> None:
+    undone: list[str] = []
+
+    async def down(ctx: ac.TxContext, x: int) -> int:
+        raise ConnectionError("the service is down")
+
+    async def undo(ctx: ac.TxContext, x: int, result: object) -> None:
+        undone.append(ctx.idempotency_key)
+
+    flaky = ac.Transaction("flaky", down, undo, retry=ac.Retry(attempts=2, initial=0.01))
+
+    @ac.choreography("down", roles=(BUYER, SELLER))
+    async def saga(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
+        return await ch.transaction(BUYER, flaky, x)
+
+    report = explore(saga, 1)
+    assert report.ok, str(report)
+    assert set(report.runs[0].statuses.values()) == {"compensated"} and undone  # it may have taken effect

@@ -142,7 +142,7 @@ def check_run(
     if outcome == "completed" and compensated:
         out.append(Violation("compensated-on-completed", f"completed, yet compensated {sorted(map(str, compensated))}"))
     if outcome in ("compensated", "failed", "cancelled"):
-        missing, extra = committed - compensated, compensated - committed
+        missing, extra = committed - compensated, compensated - committed - set(probe.uncertain)
         if missing:
             out.append(Violation("not-compensated", f"{outcome}, but {sorted(map(str, missing))} stay committed"))
         if extra:

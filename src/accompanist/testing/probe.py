@@ -85,6 +85,8 @@ class Probe:
         attempted: transactions whose commit was called (repeats included).
         committed: transactions whose commit returned (repeats included).
         compensated: transactions whose compensation returned (repeats included).
+        uncertain: transactions whose commit raised an infrastructure error (it may have
+            taken effect: the runtime compensates it if its retries run out).
         trace: readable lines, in order.
         crashing: the role that hit the crash point (set once), waiting to be crashed.
     """
@@ -94,6 +96,7 @@ class Probe:
     attempted: list[TxId] = field(default_factory=list)
     committed: list[TxId] = field(default_factory=list)
     compensated: list[TxId] = field(default_factory=list)
+    uncertain: list[TxId] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
     crashing: str | None = None
     fired: bool = False
@@ -129,7 +132,12 @@ class Probe:
             if probe.schedule.fail == tid:
                 probe.trace.append(f"{ctx.role}: commit of {tid} declined on purpose")
                 raise Abort(f"explore: {tid} fails on purpose")
-            result = await tx.commit(ctx, *args)
+            try:
+                result = await tx.commit(ctx, *args)
+            except BaseException as exc:
+                if not isinstance(exc, tx.business_errors):  # retried; if retries run out, it is undone too
+                    probe.uncertain.append(tid)
+                raise
             if result is not False:
                 probe.committed.append(tid)
                 probe.trace.append(f"{ctx.role}: commit of {tid} returned (attempt {ctx.attempt})")
