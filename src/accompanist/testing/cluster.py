@@ -61,8 +61,9 @@ def quick_config(mode: Mode | str = Mode.FAULT_TOLERANT, *, virtual: bool = Fals
 
 
 class _Life:
-    """One engine's view of its role's store: dead once that engine crashed, so nothing the
-    crashed engine still runs can write (a process killed with SIGKILL writes nothing more)."""
+    """One engine's view of its role's store: dead once that engine crashed. Then what the
+    crashed engine still does is lost: its commits are dropped (a process killed with SIGKILL
+    writes nothing more, whatever it meant to), its reads fail."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -87,6 +88,8 @@ class _Life:
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             if self.dead:
+                if name == "commit":
+                    return None  # written by a dead process: it never reaches the disk
                 raise StoreError("this sidecar crashed")
             return await target(*args, **kwargs)
 
@@ -155,17 +158,16 @@ class Cluster:
             self._lives[role] = life
 
     async def crash(self, role: str) -> None:
-        """Stop ``role``'s engine at once (grace 0): nothing it still runs reaches its store
-        afterwards, and its unfinished sessions stay as they were stored."""
+        """Stop ``role``'s engine at once, as a SIGKILL would: nothing it does from now on
+        reaches its store (not even the marks a graceful stop writes), and its unfinished
+        sessions stay as they were stored."""
         engine = self.engines.pop(role)
         life = self._lives.pop(role)
         self.crashes[role] = self.crashes.get(role, 0) + 1
         tasks = [run.task for run in list(engine.live.values()) if run.task is not None]
-        # stop() cancels every task at once; it still writes the marks that may be lost without
-        # harm (acknowledgements, a participant's 'completed'), which a real crash would lose
-        # and a replay would redo: everything a session needs is written before its next step.
+        life.dead = True  # from now on its writes are lost, as a SIGKILL loses them
         await engine.stop(grace=0)
-        life.dead = True
+        await life.store.close()  # what it wrote before is kept; the next engine opens it again
         leftovers = [t for t in tasks if not t.done()]
         for task in leftovers:
             task.cancel()
