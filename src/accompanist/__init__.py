@@ -4,6 +4,8 @@ Write a distributed interaction once, as an ``async def`` with a global view of 
 run each role's part in a sidecar beside its service.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from accompanist import testing
 from accompanist._version import __version__
 from accompanist.codec import PayloadCodec
@@ -43,7 +45,9 @@ from accompanist.failure import Failure
 from accompanist.interpreters import CentralRunner, run_central
 from accompanist.language import App, Choreo, Choreography, Located, Role, Step, StepKind, choreography, roles
 from accompanist.language.transaction import Retry, Transaction, TxContext, transaction
-from accompanist.sidecar import Sidecar, SidecarConfig
+
+if TYPE_CHECKING:
+    from accompanist.sidecar import Sidecar, SidecarConfig
 
 __all__ = [
     "Abort",
@@ -101,3 +105,14 @@ __all__ = [
     "testing",
     "transaction",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``Sidecar`` and ``SidecarConfig`` are imported on first use: the sidecar brings the HTTP
+    server and client (aiohttp, about half a second of start-up), which a process that only
+    defines choreographies, runs a service or the CLI's other commands never needs."""
+    if name in ("Sidecar", "SidecarConfig"):
+        from accompanist import sidecar
+
+        return getattr(sidecar, name)
+    raise AttributeError(f"module 'accompanist' has no attribute {name!r}")

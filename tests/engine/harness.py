@@ -84,7 +84,7 @@ async def cluster(
     **net: Any,
 ) -> AsyncIterator[Cluster]:
     roles = list(roles)
-    c = Cluster(app, roles, config or EngineConfig(receive_timeout=5), MemoryNetwork(plan, **net), stores)
+    c = Cluster(app, roles, config or EngineConfig(receive_timeout=30), MemoryNetwork(plan, **net), stores)
     for role in roles:
         await c.start(role)
     try:

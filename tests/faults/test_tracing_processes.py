@@ -110,10 +110,15 @@ async def test_a_crash_and_replay_adds_no_duplicate_span(tmp_path: Path) -> None
         assert record is not None and record["status"] == "completed", record
         spans = await _ended_everywhere(cluster, sid, tmp_path, "ab")  # c has no part in pingpong
     _check_connected(spans, sid, "a", "ab")
+    # On a loaded machine b may wait past its receive timeout while a is down: b parks, and its
+    # wait's span ends marked as parked (a "parked" span follows); the resumed wait is a span of
+    # its own. Those are two waits, not a replayed step traced twice.
+    parked = [s for s in spans if s["attributes"].get("accompanist.parked")]
+    assert not parked or any(s["name"] == "parked" for s in spans), parked
     steps = Counter(
         (s["attributes"]["accompanist.role"], s["name"], s["attributes"].get("accompanist.step"))
         for s in spans
-        if s["name"] in ("send", "receive", "local", "transaction")
+        if s["name"] in ("send", "receive", "local", "transaction") and not s["attributes"].get("accompanist.parked")
     )
     assert max(steps.values()) == 1, f"a replayed step was traced again: {steps}"
     replays = [s for s in spans if s["name"] == "replay"]

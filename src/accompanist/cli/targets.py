@@ -48,7 +48,7 @@ SidecarOpt = Annotated[
 ]
 StoreOpt = Annotated[list[str] | None, typer.Option("--store", help="ROLE=STORE_URL, read offline (repeat).")]
 ClusterOpt = Annotated[
-    Path | None, typer.Option("--cluster", help="TOML file: [sidecars] and/or [stores] by role, token.")
+    Path | None, typer.Option("--cluster", help="TOML file: \\[sidecars] and/or \\[stores] by role, token.")
 ]
 TokenOpt = Annotated[
     str | None,

@@ -74,9 +74,9 @@ RETRY = ac.Retry(attempts=40, initial=0.05, maximum=1.0)
 
 
 def _request_id(key: object, order_id: str) -> str:
-    """The services' request id of a step: the runtime's step key, which a replay repeats,
-    and the order id, which no other session has (the test interpreters give every run the
-    same session id; the sidecars never do)."""
+    """The services' request id of a step: the runtime's step key, which a replay repeats
+    (and which names the session, so no other session has it), and the order id, which makes
+    the services' own records readable by order."""
     return f"{key}/{order_id}"
 
 

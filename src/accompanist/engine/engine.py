@@ -382,7 +382,7 @@ class Engine(Runs):
                 )
             if record.status in TERMINAL_STATUSES or record.status == S.COMPENSATING:
                 return msgspec.structs.replace(record)
-            choreography = self._choreography_of(record)
+            choreography = self.choreography_of(record)
             target = run or SessionRun(self, record, choreography)
             failure = outcome.cancel_failure(self.role)
             if target.initiator:

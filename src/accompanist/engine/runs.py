@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from accompanist.engine import compensation, outcome
+from accompanist.engine import compensation, outcome, refusals
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
 from accompanist.engine.linger import Lingering
 from accompanist.engine.locks import KeyedLocks
@@ -36,7 +36,6 @@ from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_
 from accompanist.errors import (
     AccompanistError,
     DefinitionError,
-    EnvelopeRejectedError,
     NondeterminismError,
     SessionCancelledError,
     SessionError,
@@ -106,7 +105,7 @@ class Runs:
                 self.config,
                 self.metrics,
                 self.log,
-                on_refused=self._undeliverable,
+                on_refused=lambda envelope, exc: refusals.undeliverable(self, envelope, exc),
                 on_acked=self.guard.defer,
                 destinations=[r.name for c in app for r in c.roles if r.name != role],
             )
@@ -153,7 +152,9 @@ class Runs:
         """The session's structured failure, if it failed (or diverged)."""
         return Failure.decode(record.failure) if record.failure else None
 
-    def _choreography_of(self, record: SessionRecord) -> Choreography:
+    def choreography_of(self, record: SessionRecord) -> Choreography:
+        """The choreography (and version) a stored session runs; a clear error if this sidecar
+        does not serve it."""
         try:
             return self.app.get(record.choreography, record.version)
         except UnknownChoreographyError as exc:
@@ -526,57 +527,6 @@ class Runs:
             self.log.error("session %s diverged at '%s': %s", run.session_id, self.role, exc)
             await self.transition(run, S.DIVERGED, failure=failure, sends=notices)
             self.forget(run)
-
-    async def _undeliverable(self, envelope: Envelope, exc: EnvelopeRejectedError) -> None:
-        """A peer refused an outbox envelope for good: fail its session (never retried).
-
-        A peer that refuses the initiator's failure decision (or an order to compensate) for
-        good holds nothing of this session (its id belongs to another session there): it is
-        counted as having answered, with nothing undone, so the outcome can be declared.
-        """
-        self.metrics.undeliverable.inc()
-        self.log.error("role '%s' refused %s for good: %s", envelope.dst, envelope.key, exc)
-        if envelope.kind not in (*MESSAGE_KINDS, EnvelopeKind.FAILURE, EnvelopeKind.COMPENSATE):
-            return
-        async with self.session_lock(envelope.session_id):
-            run = self.live.get(envelope.session_id)
-            record = run.record if run else await self.stored(envelope.session_id)
-            if record is None or record.status in TERMINAL_STATUSES:
-                return
-            choreography = self._choreography_of(record)
-            target = run or SessionRun(self, record, choreography)
-            if envelope.kind in MESSAGE_KINDS:
-                failure = Failure(
-                    role=self.role,
-                    step=None,
-                    transaction=None,
-                    error_type=type(exc).__name__,
-                    message=f"role '{envelope.dst}' refused message #{envelope.seq}: {exc}",
-                )
-                await outcome.fail_locked(self, target, failure)
-            elif target.initiator:
-                answer = self._nothing_undone(target, envelope)
-                if self.durable:
-                    await self.guard.commit(WriteBatch(inbox=[answer]))
-                outcome.absorb(target, answer)
-            if run is None:
-                await self.activate(target.record, choreography)
-
-    def _nothing_undone(self, run: SessionRun, refused: Envelope) -> Envelope:
-        """The answer a role that refused ``refused`` for good stands for: nothing to undo."""
-        if refused.kind == EnvelopeKind.COMPENSATE:
-            payload, kind = encode(Undone(count=0)), EnvelopeKind.UNDONE
-        elif self.config.compensation is CompensationOrder.ORDERED:
-            payload, kind = encode(Report()), EnvelopeKind.REPORT
-        else:
-            payload, kind = encode(Undone(count=0)), EnvelopeKind.UNDONE
-        answer = self.control(run, self.role, kind, payload)
-        return msgspec.structs.replace(
-            answer,
-            src=refused.dst,
-            dst=self.role,
-            seq=refused.seq if kind == EnvelopeKind.UNDONE and refused.kind == EnvelopeKind.COMPENSATE else answer.seq,
-        )
 
     async def ended(self, record: SessionRecord) -> None:
         """A session reached a terminal (or operator-waiting) status here: wake waiters, count,
