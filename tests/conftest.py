@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.nats_server import NatsServer, NatsUnavailableError
 from tests.support.postgres import PostgresServer, PostgresUnavailableError
 
 
@@ -37,3 +38,30 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_dsn(postgres_server: PostgresServer) -> str:
     """The DSN of a fresh, empty database on the session's PostgreSQL server."""
     return postgres_server.create_database()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """A NATS server with JetStream on 127.0.0.1 for the whole test session (skips when no
+    binary is installed). Tests keep apart by using a stream of their own."""
+    try:
+        server = NatsServer.launch()
+    except NatsUnavailableError as exc:
+        pytest.skip(f"NATS JetStream unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def own_nats() -> Iterator[NatsServer]:
+    """A NATS server of the test's own, so killing or restarting it disturbs nobody else."""
+    try:
+        server = NatsServer.launch()
+    except NatsUnavailableError as exc:
+        pytest.skip(f"NATS JetStream unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -24,6 +24,17 @@ from tests.faults.stores import store_problems
 from tests.integration.procs import ProcessCluster
 
 ROLES = ["a", "b", "c"]
+
+
+class Broker(Protocol):
+    """A message broker the sidecars exchange envelopes through, which the campaign can kill
+    (SIGKILL) and start again on the same address and store."""
+
+    url: str
+
+    def kill(self) -> None: ...
+
+    def start(self) -> None: ...
 
 
 @dataclass
@@ -47,7 +58,10 @@ async def run_campaign(
     kills: int = 10,
     seed: int = 1,
     extra_args: list[str] | None = None,
+    broker: Broker | None = None,
 ) -> CampaignReport:
+    """With ``broker``, the sidecars know only the broker's address, and the killer SIGKILLs
+    the broker too, once, halfway (down for a second, started again on its store)."""
     rng = random.Random(seed)
     args = [
         "--mode",
@@ -63,6 +77,7 @@ async def run_campaign(
         "tests.faults.faultapp:app",
         workdir,
         per_role,
+        broker=broker.url if broker is not None else None,
         FAULT_EFFECTS_DIR=str(workdir),
         ACCOMPANIST_RETRY_MIN="0.02",
         ACCOMPANIST_RETRY_MAX="0.4",
@@ -104,6 +119,11 @@ async def run_campaign(
                 _progress(f"{submitted}/{sessions} submitted, kill #{kills_done}: {victim}   ")
                 await asyncio.sleep(rng.uniform(0.0, 0.3))
                 await cluster.restart(victim)
+                if broker is not None and kills_done == kills // 2:
+                    broker.kill()
+                    _progress(f"{submitted}/{sessions} submitted, SIGKILL of the broker   ")
+                    await asyncio.sleep(1.0)
+                    broker.start()
 
         await asyncio.gather(driver(), killer())
         report = CampaignReport(sessions=len(inputs), kills=kills_done, seconds=0.0, step_reruns=0)

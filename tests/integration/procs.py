@@ -24,20 +24,33 @@ class SidecarProcess(Proc):
 
     It runs in the test's work directory, so relative store URLs (``sqlite:///./a.db``) land
     there; ``env`` may be changed between a kill and a restart (new code under old sessions).
+    With ``broker`` (``nats://host:port``) it has no peer port and knows no peer: envelopes
+    travel through the broker.
     """
 
     def __init__(
-        self, role: str, app: str, workdir: Path, args: list[str], env: Mapping[str, str], peers: Mapping[str, int]
+        self,
+        role: str,
+        app: str,
+        workdir: Path,
+        args: list[str],
+        env: Mapping[str, str],
+        peers: Mapping[str, int],
+        broker: str | None = None,
     ) -> None:
         self.peer_port = peers[role]
         self.api_port = free_port()
         command = [
             sys.executable, "-m", "accompanist", "sidecar", "--app", app, "--role", role,
-            "--listen", f"127.0.0.1:{self.peer_port}", "--api", f"127.0.0.1:{self.api_port}", "--log-level", "WARNING",
+            "--api", f"127.0.0.1:{self.api_port}", "--log-level", "WARNING",
         ]  # fmt: skip
-        for other, port in sorted(peers.items()):
-            if other != role:
-                command += ["--peer", f"{other}=127.0.0.1:{port}"]
+        if broker is not None:
+            command += ["--transport", broker]
+        else:
+            command += ["--listen", f"127.0.0.1:{self.peer_port}"]
+            for other, port in sorted(peers.items()):
+                if other != role:
+                    command += ["--peer", f"{other}=127.0.0.1:{port}"]
         pythonpath = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
         full_env = {**os.environ, **env, "PYTHONPATH": pythonpath}
         api = f"http://127.0.0.1:{self.api_port}"
@@ -50,10 +63,18 @@ class SidecarProcess(Proc):
 
 
 class ProcessCluster:
-    """A set of sidecar processes that know each other's addresses."""
+    """A set of sidecar processes that know each other's addresses (or, with ``broker``, the
+    address of the NATS JetStream broker they all exchange envelopes through)."""
 
     def __init__(
-        self, roles: Iterable[str], app: str, workdir: Path, args: Mapping[str, list[str]] | list[str] = (), **env: str
+        self,
+        roles: Iterable[str],
+        app: str,
+        workdir: Path,
+        args: Mapping[str, list[str]] | list[str] = (),
+        *,
+        broker: str | None = None,
+        **env: str,
     ) -> None:
         self.workdir = workdir
         roles = list(roles)
@@ -62,7 +83,7 @@ class ProcessCluster:
         for role in roles:
             role_args = list(args.get(role, [])) if isinstance(args, Mapping) else list(args)
             role_args = [a.replace("{role}", role) for a in role_args]
-            self.sidecars[role] = SidecarProcess(role, app, workdir, role_args, env, peers)
+            self.sidecars[role] = SidecarProcess(role, app, workdir, role_args, env, peers, broker)
         self.http: aiohttp.ClientSession | None = None
 
     def __getitem__(self, role: str) -> SidecarProcess:

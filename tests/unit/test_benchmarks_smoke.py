@@ -84,6 +84,14 @@ def test_throughput_smallest(tmp_path: Path) -> None:
     assert data["replay"]["verified"] is True and data["replay"]["sessions"] == 20
 
 
+def test_transport_smallest(tmp_path: Path) -> None:
+    data = _run("transport", tmp_path, "--n", "10", "--envelopes", "40", "--rounds", "1")
+    rows = {r["transport"]: r for r in data["rows"]}
+    assert set(rows) == {"tcp", "jetstream", "jetstream (no fsync)"}  # measured, or an error row saying why
+    _has_keys([r for r in rows.values() if "error" not in r], _script("transport").ROW_KEYS)
+    assert rows["tcp"]["envelopes_per_s"] > 0 and rows["tcp"]["samples"] == 10
+
+
 @pytest.mark.slow  # Temporal's server and workers take a while to start: CI runs it, `-m "not slow"` skips it
 def test_saga_smallest(tmp_path: Path) -> None:
     systems = _peers()

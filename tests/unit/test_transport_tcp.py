@@ -1,4 +1,5 @@
-"""TcpTransport over real loopback sockets: delivery, pipelining, reconnects, failures."""
+"""TcpTransport over real loopback sockets: delivery, pipelining, reconnects, failures (what every
+transport does is in test_transport_contract.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from examples.warehouse.cluster import free_port
 
 from accompanist.envelope import Envelope
-from accompanist.errors import ConfigError, FrameError, TransportError
+from accompanist.errors import ConfigError, TransportError
 from accompanist.transport import TcpTransport, Transport
 
 LOCAL = ("127.0.0.1", 0)
@@ -88,30 +89,6 @@ async def test_round_trip_with_ack(make: Callable[..., TcpTransport]) -> None:
     assert inbox.got == [env()]
     assert (a.stats.sent, a.stats.acked, b.stats.received) == (1, 1, 1)
     assert not a.stats.rejected and not b.stats.rejected
-
-
-async def test_both_directions_share_nothing_but_work(make: Callable[..., TcpTransport]) -> None:
-    got_a, got_b = Inbox(), Inbox()
-    a = make("a")
-    b = make("b")
-    await a.start(got_a)
-    await b.start(got_b)
-    a.set_peer("b", b.address)
-    b.set_peer("a", a.address)
-    await asyncio.gather(a.send(env(src="a", dst="b")), b.send(env(src="b", dst="a")))
-    assert [e.src for e in got_a.got] == ["b"] and [e.src for e in got_b.got] == ["a"]
-
-
-async def test_send_without_waiting_is_delivered(make: Callable[..., TcpTransport]) -> None:
-    arrived = asyncio.Event()
-
-    async def note(_: Envelope) -> None:
-        arrived.set()
-
-    a, _ = await serving(make, Inbox(note))
-    await a.send(env(), wait=False)
-    await asyncio.wait_for(arrived.wait(), 2)
-    assert a.stats.acked == 0
 
 
 async def test_a_send_without_waiting_gets_no_answer_frame(make: Callable[..., TcpTransport]) -> None:
@@ -333,13 +310,6 @@ async def test_unknown_destination_names_the_role_and_the_known_peers(make: Call
     a = make("a", peers={"b": ("127.0.0.1", 1), "c": ("127.0.0.1", 2)})
     with pytest.raises(TransportError, match="no address for role 'zed'; known peers: b, c"):
         await a.send(env(dst="zed"))
-
-
-async def test_oversized_envelope_fails_at_the_sender(make: Callable[..., TcpTransport]) -> None:
-    a, b = await serving(make, Inbox(), max_frame=1024)
-    with pytest.raises(FrameError, match="oversized"):
-        await a.send(env(payload=b"x" * 2048))
-    assert b.stats.received == 0
 
 
 async def test_start_twice_and_bad_config_are_refused(make: Callable[..., TcpTransport]) -> None:

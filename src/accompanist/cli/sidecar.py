@@ -41,6 +41,15 @@ def sidecar(
         str | None, _opt("API_TOKEN", "Bearer token the API requires (all but /healthz, /metrics).")
     ] = None,
     peer: Annotated[list[str] | None, _opt("PEERS", "ROLE=HOST:PORT of another sidecar (repeat).")] = None,
+    transport: Annotated[
+        str | None, _opt("TRANSPORT", "'tcp' (to --peer addresses, default) or a JetStream broker nats://HOST:PORT.")
+    ] = None,
+    jetstream_stream: Annotated[
+        str | None, _opt("JETSTREAM_STREAM", "The mesh's JetStream stream (default ACCOMPANIST).")
+    ] = None,
+    jetstream_ack_wait: Annotated[
+        float | None, _opt("JETSTREAM_ACK_WAIT", "Seconds the broker waits for an accept before redelivering.")
+    ] = None,
     config: Annotated[str | None, _opt("CONFIG", "TOML file with any of these settings.")] = None,
     mode: Annotated[str | None, _opt("MODE", "'default' (in memory) or 'fault-tolerant' (durable).")] = None,
     store: Annotated[str | None, _opt("STORE", "memory:, sqlite:///path/role.db or postgresql://...")] = None,
@@ -113,6 +122,9 @@ def sidecar(
         "api_token": api_token,
         "api_socket_mode": api_socket_mode,
         "peers": peer or None,
+        "transport": transport,
+        "jetstream_stream": jetstream_stream,
+        "jetstream_ack_wait": jetstream_ack_wait,
         "mode": mode,
         "store": store,
         "receive_timeout": receive_timeout,

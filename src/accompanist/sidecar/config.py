@@ -31,6 +31,7 @@ from accompanist.sidecar.config_values import (
     to_int,
     to_pairs,
 )
+from accompanist.transport.broker import DEFAULT_STREAM, check_stream_name, parse_transport
 from accompanist.transport.tcp import PeerLimits
 
 __all__ = ["SidecarConfig", "parse_address", "parse_api_address", "parse_peers"]
@@ -86,10 +87,16 @@ class SidecarConfig:
         peer_unauth_frame_limit: largest frame read freely from a connection that has not sent
             a verified frame yet (always so without hmac_key or TLS), in bytes.
         peer_unauth_budget: bytes all such connections together may be reading in larger frames.
-        insecure: allow a peer endpoint off loopback without hmac_key or TLS (anyone who can
-            reach it can forge envelopes).
+        insecure: allow a peer endpoint (or a broker) off loopback without hmac_key or TLS
+            (anyone who can reach it can forge envelopes).
         ui: serve the web view on the API port under ``/ui``.
         ui_sidecars: other sidecars' API URLs the web view reads besides this one.
+        transport: how envelopes travel between sidecars: ``tcp`` (direct connections to
+            ``peers``, the default) or a NATS JetStream broker, ``nats://host:port`` (several
+            separated by commas), which every sidecar of the mesh names instead of peers.
+        jetstream_stream: the JetStream stream of the mesh (broker transport only).
+        jetstream_ack_wait: seconds the broker waits for this sidecar to accept an envelope
+            before delivering it again (broker transport only).
         engine: the engine's settings as one ``EngineConfig``; each of its fields is also a
             keyword of its own (``mode=``, ``receive_timeout=`` ...), which wins over it.
 
@@ -131,6 +138,9 @@ class SidecarConfig:
     peer_unauth_frame_limit: int = _PEER.unauth_frame_limit
     peer_unauth_budget: int = _PEER.unauth_budget
     insecure: bool = False
+    transport: str = "tcp"
+    jetstream_stream: str = DEFAULT_STREAM
+    jetstream_ack_wait: float = 30.0
     ui: bool = False
     ui_sidecars: tuple[str, ...] = ()
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -185,6 +195,11 @@ class SidecarConfig:
         for key in _PEER_FLOAT_KEYS:
             setattr(self, key, to_float(key, getattr(self, key)))
         self.insecure = to_bool("insecure", self.insecure)
+        self.transport = parse_transport(self.transport)
+        self.jetstream_stream = check_stream_name(self.jetstream_stream)
+        self.jetstream_ack_wait = to_float("jetstream_ack_wait", self.jetstream_ack_wait)
+        if self.jetstream_ack_wait <= 0:
+            raise ConfigError(f"jetstream_ack_wait must be greater than 0, got {self.jetstream_ack_wait!r}")
         self.ui = to_bool("ui", self.ui)
         sidecars: Any = self.ui_sidecars
         self.ui_sidecars = tuple(sidecars.split() if isinstance(sidecars, str) else (str(u) for u in sidecars or ()))

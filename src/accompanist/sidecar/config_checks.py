@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode, ReplayPolicy
 from accompanist.errors import ConfigError
 from accompanist.sidecar.config_values import ApiAddress, to_choice, to_float, to_int
+from accompanist.transport.broker import DEFAULT_STREAM, TCP
 from accompanist.transport.frames import MIN_KEY_BYTES
 from accompanist.transport.tcp import PeerLimits
 
@@ -52,6 +53,9 @@ class CheckedConfig(Protocol):
     tls_key: str | None
     tls_ca: str | None
     max_frame: int
+    transport: str
+    jetstream_stream: str
+    jetstream_ack_wait: float
     engine: EngineConfig
 
     @property
@@ -125,6 +129,7 @@ def check_combinations(cfg: CheckedConfig) -> None:
     _check_keys(cfg)
     _check_tls(cfg)
     _check_addresses(cfg)
+    _check_transport(cfg)
     try:
         cfg.peer_limits  # noqa: B018 - PeerLimits checks its own ranges
     except ConfigError as exc:
@@ -205,4 +210,36 @@ def _check_addresses(cfg: CheckedConfig) -> None:
         raise ConfigError(
             f"api_socket_mode {cfg.api_socket_mode:04o} applies to a Unix socket API only (api='unix:/path'), "
             f"but the API is {api!r}"
+        )
+
+
+_DEFAULT_LISTEN = ("127.0.0.1", 0)
+_DEFAULT_ACK_WAIT = 30.0
+
+
+def _check_transport(cfg: CheckedConfig) -> None:
+    """Settings of one transport given to the other would be ignored: refuse them."""
+    if cfg.transport == TCP:
+        if cfg.jetstream_stream != DEFAULT_STREAM or cfg.jetstream_ack_wait != _DEFAULT_ACK_WAIT:
+            raise ConfigError(
+                "jetstream_stream and jetstream_ack_wait apply to a broker transport only, but transport is 'tcp': "
+                "set transport='nats://HOST:PORT' (--transport), or drop them"
+            )
+        return
+    broker = f"transport={cfg.transport!r}"
+    if cfg.peers:
+        raise ConfigError(
+            f"peers ({', '.join(sorted(cfg.peers))}) are not used with {broker}: every sidecar reaches the "
+            "others through the broker; drop peers (--peer), or use transport='tcp'"
+        )
+    if tuple(cfg.listen) != _DEFAULT_LISTEN:
+        host, port = cfg.listen
+        raise ConfigError(
+            f"listen={host}:{port} opens no port with {broker}: envelopes arrive through the broker; drop "
+            "listen (--listen), or use transport='tcp'"
+        )
+    if cfg.tls_cert or cfg.tls_ca:
+        raise ConfigError(
+            f"tls_cert/tls_key/tls_ca secure direct TCP links between sidecars, which {broker} does not use: "
+            "frames through the broker are authenticated with hmac_key; drop the TLS settings"
         )

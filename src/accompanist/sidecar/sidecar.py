@@ -19,6 +19,7 @@ from accompanist.sidecar.config import SidecarConfig
 from accompanist.sidecar.config_values import ApiAddress
 from accompanist.store.base import SessionRecord, Store
 from accompanist.store.url import open_store
+from accompanist.transport.broker import TCP, broker_hosts
 from accompanist.transport.tcp import TcpTransport, tls_contexts
 
 __all__ = ["Sidecar"]
@@ -36,7 +37,8 @@ class Sidecar:
         config: the sidecar's settings.
         app: the choreographies served (default: imported from ``config.app``).
         store: a store to use instead of the one ``config.store`` names (tests).
-        transport: a transport to use instead of TCP (tests: ``MemoryNetwork``).
+        transport: a transport to use instead of the one ``config.transport`` names (tests:
+            ``MemoryNetwork``).
 
     Raises:
         ConfigError: the role is not in any served choreography, or no app is given.
@@ -82,6 +84,8 @@ class Sidecar:
                 "no hmac_key configured: frames between sidecars are not authenticated "
                 "(fine for local development only)"
             )
+        if c.transport != TCP:
+            return self._broker_transport(keys)
         ssl_server = ssl_client = None
         if c.tls_cert and c.tls_key and c.tls_ca:
             ssl_server, ssl_client = tls_contexts(c.tls_cert, c.tls_key, c.tls_ca, role=c.role)
@@ -97,9 +101,37 @@ class Sidecar:
             limits=c.peer_limits,
         )
 
-    def _check_peer_security(self) -> None:
-        """Refuse an unauthenticated peer endpoint off loopback unless ``insecure`` says so."""
+    def _broker_transport(self, keys: dict[str, bytes] | None) -> Any:
         c = self.config
+        try:
+            from accompanist.transport.jetstream import JetStreamTransport
+        except ImportError as exc:
+            raise ConfigError(
+                f"transport={c.transport!r} needs the NATS client: pip install 'accompanist[nats]' ({exc})"
+            ) from None
+        return JetStreamTransport(
+            c.role,
+            c.transport.split(","),
+            stream=c.jetstream_stream,
+            keys=keys,
+            current_key_id=c.hmac_key_id,
+            max_frame=c.max_frame,
+            ack_wait=c.jetstream_ack_wait,
+            send_timeout=c.engine.deliver_timeout,
+        )
+
+    def _check_peer_security(self) -> None:
+        """Refuse an unauthenticated peer endpoint, or broker, off loopback unless ``insecure`` says so."""
+        c = self.config
+        if c.transport != TCP:
+            remote = [h for h in broker_hosts(c.transport) if not is_loopback(h)]
+            if remote and not c.hmac_key and not c.insecure:
+                raise ConfigError(
+                    f"refusing to exchange envelopes through the broker at {remote[0]} without hmac_key: anyone "
+                    "who can publish to it could forge envelopes; set --hmac-key, or pass --insecure "
+                    "(ACCOMPANIST_INSECURE=1)"
+                )
+            return
         if c.hmac_key or (c.tls_cert and c.tls_key) or c.insecure or is_loopback(c.listen[0]):
             return
         raise ConfigError(
