@@ -1,9 +1,11 @@
-"""Start, kill, restart and stop the warehouse saga's six processes on loopback.
+"""Start, kill, restart and stop the warehouse saga's six processes, on loopback or hosts apart.
 
 Three services (:mod:`.services`, each with its own SQLite database) and three sidecars
 (``python -m accompanist sidecar``, fault-tolerant mode, each with its own SQLite store), all
 in ``workdir``. A killed process is started again on the same ports, database and store.
 The demo, the integration test and the saga fault campaign all drive the saga through this.
+Given ``hosts``, each role's service and sidecar run on a host of their own (a network
+namespace, for ``tests/faults/test_hosts_apart.py``), reached only by its address.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import msgspec
@@ -28,10 +30,21 @@ import msgspec
 from examples.warehouse.saga import Order
 from examples.warehouse.services import SERVICES
 
-__all__ = ["ROLES", "Proc", "WarehouseCluster", "free_port", "wait_healthy"]
+__all__ = ["HOST_PORTS", "ROLES", "Host", "Proc", "WarehouseCluster", "free_port", "wait_healthy"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("warehouse", "payment", "loyalty")
+
+
+HOST_PORTS = {"service": 9000, "peer": 7000, "api": 8000}
+"""The ports every host uses when each role has a host of its own (each has all its ports)."""
+
+
+class Host(NamedTuple):
+    """Where one role's service and sidecar run when the roles are hosts apart."""
+
+    prefix: tuple[str, ...]  # runs a command on the host, e.g. ("ip", "netns", "exec", NS)
+    address: str  # the host's address, reached from every other host and from the caller
 
 
 _HANDED_OUT: set[int] = set()  # ports given to this test run's sidecars: never twice
@@ -136,6 +149,9 @@ class WarehouseCluster:
         log_level: the sidecars' log level.
         service_delay: the most seconds a service waits between committing and answering.
         mode: the sidecars' mode; ``default`` keeps their state in memory (no store files).
+        hosts: each role's :class:`Host` (its service runs there too), or None for loopback.
+        peer_route: ``(from_role, to_role) -> "HOST:PORT"``: where a sidecar reaches a peer,
+            e.g. through a delay proxy between regions; by default the peer's own address.
     """
 
     def __init__(
@@ -147,6 +163,8 @@ class WarehouseCluster:
         log_level: str = "WARNING",
         service_delay: float = 0.0,
         mode: str = "fault-tolerant",
+        hosts: Mapping[str, Host] | None = None,
+        peer_route: Callable[[str, str], str] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -155,12 +173,20 @@ class WarehouseCluster:
         path = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
         base_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
         base_env.pop("ACCOMPANIST_STORE", None)
-        self.service_ports = {s: free_port() for s in SERVICES}
-        self.peer_ports = {r: free_port() for r in ROLES}
-        self.api_ports = {r: free_port() for r in ROLES}
+        self.hosts = dict(hosts or {})
+        if self.hosts:  # a host of their own each: every one has all its ports
+            self.service_ports = dict.fromkeys(SERVICES, HOST_PORTS["service"])
+            self.peer_ports = dict.fromkeys(ROLES, HOST_PORTS["peer"])
+            self.api_ports = dict.fromkeys(ROLES, HOST_PORTS["api"])
+        else:
+            self.service_ports = {s: free_port() for s in SERVICES}
+            self.peer_ports = {r: free_port() for r in ROLES}
+            self.api_ports = {r: free_port() for r in ROLES}
+        route = peer_route or (lambda _, to: f"{self._address(to)}:{self.peer_ports[to]}")
         self.procs: dict[str, Proc] = {}
         for service, port in self.service_ports.items():
-            cmd = [sys.executable, "-m", "examples.warehouse.services", service, "--port", str(port)]
+            cmd = [*self._prefix(service), sys.executable, "-m", "examples.warehouse.services", service]
+            cmd += ["--host", self._address(service), "--port", str(port)]
             cmd += ["--db", str(self.service_db(service)), "--seed", "--delay", str(service_delay)]
             self.procs[f"{service}-service"] = Proc(
                 f"{service}-service", cmd, base_env, self.workdir / f"{service}-service.log", self.service_url(service)
@@ -178,20 +204,30 @@ class WarehouseCluster:
             **(sidecar_env or {}),
         }
         for role in ROLES:
-            cmd = [sys.executable, "-m", "accompanist", "sidecar", "--app", "examples.warehouse.saga:app"]
+            cmd = [*self._prefix(role), sys.executable, "-m", "accompanist", "sidecar"]
+            cmd += ["--app", "examples.warehouse.saga:app"]
             store = self.store_url(role) if mode == "fault-tolerant" else "memory:"
             cmd += ["--role", role, "--mode", mode, "--store", store]
-            cmd += ["--listen", f"127.0.0.1:{self.peer_ports[role]}", "--api", f"127.0.0.1:{self.api_ports[role]}"]
+            me = self._address(role)
+            cmd += ["--listen", f"{me}:{self.peer_ports[role]}", "--api", f"{me}:{self.api_ports[role]}"]
             cmd += ["--receive-timeout", str(receive_timeout), "--log-level", log_level]
             for peer in ROLES:
                 if peer != role:
-                    cmd += ["--peer", f"{peer}=127.0.0.1:{self.peer_ports[peer]}"]
+                    cmd += ["--peer", f"{peer}={route(role, peer)}"]
             self.procs[role] = Proc(role, cmd, sidecar_env_all, self.workdir / f"{role}-sidecar.log", self.api(role))
         self.http: aiohttp.ClientSession | None = None
 
     # -- addresses ---------------------------------------------------------------------------
+    def _address(self, role: str) -> str:
+        host = self.hosts.get(role)
+        return "127.0.0.1" if host is None else host.address
+
+    def _prefix(self, role: str) -> list[str]:
+        host = self.hosts.get(role)
+        return [] if host is None else list(host.prefix)
+
     def service_url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.service_ports[service]}"
+        return f"http://{self._address(service)}:{self.service_ports[service]}"
 
     def service_db(self, service: str) -> Path:
         return self.workdir / f"{service}-service.db"
@@ -200,7 +236,7 @@ class WarehouseCluster:
         return f"sqlite:///{self.workdir / f'{role}-sidecar.db'}"
 
     def api(self, role: str) -> str:
-        return f"http://127.0.0.1:{self.api_ports[role]}"
+        return f"http://{self._address(role)}:{self.api_ports[role]}"
 
     @property
     def names(self) -> list[str]:

@@ -24,13 +24,13 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 from examples.warehouse.audit import TERMINAL, audit, settle
-from examples.warehouse.cluster import ROLES, WarehouseCluster
+from examples.warehouse.cluster import ROLES, Host, WarehouseCluster
 from examples.warehouse.demo import CUSTOMERS, PRICES
 from examples.warehouse.saga import STEPS, Order
 
@@ -124,8 +124,13 @@ async def run_saga_campaign(
     double_faults: float = 0.25,
     service_delay: float = 0.02,
     stuck_after: float = 120.0,
+    hosts: Mapping[str, Host] | None = None,
+    peer_route: Callable[[str, str], str] | None = None,
 ) -> SagaCampaignReport:
-    """Run the campaign in ``workdir`` and return its report (``problems`` empty when all holds)."""
+    """Run the campaign in ``workdir`` and return its report (``problems`` empty when all holds).
+
+    ``hosts`` and ``peer_route`` place the roles on hosts apart (see ``WarehouseCluster``).
+    """
     rng = random.Random(seed)
     plan = make_orders(orders, fail_ratio, rng)
     by_id = {o.order_id: o for o in plan}
@@ -133,7 +138,9 @@ async def run_saga_campaign(
     placed: dict[str, str] = {}
     done: Counter[str] = Counter()
     began = time.monotonic()
-    cluster = WarehouseCluster(workdir, receive_timeout=1.5, service_delay=service_delay)
+    cluster = WarehouseCluster(
+        workdir, receive_timeout=1.5, service_delay=service_delay, hosts=hosts, peer_route=peer_route
+    )
     await cluster.start()
     try:
         queue: asyncio.Queue[Order] = asyncio.Queue()

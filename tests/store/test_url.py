@@ -75,3 +75,39 @@ def test_bad_option() -> None:
 
     with pytest.raises(ConfigError, match="synchronous"):
         open_store("sqlite:///wh.db", "wh", synchronous="SOMETIMES")
+
+
+def test_postgres_schema_and_pool_come_out_of_the_url_and_the_rest_stays() -> None:
+    from accompanist.store.postgres import PostgresStore
+    from accompanist.store.url import open_store
+
+    store = open_store("postgresql://u:pw@db:5432/shop?sslmode=require&schema=shop_payment&pool_max=3", "payment")
+    assert isinstance(store, PostgresStore)
+    assert store.schema == "shop_payment"
+    assert store.dsn == "postgresql://u:pw@db:5432/shop?sslmode=require"  # the driver never sees ours
+    assert store._max_pool == 3
+    default = open_store("postgresql://u@db/shop", "payment", max_pool=6)
+    assert isinstance(default, PostgresStore)
+    assert (default.schema, default._max_pool) == ("acc_payment", 6)
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("schema=Payment", "not a plain PostgreSQL name"),
+        ("schema=pg_pay", "not a plain PostgreSQL name"),
+        ("schema=1pay", "not a plain PostgreSQL name"),
+        ("schema=" + "x" * 64, "not a plain PostgreSQL name"),
+        ("schema=a;drop", "not a plain PostgreSQL name"),
+        ("schema=", "schema is empty"),
+        ("schema=a&schema=b", "schema is given twice"),
+        ("pool_max=1", "pool_max must be an integer from 2"),
+        ("pool_max=many", "pool_max must be an integer from 2"),
+        ("pool_max=1001", "pool_max must be an integer from 2"),
+    ],
+)
+def test_bad_postgres_options_are_named_at_config_time(query: str, why: str) -> None:
+    import accompanist as ac
+
+    with pytest.raises(ConfigError, match=why):
+        ac.SidecarConfig(role="payment", mode="fault-tolerant", store=f"postgresql://u@db/shop?{query}")

@@ -1,9 +1,11 @@
 """A delay proxy: what a network between hosts adds, on loopback, for ``accompanist demo --delay``.
 
-``python -m accompanist.demo.delay MS LISTEN=TARGET ...`` listens on each ``LISTEN`` port and
-forwards every connection to ``TARGET`` on 127.0.0.1, holding each chunk ``MS`` milliseconds
-in each direction (this kernel has no ``tc netem``; this is what Toxiproxy does). Chunks keep
-their order and are not slowed down otherwise: only latency is added, not a bandwidth limit.
+``python -m accompanist.demo.delay MS LISTEN=TARGET ...`` listens on each ``LISTEN`` and
+forwards every connection to its ``TARGET``, holding each chunk ``MS`` milliseconds in each
+direction. Each is ``[HOST:]PORT``, on 127.0.0.1 when no host is given; a proxy between hosts
+(or network namespaces, ``tests/faults/test_hosts_apart.py``) names them. This kernel has no
+``tc netem``; this is what Toxiproxy does. Chunks keep their order and are not slowed down
+otherwise: only latency is added, not a bandwidth limit.
 
 In the demo every service and its sidecar are one host; the links between hosts go through
 the proxy: sidecar to sidecar for the choreography, and the orchestrated checkout (a host of
@@ -58,11 +60,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         writer.close()
 
 
-def _link(target: int, delay: float) -> Handler:
+Address = tuple[str, int]
+
+
+def _link(target: Address, delay: float) -> Handler:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _nodelay(writer)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+            up_reader, up_writer = await asyncio.open_connection(*target)
         except OSError:
             writer.close()
             return
@@ -72,9 +77,9 @@ def _link(target: int, delay: float) -> Handler:
     return handle
 
 
-async def serve(delay_ms: float, links: list[tuple[int, int]]) -> None:
-    """Forward each ``(listen, target)`` port pair with ``delay_ms`` each way until SIGTERM."""
-    servers = [await asyncio.start_server(_link(t, delay_ms / 1000), "127.0.0.1", p) for p, t in links]
+async def serve(delay_ms: float, links: list[tuple[Address, Address]]) -> None:
+    """Forward each ``(listen, target)`` address pair with ``delay_ms`` each way until SIGTERM."""
+    servers = [await asyncio.start_server(_link(t, delay_ms / 1000), *listen) for listen, t in links]
     print(f"delay proxy ready: {len(links)} links, {delay_ms:g} ms each way", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,13 +90,24 @@ async def serve(delay_ms: float, links: list[tuple[int, int]]) -> None:
         server.close()
 
 
+def _address(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"bad address {text!r}")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``MS LISTEN=TARGET ...``."""
+    """``MS [HOST:]PORT=[HOST:]PORT ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2:
-        print("usage: python -m accompanist.demo.delay MS LISTEN=TARGET ...", file=sys.stderr)
+        print("usage: python -m accompanist.demo.delay MS [HOST:]PORT=[HOST:]PORT ...", file=sys.stderr)
         return 2
-    links = [(int(a), int(b)) for a, _, b in (x.partition("=") for x in args[1:])]
+    try:
+        links = [(_address(a), _address(b)) for a, _, b in (x.partition("=") for x in args[1:])]
+    except ValueError as exc:
+        print(f"error: {exc}; expected [HOST:]PORT=[HOST:]PORT", file=sys.stderr)
+        return 2
     asyncio.run(serve(float(args[0]), links))
     return 0
 

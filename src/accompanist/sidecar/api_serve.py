@@ -11,7 +11,6 @@ socket that is bound but not listening refuses every connection.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -22,9 +21,9 @@ from aiohttp import web
 
 from accompanist.errors import TransportError
 from accompanist.sidecar.api import API_TOKEN_SET
-from accompanist.sidecar.config_values import ApiAddress
+from accompanist.sidecar.config_values import ApiAddress, is_loopback
 
-__all__ = ["bind_unix_socket", "serve"]
+__all__ = ["bind_unix_socket", "is_loopback", "serve"]  # is_loopback: re-exported from config_values
 
 log = logging.getLogger("accompanist.api")
 
@@ -141,16 +140,3 @@ def _clear_stale(path: Path) -> None:
     raise TransportError(
         f"the API cannot listen on unix:{path}: address already in use (another process listens on that socket)"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an IP address or ``localhost``) is only reachable from this machine.
-
-    A name other than ``localhost`` counts as not loopback: it may resolve to anything.
-    """
-    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -22,6 +22,7 @@ from accompanist.errors import ConfigError
 from accompanist.sidecar.config_checks import check_combinations, normalise_engine
 from accompanist.sidecar.config_values import (
     ApiAddress,
+    listen_address,
     parse_address,
     parse_api_address,
     parse_peers,
@@ -58,6 +59,8 @@ class SidecarConfig:
         role: the role this sidecar plays.
         app: ``MODULE:ATTR`` of the ``ac.App`` (not needed when an App is passed in code).
         listen: peer endpoint, ``(host, port)`` (or ``"host:port"``); port 0 picks a free port.
+            Without a host (``":7001"``; the default is ``("", 0)``) it listens on loopback
+            when every peer is on loopback, and on every interface when a peer is not.
         api: service-facing HTTP endpoint: ``(host, port)``, ``"host:port"``,
             ``"unix:/path/api.sock"`` (or a ``Path``) for a Unix socket, or None for none.
         api_token: when set, every API path but ``/healthz`` and ``/metrics`` needs
@@ -115,7 +118,7 @@ class SidecarConfig:
 
     role: str
     app: str | None = None
-    listen: tuple[str, int] = ("127.0.0.1", 0)
+    listen: tuple[str, int] = ("", 0)
     api: ApiAddress | str | None = None
     api_token: str | None = None
     api_socket_mode: int = 0o600
@@ -177,10 +180,10 @@ class SidecarConfig:
         for key in _OPTIONAL_TEXT:
             value = getattr(self, key)
             setattr(self, key, None if value is None or value == "" else str(value))
-        self.listen = parse_address(self.listen, "listen address")
         self.api = parse_api_address(self.api)
         self.api_socket_mode = to_file_mode("api_socket_mode", self.api_socket_mode)
         self.peers = parse_peers(self.peers)
+        self.listen = listen_address(self.listen, self.peers)
         self.old_hmac_keys = to_pairs("old_hmac_keys", self.old_hmac_keys)
         self.hmac_key_id = str(self.hmac_key_id)
         sync = str(self.sqlite_synchronous).upper()

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from accompanist.engine.config import CompensationOrder, EngineConfig, Mode, ReplayPolicy
 from accompanist.errors import ConfigError
 from accompanist.sidecar.config_values import ApiAddress, to_choice, to_float, to_int
+from accompanist.store.url import parse_postgres_url
 from accompanist.transport.broker import DEFAULT_STREAM, TCP
 from accompanist.transport.frames import MIN_KEY_BYTES
 from accompanist.transport.tcp import PeerLimits
@@ -144,6 +145,8 @@ def check_combinations(cfg: CheckedConfig) -> None:
 def _check_store(cfg: CheckedConfig) -> None:
     url = cfg.store or ""
     durable = url.startswith(("sqlite:", "postgresql:", "postgres:"))
+    if url.startswith(("postgresql:", "postgres:")):
+        parse_postgres_url(url)  # ?schema= and ?pool_max= are checked before anything opens
     if durable and cfg.engine.mode is Mode.DEFAULT:
         raise ConfigError(
             f"store={url!r} is durable but mode is 'default', which keeps sessions in memory and never replays "

@@ -8,6 +8,7 @@ setting it refuses, so a user can fix it without reading code.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from accompanist.errors import ConfigError
 __all__ = [
     "UNIX_PREFIX",
     "ApiAddress",
+    "is_loopback",
+    "listen_address",
     "parse_address",
     "parse_api_address",
     "parse_peers",
@@ -52,6 +55,38 @@ def parse_address(text: Any, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"invalid {what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7001")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address or ``localhost``) is only reachable from this machine.
+
+    A name other than ``localhost`` counts as not loopback: it may resolve to anything.
+    """
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_address(value: Any, peers: Mapping[str, tuple[str, int]]) -> tuple[str, int]:
+    """The peer endpoint: ``value`` parsed, its host decided from ``peers`` when not given.
+
+    A host left out (``":7001"``, ``("", 7001)``, the default) means: loopback when every
+    peer is on loopback (or there are none), every interface (``0.0.0.0``) as soon as one
+    peer is on another host, since peers there could never reach a loopback port. (A
+    sidecar that listens beyond loopback must then have ``hmac_key`` or TLS: it says so.)
+
+    Raises:
+        ConfigError: not of the form [HOST]:PORT with a port in 0..65535.
+    """
+    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == "":
+        value = f":{value[1]}"
+    if isinstance(value, str) and value.startswith(":"):
+        remote = any(not is_loopback(host) for host, _ in peers.values())
+        value = ("0.0.0.0" if remote else "127.0.0.1") + value
+    return parse_address(value, "listen address")
 
 
 def parse_api_address(value: Any) -> ApiAddress | None:

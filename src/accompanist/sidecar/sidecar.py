@@ -14,9 +14,9 @@ from accompanist.errors import ConfigError
 from accompanist.language.choreography import App
 from accompanist.otel_metrics import MetricsExport, setup_metrics_export
 from accompanist.sidecar.api import build_api
-from accompanist.sidecar.api_serve import is_loopback, serve
+from accompanist.sidecar.api_serve import serve
 from accompanist.sidecar.config import SidecarConfig
-from accompanist.sidecar.config_values import ApiAddress
+from accompanist.sidecar.config_values import ApiAddress, is_loopback
 from accompanist.store.base import SessionRecord, Store
 from accompanist.store.url import open_store
 from accompanist.transport.broker import TCP, broker_hosts

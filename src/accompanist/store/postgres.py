@@ -1,8 +1,12 @@
 """``PostgresStore``: the store contract on PostgreSQL, through asyncpg.
 
-Each role's tables live in their own PostgreSQL schema (``acc_<role>``), so sidecars can share
-one database or have one each. ``open()`` creates and migrates that schema under a
-transaction-scoped advisory lock, so sidecars starting together cannot race. Writes go through
+Each role's tables live in their own PostgreSQL schema (``acc_<role>`` unless the URL says
+``?schema=NAME``), so sidecars can share one database (and one server) or have one each; the
+schema's ``acc_meta`` names its role, so a sidecar of another role pointed at it refuses it
+(two sidecars of one role must never share a schema: one sidecar per role). Every connection
+says ``application_name=accompanist-<role>`` (unless the URL sets its own), so
+``pg_stat_activity`` shows what each sidecar holds. ``open()`` creates and migrates that
+schema under a transaction-scoped advisory lock, so sidecars starting together cannot race. Writes go through
 the group committer: one transaction (one WAL flush) per group, rows sent with ``executemany``.
 
 A lost connection (server restart, network cut) surfaces as :class:`StoreError`; the pool
@@ -162,7 +166,9 @@ class PostgresStore(SQLStore):
 
     Args:
         dsn: a libpq URL, ``postgresql://user:pass@host:port/db`` (``postgres://`` too).
-        role: the role this store belongs to; its tables live in schema ``acc_<role>``.
+        role: the role this store belongs to.
+        schema: the schema holding its tables; None for ``acc_<role>``
+            (:func:`schema_for_role`).
         min_pool: connections opened at start.
         max_pool: most connections (the writer uses one at a time; readers share the rest).
         group_delay: seconds the group committer may wait for more batches under load.
@@ -181,6 +187,7 @@ class PostgresStore(SQLStore):
         dsn: str,
         role: str,
         *,
+        schema: str | None = None,
         min_pool: int = 1,
         max_pool: int = 4,
         group_delay: float = DEFAULT_MAX_DELAY,
@@ -191,7 +198,7 @@ class PostgresStore(SQLStore):
         if not 0 <= min_pool <= max_pool or max_pool < 1:
             raise ConfigError(f"need 0 <= min_pool <= max_pool and max_pool >= 1, got {min_pool}, {max_pool}")
         self.dsn = dsn
-        self.schema = schema_for_role(role)
+        self.schema = schema or schema_for_role(role)
         quoted = '"' + self.schema.replace('"', '""') + '"'
         self._quoted = quoted
         super().__init__(
@@ -241,6 +248,7 @@ class PostgresStore(SQLStore):
                 max_size=self._max_pool,
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
+                server_settings=self._server_settings(),
             )
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
@@ -250,6 +258,12 @@ class PostgresStore(SQLStore):
                 raise self._error(exc) from exc
             raise
         self._start_writer()
+
+    def _server_settings(self) -> dict[str, str]:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.dsn).query)
+        if "application_name" in query:  # the operator's own name wins
+            return {}
+        return {"application_name": f"accompanist-{self.role}"[:63]}
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():

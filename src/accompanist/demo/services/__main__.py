@@ -46,13 +46,13 @@ def _make(name: str, db: Any, seed: bool) -> Any:
     return FrontendService(db, seed)
 
 
-async def _run(name: str, db: Any, seed: bool, port: int) -> None:
+async def _run(name: str, db: Any, seed: bool, port: int, host: str) -> None:
     service = _make(name, db, seed)
     opener = getattr(service, "open", None)
     if opener is not None:
         await opener()
     try:
-        await serve(name, service, port)
+        await serve(name, service, port, host)
     finally:
         closer = getattr(service, "close", None)
         if closer is not None:
@@ -68,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SERVICES:
         print(
-            f"usage: python -m accompanist.demo.services {{{'|'.join(SERVICES)}}} --port P --db PATH", file=sys.stderr
+            f"usage: python -m accompanist.demo.services {{{'|'.join(SERVICES)}}} --port P [--host H] --db PATH",
+            file=sys.stderr,
         )
         return 2
     name = argv.pop(0)
     args = arguments(name).parse_args(argv)
-    asyncio.run(_run(name, args.db, args.seed, args.port))
+    asyncio.run(_run(name, args.db, args.seed, args.port, args.host))
     return 0
 
 

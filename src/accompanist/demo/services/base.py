@@ -135,18 +135,21 @@ async def answer(context: Context, call: Callable[[], M]) -> M:
         raise  # pragma: no cover - abort raises
 
 
-async def serve(name: str, service: Service, port: int) -> None:
-    """Serve ``service`` on 127.0.0.1:``port`` until SIGTERM or SIGINT.
+async def serve(name: str, service: Service, port: int, host: str = "127.0.0.1") -> None:
+    """Serve ``service`` on ``host``:``port`` until SIGTERM or SIGINT.
 
+    Loopback by default (the demo runs on one machine); a pod or a host of its own passes
+    ``--host 0.0.0.0`` (or its address) so the orchestrated checkout can reach it.
     Prints one ``ready`` line on stdout once it listens, for scripts and logs.
     """
     server = grpc.aio.server()
     service.register(server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    where = f"[{host}]" if ":" in host else host
+    bound = server.add_insecure_port(f"{where}:{port}")
     if bound == 0:
-        raise SystemExit(f"boutique {name}: cannot listen on 127.0.0.1:{port}")
+        raise SystemExit(f"boutique {name}: cannot listen on {where}:{port}")
     await server.start()
-    print(f"boutique {name} ready on 127.0.0.1:{bound}", flush=True)
+    print(f"boutique {name} ready on {where}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,9 +159,10 @@ async def serve(name: str, service: Service, port: int) -> None:
 
 
 def arguments(name: str) -> argparse.ArgumentParser:
-    """The command line every service takes: ``--port``, ``--db``, ``--seed``."""
+    """The command line every service takes: ``--port``, ``--host``, ``--db``, ``--seed``."""
     parser = argparse.ArgumentParser(prog=f"python -m accompanist.demo.services {name}")
-    parser.add_argument("--port", type=int, required=True, help="gRPC port on 127.0.0.1")
+    parser.add_argument("--port", type=int, required=True, help="gRPC port")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--db", type=Path, required=True, help="the service's SQLite database")
     parser.add_argument("--seed", action="store_true", help="fill a new database with the demo's data")
     return parser

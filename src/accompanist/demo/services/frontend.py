@@ -26,10 +26,15 @@ from accompanist.demo.model import OrderResult
 from accompanist.demo.services.base import Context, Database
 from accompanist.demo.wire import order_result_to_pb, request_from_pb
 
-__all__ = ["FrontendService", "SIDECAR_ENV"]
+__all__ = ["SIDECAR_ENV", "SIDECAR_TOKEN_ENV", "FrontendService"]
 
 SIDECAR_ENV = "BOUTIQUE_SIDECAR_API"
 """The environment variable holding the frontend sidecar's API base URL."""
+
+SIDECAR_TOKEN_ENV = "BOUTIQUE_SIDECAR_TOKEN"
+"""The environment variable holding the sidecar API's bearer token, when it has one (a pod's
+sidecar listens on the pod's address so the kubelet can probe ``/healthz``; the token keeps
+the rest of its API to the frontend)."""
 
 DEADLINE = 120.0
 """Seconds a checkout may take before the frontend gives up waiting (the saga goes on)."""
@@ -56,6 +61,8 @@ class FrontendService(pb_grpc.FrontendServiceServicer):
         self.db = Database(db_path, SCHEMA)
         self.clients = clients or Clients()
         self.sidecar = os.environ.get(SIDECAR_ENV, "").rstrip("/")
+        token = os.environ.get(SIDECAR_TOKEN_ENV, "")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http: aiohttp.ClientSession | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -124,7 +131,7 @@ class FrontendService(pb_grpc.FrontendServiceServicer):
         end = time.monotonic() + DEADLINE
         while True:
             try:
-                async with self.http.post(url, json=body) as r:
+                async with self.http.post(url, json=body, headers=self.headers) as r:
                     answer = await r.json()
                     if r.status < 500 and r.status != 429:  # an answer; else busy or restarting
                         break
