@@ -15,6 +15,7 @@ from accompanist._version import __version__
 from accompanist.cli.check import check
 from accompanist.cli.demo import demo
 from accompanist.cli.diagram import diagram
+from accompanist.cli.replay import export, replay
 from accompanist.cli.sessions import sessions
 from accompanist.cli.show import show
 from accompanist.cli.sidecar import sidecar
@@ -55,6 +56,8 @@ app.command("sessions")(sessions)
 app.command("show")(show)
 app.command("diagram")(diagram)
 app.command("ui")(ui)
+app.command("export")(export)
+app.command("replay")(replay)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Test helpers: run every role's projection concurrently over in-memory queues."""
+"""Run every role's projection concurrently over in-memory queues: the messages cross the codec
+as between sidecars, with no engine (no store, no retries): the quickest check of a projection."""
 
 from __future__ import annotations
 
