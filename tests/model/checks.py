@@ -13,20 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accompanist.failure import Failure
+from accompanist.testing.checks import Violation
 from tests.model.ledger import Event
 
 __all__ = ["CentralOutcome", "SessionView", "Violation", "check_session", "failure_fields", "FINAL"]
 
 FINAL = frozenset({"completed", "compensated", "failed"})
-
-
-@dataclass(frozen=True)
-class Violation:
-    code: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.detail}"
 
 
 @dataclass
