@@ -10,16 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from examples.warehouse.cluster import free_port
+from tests.support.meshes import LOCAL, env
 
 from accompanist.envelope import Envelope
 from accompanist.errors import ConfigError, TransportError
 from accompanist.transport import TcpTransport, Transport
-
-LOCAL = ("127.0.0.1", 0)
-
-
-def env(seq: int = 1, *, src: str = "a", dst: str = "b", payload: bytes = b"x" * 32) -> Envelope:
-    return Envelope("s-1", "order", 1, src, dst, seq, "value", payload, {"traceparent": "00-1"})
 
 
 class Inbox:
