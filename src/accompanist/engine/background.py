@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from accompanist.engine.session import SessionRun
-from accompanist.envelope import Envelope, EnvelopeKind
+from accompanist.envelope import Envelope
 from accompanist.errors import AccompanistError
 from accompanist.store.base import SessionStatus
 from accompanist.store.memory import MemoryStore
@@ -17,20 +17,22 @@ from accompanist.store.memory import MemoryStore
 if TYPE_CHECKING:
     from accompanist.engine.runs import Runs
 
-__all__ = ["announce", "nudge_loop", "prune_loop"]
+__all__ = ["announce", "answer_hello", "nudge_loop", "prune_loop"]
 
 S = SessionStatus
 _PER_PASS = 500
 
 
 async def announce(engine: Runs) -> None:
-    """Tell every peer this sidecar (re)started, so their relays retry at once."""
+    """Tell every peer this sidecar (re)started, so their relays retry at once, and which
+    versions it serves (see :mod:`accompanist.engine.versions`)."""
     peers = sorted({r.name for c in engine.app for r in c.roles if r.name != engine.role})
-    hellos = [
-        Envelope(session_id="", choreography="", version=0, src=engine.role, dst=p, seq=0, kind=EnvelopeKind.HELLO)
-        for p in peers
-    ]
-    await asyncio.gather(*(_send_quietly(engine, h) for h in hellos))
+    await asyncio.gather(*(_send_quietly(engine, engine.versions.hello(p)) for p in peers))
+
+
+async def answer_hello(engine: Runs, peer: str) -> None:
+    """Answer a peer's announcement with this sidecar's versions (a reply: not answered)."""
+    await _send_quietly(engine, engine.versions.hello(peer, reply=True))
 
 
 async def _send_quietly(engine: Runs, envelope: Envelope) -> None:

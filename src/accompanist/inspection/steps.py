@@ -36,6 +36,7 @@ KINDS = {
     StepKind.UUID: "uuid",
     StepKind.RANDOM: "random",
     StepKind.TX: "transaction",
+    StepKind.PATCH: "patch",
 }
 """The API's name of each step kind (``compensation`` is the one kind no projection makes)."""
 

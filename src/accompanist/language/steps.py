@@ -25,6 +25,7 @@ class StepKind(enum.StrEnum):
     UUID = "uuid"
     RANDOM = "random"
     TX = "tx"
+    PATCH = "patch"  # a marker: the session takes a ch.patched branch (language/patches.py)
 
 
 @dataclass(frozen=True, slots=True)
