@@ -108,7 +108,7 @@ async def body(ch, x):
 
 def _compiled(above: str, doc: str = "", step: str = "v + 1") -> ac.Choreography:
     namespace: dict[str, object] = {"__name__": "fp_sample", "A": A, "B": B}
-    exec(_SOURCE.format(above=above, doc=doc, step=step), namespace)  # noqa: S102 - test code, not input
+    exec(_SOURCE.format(above=above, doc=doc, step=step), namespace)
     return ac.choreography("fp", roles=(A, B))(namespace["body"])  # type: ignore[arg-type]
 
 
