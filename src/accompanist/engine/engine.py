@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from accompanist.engine import outcome
-from accompanist.engine.background import announce, nudge_loop, prune_loop
+from accompanist.engine.background import announce, heard_back, nudge_loop, prune_loop
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.inbound import Inbound
 from accompanist.engine.origin import seed_with
@@ -54,6 +54,7 @@ __all__ = ["Engine", "UnknownSessionError"]
 
 S = SessionStatus
 _RECOVERY_CONCURRENCY = 64
+_HELLO_WAIT = 1.0  # seconds an initiator waits at start for its peers' versions
 
 
 class Engine(Runs):
@@ -121,8 +122,13 @@ class Engine(Runs):
             for record in unfinished:  # counted before any of them resumes (and is counted out)
                 self.metrics.moved("", record.status)
             await asyncio.gather(*(resume(r) for r in unfinished))
-        # In both modes: the hello also says which versions this sidecar serves.
-        self.spawn_background(announce(self), "accompanist-hello")
+        # In both modes: the hello also says which versions this sidecar serves. An initiator
+        # waits (briefly) for the answers, so its first sessions start at a version every role
+        # serves rather than at one a peer it has not heard from yet may lack.
+        took: dict[str, bool] = {}
+        self.spawn_background(announce(self, took), "accompanist-hello")
+        if any(c.initiator.name == self.role for c in self.app):
+            await heard_back(self, took, min(self.config.deliver_timeout, _HELLO_WAIT))
         self.spawn_background(nudge_loop(self), "accompanist-nudge")
         self._accepting = True
         self.spawn_background(prune_loop(self), "accompanist-prune")

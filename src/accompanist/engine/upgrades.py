@@ -29,7 +29,7 @@ from accompanist.store.base import SessionRecord
 if TYPE_CHECKING:
     from accompanist.engine.runs import Runs
 
-__all__ = ["CodeChange", "code_changes", "versions_report", "warn_code_changes"]
+__all__ = ["CodeChange", "code_changes", "stored_report", "versions_report", "warn_code_changes"]
 
 _NAMED = 10  # sessions named in a warning; the rest are counted
 
@@ -152,3 +152,37 @@ def _peer(engine: Runs, role: str, name: str) -> dict[str, Any]:
         "served": sorted(versions),
         "fingerprints": {str(v): s.fingerprint for v, s in sorted(versions.items())},
     }
+
+
+def stored_report(role: str, records: Iterable[SessionRecord], app: App | None = None) -> dict[str, Any]:
+    """What a store alone says (``accompanist versions --store``): the unfinished sessions per
+    version and the fingerprints they started with; with ``app`` (the code about to be
+    deployed), what it serves and the sessions whose code it changes."""
+    unfinished = list(records)
+    by_name: dict[str, dict[int, int]] = {}
+    recorded: dict[str, dict[int, dict[str, int]]] = {}
+    for record in unfinished:
+        counts = by_name.setdefault(record.choreography, {})
+        counts[record.version] = counts.get(record.version, 0) + 1
+        origin = origin_of(record.seed)
+        fingerprint = origin.fingerprint if origin is not None and origin.fingerprint else "unknown"
+        prints = recorded.setdefault(record.choreography, {}).setdefault(record.version, {})
+        prints[fingerprint] = prints.get(fingerprint, 0) + 1
+    served = app.known() if app is not None else {}
+    changes = code_changes(app, unfinished) if app is not None else []
+    out: list[dict[str, Any]] = []
+    for name in sorted(set(served) | set(by_name)):
+        counts = by_name.get(name, {})
+        versions = served.get(name, [])
+        out.append(
+            {
+                "choreography": name,
+                "served": versions if app is not None else None,
+                "fingerprints": {str(v): app.get(name, v).fingerprint for v in versions} if app is not None else {},
+                "unfinished": {str(v): n for v, n in sorted(counts.items())},
+                "recorded_fingerprints": {str(v): fp for v, fp in sorted(recorded.get(name, {}).items())},
+                "needed_not_served": sorted(v for v in counts if v not in versions) if app is not None else [],
+                "code_changed": [msgspec.to_builtins(c) for c in changes if c.choreography == name],
+            }
+        )
+    return {"role": role, "choreographies": out}
