@@ -16,6 +16,7 @@ from accompanist.engine.origin import origin_of
 from accompanist.engine.upgrades import versions_report
 from accompanist.store.base import SessionStatus
 from accompanist.store.memory import MemoryStore
+from accompanist.testing.replay import export_session, replay_session
 from accompanist.transport.memory import MemoryNetwork
 from tests.engine.harness import eventually, wait_status
 
@@ -136,6 +137,13 @@ async def test_new_sessions_take_the_patch_at_every_role_as_the_central_run_does
         assert kinds[0] == ("patch", "double"), (role, kinds)  # the marker, step 0 at every role
         origin = origin_of((await mesh.engines[role].get(sid)).seed)  # type: ignore[union-attr]
         assert origin is not None and origin.patches == ["double"] and origin.fingerprint == patched.fingerprint
+    # `accompanist replay` decides patches as the engine does: the record replays on the same
+    # code and after the deprecation, and diverges on code that never heard of the patch.
+    export = await export_session(mesh.stores["c"], sid)  # c: no local step named after its function
+    assert (await replay_session(export, App(patched))).ok
+    assert (await replay_session(export, App(deprecated))).ok
+    diverged = await replay_session(export, App(old))
+    assert diverged.divergence is not None and diverged.divergence.step == 0
 
 
 async def test_a_patch_some_role_does_not_know_is_not_taken(mesh: Mesh) -> None:
