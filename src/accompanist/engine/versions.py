@@ -30,7 +30,7 @@ from accompanist.envelope import Envelope, EnvelopeKind
 from accompanist.errors import VersionUnavailableError
 from accompanist.language.choreography import App, Choreography
 
-__all__ = ["HELLO_FORMAT", "Hello", "PeerVersions", "Served"]
+__all__ = ["HELLO_FORMAT", "Hello", "PeerVersions", "Served", "served_by"]
 
 HELLO_FORMAT = 1
 """The hello payload's format; a receiver decodes the fields it knows of any format."""
