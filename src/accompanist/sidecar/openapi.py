@@ -221,7 +221,10 @@ def _schemas() -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "choreography": {"type": "string", "minLength": 1},
-                "version": {"type": "integer", "description": "default: the latest deployed"},
+                "version": {
+                    "type": "integer",
+                    "description": "default: the highest version that every role serves (from their hellos)",
+                },
                 "args": {"type": "array", "description": "exactly as many as the choreography takes", "default": []},
                 "session_id": {
                     "type": "string",
