@@ -12,6 +12,7 @@ import accompanist as ac
 from accompanist import App, VersionUnavailableError
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.engine import Engine
+from accompanist.engine.upgrades import versions_report
 from accompanist.envelope import Envelope, EnvelopeKind
 from accompanist.store.base import SessionStatus
 from accompanist.store.memory import MemoryStore
@@ -150,3 +151,20 @@ async def test_an_empty_or_garbled_hello_tells_nothing(mesh: Mesh) -> None:
     assert a.versions.serves("b", "chain", 1) is True
     await a.handle(empty)  # an older build's (or a transport's) hello keeps what is known
     assert a.versions.serves("b", "chain", 1) is True
+
+
+async def test_a_session_started_while_a_peer_was_unknown_shows_what_it_waits_for(mesh: Mesh) -> None:
+    await mesh.start("c", NEW)
+    a = await mesh.start("a", NEW)  # b unknown: v2 starts
+    await knows(a, "c")
+    sid = await a.start_session("chain", [5])
+    await mesh.start("b", OLD)  # b lacks v2: the session waits for it, and the report says so
+    await eventually(lambda: _true(a.versions.serves("b", "chain", 2) is False), 10, "a heard b")
+    (chain,) = (await versions_report(a))["choreographies"]
+    assert chain["unfinished"] == {"2": 1} and chain["peers_lacking"] == {"2": ["b"]}
+    assert chain["next_version"] == 1 and chain["peers"]["b"]["served"] == [1]
+    await mesh.stop("b")
+    await mesh.start("b", NEW)  # upgraded: the session completes
+    record = await a.wait(sid, 20)
+    assert (record.status, record.version) == (SessionStatus.COMPLETED, 2)
+    assert (await versions_report(a))["choreographies"][0]["peers_lacking"] == {}

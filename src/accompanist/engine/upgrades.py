@@ -10,8 +10,9 @@ sessions, and which versions are still needed.
 * **Versions still needed.** ``GET /versions`` (:func:`versions_report`) lists, per
   choreography, the versions served, the version a new session would start at (given what
   the peers said in their hellos), the unfinished sessions per version (an old version can be
-  removed once none needs it), and versions that unfinished sessions need but this sidecar does
-  not serve (those sessions are blocked until the version is deployed again).
+  removed once none needs it), versions that unfinished sessions need but this sidecar does
+  not serve (those sessions are blocked until the version is deployed again), and versions
+  with unfinished sessions that a peer said it lacks (they wait until it serves them).
 """
 
 from __future__ import annotations
@@ -136,11 +137,23 @@ async def versions_report(engine: Runs) -> dict[str, Any]:
                 "next_version": best.version if best is not None else None,
                 "unfinished": {str(v): n for v, n in sorted(counts.items())},
                 "needed_not_served": sorted(v for v in counts if v not in versions),
+                "peers_lacking": _lacking(engine, name, counts, roles),
                 "peers": {role: _peer(engine, role, name) for role in roles},
                 "code_changed": [msgspec.to_builtins(c) for c in changes if c.choreography == name],
             }
         )
     return {"role": engine.role, "choreographies": out}
+
+
+def _lacking(engine: Runs, name: str, counts: dict[int, int], roles: list[str]) -> dict[str, list[str]]:
+    """Versions with unfinished sessions here that a peer said it does not serve (those
+    sessions wait until it does: started while it was unknown, or it was downgraded)."""
+    out: dict[str, list[str]] = {}
+    for version in sorted(counts):
+        missing = [r for r in roles if engine.versions.serves(r, name, version) is False]
+        if missing:
+            out[str(version)] = missing
+    return out
 
 
 def _peer(engine: Runs, role: str, name: str) -> dict[str, Any]:

@@ -203,6 +203,11 @@ def _schemas() -> dict[str, Any]:
                     "items": {"type": "integer"},
                     "description": "versions unfinished sessions need but this sidecar lacks (blocked)",
                 },
+                "peers_lacking": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                    "description": "version -> peers that said they lack it while sessions of it are unfinished here",
+                },
                 "peers": {
                     "type": "object",
                     "description": "role -> what its hello said (served null: unknown)",
