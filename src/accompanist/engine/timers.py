@@ -19,7 +19,8 @@ heap from the list of unfinished sessions it reads anyway, without loading a jou
 
 The clock: deadlines are UNIX seconds (they must mean the same instant after a restart), but
 waits run on the event loop's clock, so that a virtual clock (``ac.testing``) skips a sleep of
-an hour. :meth:`Timers.now` is the wall clock read once and then advanced by the loop's clock.
+an hour. :meth:`Timers.now` is :func:`~accompanist.language.timers.wall_clock`: the wall clock
+moved by however far the loop's clock ran ahead of real time.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
+from accompanist.language.timers import wall_clock
 from accompanist.store.base import SessionRecord, SessionStatus
 
 __all__ = ["CANCEL", "WAKE", "Timers", "timer_state", "with_timer_state"]
@@ -90,16 +91,11 @@ class Timers:
         self._count = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._anchor: tuple[float, float] | None = None  # (wall, loop) when first read
 
     # -- the clock ---------------------------------------------------------------------------
     def now(self) -> float:
         """UNIX seconds, advancing with the running loop's clock (virtual clocks included)."""
-        loop_now = asyncio.get_running_loop().time()
-        if self._anchor is None:
-            self._anchor = (time.time(), loop_now)
-        wall, at = self._anchor
-        return wall + (loop_now - at)
+        return wall_clock()
 
     def _loop_time(self, deadline: float) -> float:
         loop_now = asyncio.get_running_loop().time()

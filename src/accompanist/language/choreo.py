@@ -301,8 +301,10 @@ class Choreo(TimerOps, abc.ABC):
         return await self._run_sub(tuple(sub.roles), mapping, sub.fn, args)
 
     async def now(self, role: Role) -> Located[dt.datetime]:
-        """The current UTC time at ``role``; journaled, so a replay returns the same instant."""
-        return await self._helper(role, StepKind.NOW, lambda: dt.datetime.now(dt.UTC))
+        """The current UTC time at ``role``; journaled, so a replay returns the same instant.
+        (The clock of :func:`~accompanist.language.timers.wall_clock`: on a virtual clock it
+        moves with virtual time, as sleeps do.)"""
+        return await self._helper(role, StepKind.NOW, lambda: dt.datetime.fromtimestamp(self._clock(), dt.UTC))
 
     async def uuid(self, role: Role) -> Located[_uuid.UUID]:
         """A fresh random UUID at ``role``; journaled, so a replay returns the same one."""

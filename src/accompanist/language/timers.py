@@ -31,10 +31,22 @@ from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
 
-__all__ = ["DeadlineOf", "TimerOps", "deadline_of_datetime", "seconds_of"]
+__all__ = ["DeadlineOf", "TimerOps", "deadline_of_datetime", "seconds_of", "wall_clock"]
 
 DeadlineOf = Callable[[float], float]
 """Given "now" (UNIX seconds, from the interpreter's clock), the deadline (UNIX seconds)."""
+
+
+def wall_clock() -> float:
+    """UNIX seconds as the running event loop sees them: the wall clock plus however far the
+    loop's clock has run ahead of the monotonic clock it normally is.
+
+    On an ordinary loop (``loop.time()`` is ``time.monotonic()``) this is ``time.time()``. On a
+    virtual clock (``ac.testing.virtual_clock``) it moves with the virtual time, so "now + 1 h"
+    passes after an hour of virtual time, for ``ch.now``, ``ch.sleep`` and the engine's timers
+    alike, with no state to share between them.
+    """
+    return time.time() + (asyncio.get_running_loop().time() - time.monotonic())
 
 
 def seconds_of(value: Any, operation: str) -> float:
@@ -88,8 +100,8 @@ class TimerOps:
 
     # -- hooks ------------------------------------------------------------------------------
     def _clock(self) -> float:
-        """ "Now" for deadlines, UNIX seconds; the engine's clock follows its event loop's."""
-        return time.time()
+        """The time for deadlines: :func:`wall_clock`."""
+        return wall_clock()
 
     async def _wait_until(self, role: Role, name: str, deadline_of: DeadlineOf) -> None:
         """Run the ``sleep`` step at ``role`` (which is here): journal the deadline, then wait.
