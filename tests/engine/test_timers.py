@@ -263,3 +263,18 @@ async def test_sleep_until_an_aware_datetime_in_the_past_does_not_wait() -> None
         assert record.status == S.COMPLETED and c["a"].result_of(record) == 7
         kinds = [e.kind for e in await store.journal_load(sid)]
         assert "sleep" in kinds
+
+
+async def test_accompanist_replay_of_a_sleeping_session_checks_its_sleep_without_waiting() -> None:
+    from accompanist.testing.replay import export_session, replay_session
+
+    DONE.clear()
+    async with cluster(saga_app(600, 900), "ab", FT) as c:
+        sid = await c["a"].start_session("sleepy_saga", [1])
+        await wait_status(c["b"], sid, S.PARKED, timeout=5)
+        for role in ("a", "b"):
+            report = await asyncio.wait_for(replay_session(await export_session(c.stores[role], sid), c.app), 5)
+            assert report.ok, str(report)
+        kinds = [e.kind for e in await c.stores["a"].journal_load(sid)]
+        assert kinds[0] == "deadline"
+        assert report.steps == 3 and "ends before step 3" in report.ended  # b: recv, tx, sleep
