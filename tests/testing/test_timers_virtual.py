@@ -94,15 +94,15 @@ async def test_a_saga_deadline_cancels_the_central_run_and_compensates() -> None
     assert [e.label for e in ledger.entries] == ["reserve", "unreserve"]
 
 
-async def test_a_saga_deadline_cancels_a_cluster_session_on_every_role() -> None:
+@pytest.mark.parametrize("mode", ["fault-tolerant", "default"])
+async def test_a_saga_deadline_cancels_a_cluster_session_on_every_role(mode: str) -> None:
     ledger = Ledger()
-    async with (
-        virtual_clock(),
-        Cluster(make_reminder(ledger, deadline=HOUR / 2), config=quick_config(virtual=True)) as c,
-    ):
+    config = quick_config(mode, virtual=True, receive_timeout=3 * HOUR)
+    async with virtual_clock(), Cluster(make_reminder(ledger, deadline=HOUR / 2), config=config) as c:
         with pytest.raises(ac.SessionFailedError) as failed:
             await c.run("reminder", "book", timeout=3 * HOUR)
     assert failed.value.status == "compensated"
+    assert failed.value.failure is not None and failed.value.failure.error_type == "SessionCancelledError"
     assert [e.label for e in ledger.entries] == ["reserve", "unreserve"]
 
 
