@@ -45,8 +45,9 @@ def make_app(placeholder: Callable[[int], str]) -> ac.App:
     @ac.choreography("booking", roles=(A, B))
     async def booking(ch: ac.Choreo, amount: ac.Located[int]) -> ac.Located[int]:
         seen = await ch.transaction(B, book, await ch.comm(A, B, amount))
+        back = await ch.comm(B, A, seen)  # b commits before a decides: there is something to undo
         await ch.transaction(A, approve, amount)
-        return await ch.comm(B, A, seen)
+        return back
 
     return ac.App(booking)
 

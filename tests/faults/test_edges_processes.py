@@ -234,8 +234,12 @@ async def test_a_divergence_is_told_to_every_role_and_the_operator_cancels_it(tm
         at_a = await status_at(c, "a", sid, {"diverged"})  # told, not left waiting
         assert at_a["failure"] == at_b["failure"] and at_a["error"] == at_b["error"], (at_a, at_b)
         assert at_a["failure"]["error_type"] == "NondeterminismError" and at_a["failure"]["role"] == "b"
-        status, listing = await c.request("GET", "a", "/sessions?status=diverged")
-        assert [s["session_id"] for s in listing["sessions"]] == [sid]
+
+        async def listed() -> list[str]:  # the store lists it once the change is durable
+            status, listing = await c.request("GET", "a", "/sessions?status=diverged")
+            return [s["session_id"] for s in listing["sessions"]]
+
+        assert await until(listed, "the diverged session listed") == [sid]
         status, body = await cancel(c, "a", sid, wait=True)
         assert status == 200 and body["status"] in ("compensated", "failed"), body
         at_b = await status_at(c, "b", sid, TERMINAL)

@@ -5,8 +5,10 @@ and the OpenTelemetry metrics export saying what ``/metrics`` says."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,20 @@ def _exported(path: Path) -> dict[str, Any]:
     last = json.loads(lines[-1])
     metrics = last["resource_metrics"][0]["scope_metrics"][0]["metrics"]
     return {m["name"]: m["data"] for m in metrics}
+
+
+def _stored_status(tmp_path: Path, role: str, sid: str) -> str | None:
+    """The session's status in ``role``'s SQLite store (what a SIGKILL leaves), if any yet."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{tmp_path / role}.db?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT status FROM acc_sessions WHERE session_id = ?", (sid,)).fetchone()
+    except sqlite3.OperationalError:  # not created yet, or busy
+        return None
+    return None if row is None else str(row[0])
+
+
+async def _async(value: bool) -> bool:
+    return value
 
 
 def _tracing(tmp_path: Path, c: ProcessCluster) -> None:
@@ -145,7 +161,8 @@ async def test_a_crash_after_a_commit_replays_without_a_duplicate_span(tmp_path:
         sid = str((await c.start_session("a", "late", 3, wait=False))["session_id"])
         await status_at(c, "c", sid, {"finished"})
         await status_at(c, "a", sid, {"parked"})
-        c.kill("a")
+        await until(lambda: _async(_stored_status(tmp_path, "a", sid) == "parked"), "a's parked status durable")
+        c.kill("a")  # after the change is durable: a restarts parked, and its park is a span
         c.kill("c")
         await c.restart("c")
         await c.restart("a")

@@ -23,7 +23,7 @@ from accompanist.engine.protocol import Report
 from accompanist.errors import CodecError, TransactionFailedError
 from accompanist.interpreters.common import Committed
 from accompanist.language.transaction import TxContext, commit_with_retry, compensate_until_done
-from accompanist.store.base import TxRecord, WriteBatch
+from accompanist.store.base import TxRecord
 
 if TYPE_CHECKING:
     from accompanist.engine.host import Host
@@ -173,6 +173,9 @@ async def _compensate_one(host: Host, run: SessionRun, item: Committed, key: str
             span.set_attribute("accompanist.attempts", attempts)
     host.trails.note_undone(run.session_id, (item.tx.name, key, item.ctx.step, began, time.perf_counter(), attempts))
     if host.durable and atomic is None:
-        await run.unsaved.save(WriteBatch(txlog=[mark]))  # after the commit's own row, if it waited
+        # Durable with the next commit (the answer to the initiator, or the outcome), after
+        # the commit's own row if that waited too. Lost in a crash, the compensation runs
+        # again under the same idempotency key, as a compensation retried after an error does.
+        run.unsaved.txlog(mark)
     run.txlog[key] = mark
     host.metrics.compensations.inc()

@@ -44,6 +44,9 @@ _FAST = frozenset({*MESSAGE_KINDS, EnvelopeKind.DONE})  # handed to a running se
 _WAKE_COMPENSATING = frozenset(
     {EnvelopeKind.COMPENSATE, EnvelopeKind.OUTCOME, EnvelopeKind.REPORT, EnvelopeKind.UNDONE}
 )  # what a compensating session without a task may be waiting for
+_RIDES = frozenset({S.RUNNING, S.FINISHED, S.COMPENSATING})
+"""A live run in these statuses commits again soon (or its rows are saved before it parks): a
+control envelope's inbox row may wait for that commit."""
 _CONTROL_TO_INITIATOR = frozenset(
     {EnvelopeKind.DONE, EnvelopeKind.CANCEL, EnvelopeKind.QUERY, EnvelopeKind.UNDONE, EnvelopeKind.REPORT}
 )
@@ -219,11 +222,19 @@ class Inbound:
             return None
         before = record.status
         completed = kind == EnvelopeKind.OUTCOME and record.status == S.FINISHED and _completes(envelope)
+        target = run or SessionRun(e, record, choreography)
+        saved: asyncio.Future[None] | None = None
         if e.durable and completed:
             e.guard.defer(WriteBatch(inbox=[envelope]))  # if lost, the role asks for it again
+        elif e.durable and (run is None or run.record.status in _RIDES):
+            # Its inbox row rides on the commit of the change it causes (one fsync, not two):
+            # nothing that change produces leaves before that commit, and the sender is
+            # acknowledged only after it (see engine.unsaved).
+            if not e.guard.worth_trying():
+                raise self._reject("store-unavailable", f"the store is failing: {e.guard.last_error}", permanent=False)
+            saved = target.unsaved.arrived(envelope)
         elif e.durable:
             await self._store_inbox(envelope)
-        target = run or SessionRun(e, record, choreography)
         if run is None and kind == EnvelopeKind.DIVERGED and e.durable:  # is it late? the inbox knows
             for earlier in await e.guard.retry(lambda: e.store.inbox_load(sid)):
                 if earlier.kind == EnvelopeKind.RESUME:
@@ -239,14 +250,24 @@ class Inbound:
         if run is not None:
             if run.record.status in (S.DIVERGED, S.PARKED) and self._wakes(run.record, envelope, choreography):
                 run.rearm = True  # its task is on its way out: resume once it is gone
-            return None
+            return saved  # durable with the run's next commit (or ``ack_linger`` later)
         if not e.durable:
             await self._tombstone_mail(target, envelope)
         elif completed:  # a finished part needs nothing but the news: no replay, no commit now
             await e.transition(target, S.COMPLETED, lazy=True)
-        elif target.record.status != before or self._wakes(target.record, envelope, choreography):
-            await e.activate(target.record, choreography)
+        else:
+            if target.unsaved:  # no change carried it: written now (a resumed run reads it there)
+                await self._save_or_reject(target)
+            if target.record.status != before or self._wakes(target.record, envelope, choreography):
+                await e.activate(target.record, choreography)
         return None
+
+    async def _save_or_reject(self, run: SessionRun) -> None:
+        try:
+            await run.unsaved.save(once=True)
+        except StoreError as exc:
+            self._engine.metrics.store_failures.inc()
+            raise self._reject("store-unavailable", f"the store is failing: {exc}", permanent=False) from exc
 
     def _wakes(self, record: SessionRecord, envelope: Envelope, choreography: Choreography) -> bool:
         """Whether an envelope for a session without a task resumes it (one that changed its
