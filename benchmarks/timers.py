@@ -68,7 +68,7 @@ def _progress(label: str, done: int, total: int) -> None:
 
 
 async def _measure(variant: str, n: int, workdir: Path) -> dict[str, Any]:
-    sleep = max(10.0, n / 100)  # long enough for every session to fall asleep first
+    sleep = max(10.0, n / 50)  # long enough for every session to fall asleep first
     config = EngineConfig(
         mode=Mode.FAULT_TOLERANT,
         receive_timeout=1.0,  # a's receives park too: what is left is b's part
@@ -87,20 +87,22 @@ async def _measure(variant: str, n: int, workdir: Path) -> dict[str, Any]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     sids: list[str] = []
-    for i in range(n):
-        sids.append(await engines["a"].start_session("nap", [i]))
-        if i % 100 == 99 or i == n - 1:
-            _progress(f"{variant}: started", i + 1, n)
+    for i in range(0, n, 100):  # a hundred starts at a time, as a busy service would
+        batch = range(i, min(n, i + 100))
+        sids += await asyncio.gather(*(engines["a"].start_session("nap", [k]) for k in batch))
+        _progress(f"{variant}: started", len(sids), n)
     last_deadline = time.time() + sleep  # the last session's sleep ends about then
-    asleep_at = time.monotonic()
-    while True:  # every session asleep at b: journaled its deadline (parked, or waiting in its task)
-        asleep = 0
-        for sid in sids:
-            if sid not in engines["a"].live and any(e.kind == "sleep" for e in await stores["b"].journal_load(sid)):
-                asleep += 1
-        if asleep == n or time.monotonic() - asleep_at > sleep:
-            break
-        await asyncio.sleep(0.5)
+    b = engines["b"]
+
+    def asleep() -> int:
+        if variant == "parked":
+            return len(b.timers)
+        return sum(1 for run in b.live.values() if run.steps >= 2)  # past its receive: in the sleep
+
+    while (asleep() < n or engines["a"].live) and time.time() < last_deadline - 1:  # noqa: ASYNC110 - polling engines
+        await asyncio.sleep(0.2)
+    if asleep() < n:
+        raise RuntimeError(f"only {asleep()} of {n} sessions fell asleep before the deadline: start fewer sessions")
     gc.collect()
     memory = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
