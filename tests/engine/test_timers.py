@@ -159,14 +159,15 @@ def saga_app(sleep: float, deadline: float | None) -> ac.App:
     return ac.App(sleepy_saga)
 
 
-async def test_an_operator_cancel_of_a_sleeping_session_compensates_and_clears_its_timer() -> None:
+@pytest.mark.parametrize("at", ["a", "b"], ids=["at-the-initiator", "at-the-sleeping-role"])
+async def test_an_operator_cancel_of_a_sleeping_session_compensates_and_clears_its_timer(at: str) -> None:
     DONE.clear()
     UNDONE.clear()
     async with cluster(saga_app(600, None), "ab", FT) as c:
         sid = await c["a"].start_session("sleepy_saga", [1])
         await wait_status(c["b"], sid, S.PARKED, timeout=5)
         assert c["b"].timers.deadline(sid, "wake") is not None
-        await c["a"].cancel(sid)
+        await c[at].cancel(sid)
         record = await c["a"].wait(sid, timeout=20)
         assert record.status == S.COMPENSATED
         await wait_status(c["b"], sid, S.COMPENSATED)

@@ -58,8 +58,9 @@ def timer_state(state: bytes | None) -> dict[str, Any]:
 
 
 def with_timer_state(state: bytes | None, **changes: Any) -> bytes:
-    """``state`` with the timer keys in ``changes`` set (a value of None removes the key); the
-    engine's other keys (e.g. ``contacts``) are kept."""
+    """``state`` (the record's engine-owned JSON object) with the keys in ``changes`` set (a
+    value of None removes the key) and every other key kept: the timer keys and the finished
+    initiator's ``contacts`` share the one object."""
     current: dict[str, Any] = {}
     if state:
         try:
