@@ -73,6 +73,7 @@ class Run:
         self.outcomes: dict[str, str] = {}
         self.fsyncs: dict[int, float] = {}
         self.own: dict[int, float] = {}
+        self.by_outcome: dict[str, tuple[float, int]] = {}  # outcome -> (own commits per order, orders)
         self.profile: dict[str, object] = {}
         self.error: str | None = None
         self.count_error: str | None = None
@@ -103,6 +104,27 @@ async def _count(run: Run, level: int, orders: list[dict[str, Any]], workdir: Pa
     run.fsyncs[level] = calls / len(orders)
     if own_before is not None and own_after is not None:
         run.own[level] = (own_after - own_before) / len(orders)
+
+
+async def _by_outcome(run: Run, orders: list[dict[str, Any]]) -> None:
+    """The system's own commits per order by outcome, one order at a time (a completed order
+    and a compensated one cost different rounds). Writes that wait for a later commit (acks,
+    a participant's ``completed``) ride on the next order's, so each order is charged what
+    it made the stores do."""
+    system = run.system
+    assert system is not None
+    before = await system.own_commits()
+    if before is None:
+        return
+    spent: dict[str, list[float]] = {}
+    for order in orders:
+        result = await system.run([order], 1)
+        after = await system.own_commits()
+        assert after is not None
+        spent.setdefault(result["outcomes"][order["order_id"]], []).append(after - before)
+        before = after
+        run.add(1, [order], result, timed=False)
+    run.by_outcome = {outcome: (round(statistics.mean(v), 2), len(v)) for outcome, v in sorted(spent.items())}
 
 
 async def _measure(args: Any, workdir: Path, tick: harness.Ticker) -> list[Run]:
@@ -177,6 +199,15 @@ async def _measure(args: Any, workdir: Path, tick: harness.Ticker) -> list[Run]:
                     tick(advance=count)
         else:
             print(f"fsyncs not counted: {why_not}", file=sys.stderr)
+        if 1 in args.concurrency:
+            batch = orders(max(args.count_orders, 20))  # every tenth declined: two compensated
+            for run in live:
+                if run.error is None:
+                    tick(f"commits by outcome, one at a time: {run.name}")
+                    try:
+                        await _by_outcome(run, batch)
+                    except Exception as exc:
+                        print(f"commits by outcome failed for {run.name}: {harness.error_text(exc)}", file=sys.stderr)
     finally:
         tick("stopping")
         for run in live:
@@ -249,6 +280,10 @@ def _rows(runs: list[Run], args: Any) -> list[dict[str, Any]]:
             }
             if level in run.own:
                 row["store_commits_per_order"] = round(run.own[level], 2)
+            if level == 1 and run.by_outcome:
+                row["store_commits_by_outcome"] = {
+                    k: {"per_order": v, "orders": n} for k, (v, n) in run.by_outcome.items()
+                }
             if check["problems"]:
                 row["problems"] = check["problems"]
             rows.append(row)
@@ -340,6 +375,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             f"{row['throughput_per_s']:7.1f} orders/s  commits/order {row['commits_per_order']}{own}  "
             f"verified={row['verified']}{'  ' + str(row.get('problems')) if row.get('problems') else ''}"
         )
+    for row in rows:
+        for outcome, seen in row.get("store_commits_by_outcome", {}).items():
+            print(
+                f"{row['system']:<20} one at a time, {outcome}: "
+                f"{seen['per_order']} commits per order ({seen['orders']} orders)"
+            )
     for name, ratio in data["ratios"].items():
         print(f"{name:<48} {ratio:6.2f}x")
     for system, by_process in data.get("profile", {}).items():
