@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from collections import Counter
 
@@ -279,3 +280,32 @@ async def test_accompanist_replay_of_a_sleeping_session_checks_its_sleep_without
         kinds = [e.kind for e in await c.stores["a"].journal_load(sid)]
         assert kinds[0] == "deadline"
         assert report.steps == 3 and "ends before step 3" in report.ended  # b: recv, tx, sleep
+
+
+async def test_a_saga_deadline_holds_while_the_initiator_waits_finished_and_across_its_restart() -> None:
+    """a's own part ends at once (it is only ``finished``); b sleeps past the deadline. The
+    deadline, kept in a's record with its contacts, fires after a's restart too."""
+
+    @ac.choreography("hand_off", roles=(A, B))
+    async def hand_off(ch: ac.Choreo, x: ac.Located[int]) -> None:
+        await ch.cancel_after(1.5, reason="b is too slow")
+        await ch.transaction(A, reserve, x)
+        at_b = await ch.comm(A, B, x)
+        await ch.transaction(B, reserve, at_b)
+        await ch.sleep(B, 600)
+
+    DONE.clear()
+    UNDONE.clear()
+    async with cluster(ac.App(hand_off), "ab", FT) as c:
+        sid = await c["a"].start_session("hand_off", [1])
+        finished = await wait_status(c["a"], sid, S.FINISHED, timeout=5)
+        assert finished.state is not None
+        state = json.loads(finished.state)
+        assert state["contacts"] == ["b"] and state["cancel_reason"] == "b is too slow"  # both kept
+        await c.stop("a")
+        a = await c.start("a")
+        assert a.timers.deadline(sid, "cancel") is not None  # re-armed from the record, no replay
+        record = await a.wait(sid, timeout=20)
+        assert record.status == S.COMPENSATED and "b is too slow" in (record.error or "")
+        await wait_status(c["b"], sid, S.COMPENSATED)
+        assert Counter({"a": 1, "b": 1}) == UNDONE
