@@ -75,6 +75,9 @@ class EngineConfig:
         traces_file: write every span here, one JSON object per line (see :mod:`accompanist.tracing`).
         metrics_file: write every OpenTelemetry metrics export here, one JSON object per line
             (see :mod:`accompanist.otel_metrics`).
+        sleep_in_task: fault-tolerant mode: a ``ch.sleep`` shorter than this many seconds waits
+            in the session's task; a longer one parks the session (no task) and the engine's
+            timer resumes it by replay at the deadline (see :mod:`accompanist.engine.timers`).
     """
 
     mode: Mode = Mode.DEFAULT
@@ -102,3 +105,4 @@ class EngineConfig:
     steps_kept: int = 10_000
     traces_file: str | None = None
     metrics_file: str | None = None
+    sleep_in_task: float = 1.0

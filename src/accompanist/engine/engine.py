@@ -32,6 +32,7 @@ from accompanist.engine.probe import eager_roles
 from accompanist.engine.runs import Runs
 from accompanist.engine.session import SessionRun
 from accompanist.engine.upgrades import CodeChange, warn_code_changes
+from accompanist.engine.wakeups import Wakeups
 from accompanist.envelope import Envelope, EnvelopeKind
 from accompanist.errors import (
     AccompanistError,
@@ -81,6 +82,7 @@ class Engine(Runs):
     ) -> None:
         super().__init__(app, role, store=store, transport=transport, config=config, log=log)
         self.inbound = Inbound(self)
+        self.wakeups = Wakeups(self, lambda sid, reason: self.cancel(sid, reason=reason))
         self._eager: dict[tuple[str, int], asyncio.Future[tuple[str, ...]]] = {}
         self._accepting = False
         self._started_at = 0.0
@@ -146,6 +148,8 @@ class Engine(Runs):
             return  # waits for the outcome, which arrives (or is asked for) without a task
         if record.status == S.DIVERGED and not self._diverged_here(record):
             return  # waits for the role that diverged to resume, or for an operator
+        if self.wakeups.restore(record):
+            return  # sleeps on: its timer resumes it at the deadline
         await self.activate(record, choreography)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -176,6 +180,7 @@ class Engine(Runs):
                     with contextlib.suppress(AccompanistError):
                         await self.store.commit(WriteBatch(sessions=[msgspec.structs.replace(run.record)]))
         self.live.clear()
+        self.timers.close()
         if self.relay is not None:
             await self.relay.stop()
         with contextlib.suppress(AccompanistError):
@@ -376,10 +381,11 @@ class Engine(Runs):
             return None
         return self.app.get(record.choreography, record.version).codec.decode(record.result)
 
-    async def cancel(self, session_id: str) -> SessionRecord:
+    async def cancel(self, session_id: str, *, reason: str | None = None) -> SessionRecord:
         """Ask to cancel a session: its saga compensates everywhere, unless the initiator has
         declared the outcome already. At the initiator the decision is taken now; at another
-        role the request goes to the initiator. Returns the record as it is now.
+        role the request goes to the initiator. Returns the record as it is now. ``reason``
+        replaces "cancelled by an operator" in the failure (a saga deadline says so).
 
         Raises:
             UnknownSessionError: no such session here.
@@ -400,7 +406,7 @@ class Engine(Runs):
                 return msgspec.structs.replace(record)
             choreography = self.choreography_of(record)
             target = run or SessionRun(self, record, choreography)
-            failure = outcome.cancel_failure(self.role)
+            failure = outcome.cancel_failure(self.role, reason)
             if target.initiator:
                 await outcome.decide_locked(self, target, failure)
                 if run is None:

@@ -17,6 +17,7 @@ from accompanist.engine.linger import Lingering
 from accompanist.engine.metrics import Metrics
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.registry import TransactionRegistry
+from accompanist.engine.timers import Timers
 from accompanist.engine.trail import Trails
 from accompanist.envelope import Envelope
 from accompanist.store.base import AtomicScope
@@ -38,6 +39,7 @@ class Host(Protocol):
     tracing: Tracing
     trails: Trails
     lingering: Lingering
+    timers: Timers
 
     def atomic(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AtomicScope]] | None:
         """The store's atomic scope for ``atomic=True`` transactions (fault-tolerant mode), or None."""

@@ -278,7 +278,7 @@ class Inbound:
         status always does)."""
         status, kind = record.status, envelope.kind
         if status == S.PARKED:
-            return True
+            return not self._engine.timers.sleeping(record)  # a sleeper wakes at its deadline
         if status == S.COMPENSATING:
             # It waits for an order, an answer or the outcome. Anything else (a copy of the
             # decision it knows, answering its own query; a late message) would only run its

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -37,6 +37,7 @@ from accompanist.engine.config import CompensationOrder
 from accompanist.engine.protocol import Compensate, Outcome, Query, Report, Undone, decode, encode, failure_of
 from accompanist.engine.session import DONE_HEADER, SessionRun
 from accompanist.engine.status import is_decided
+from accompanist.engine.timers import with_timer_state
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, batch_of, number_of
 from accompanist.errors import SessionCancelledError
 from accompanist.failure import Failure
@@ -145,14 +146,15 @@ def _not_done(run: SessionRun) -> list[str]:
     return sorted(r for r in participants(run) if r not in run.dones and r != run.record.role)
 
 
-def cancel_failure(role: str) -> Failure:
-    """The failure an operator's cancel at ``role`` stands for."""
+def cancel_failure(role: str, reason: str | None = None) -> Failure:
+    """The failure an operator's cancel at ``role`` stands for (or, with ``reason``, a saga
+    deadline's: the same path, another cause)."""
     return Failure(
         role=role,
         step=None,
         transaction=None,
         error_type=SessionCancelledError.__name__,
-        message=f"cancelled by an operator at role '{role}'",
+        message=f"cancelled at role '{role}': {reason}" if reason else f"cancelled by an operator at role '{role}'",
     )
 
 
@@ -217,7 +219,7 @@ async def finish(co: Coordinator, run: SessionRun, result: bytes | None) -> None
             if all_done(run):  # every participant reported already: declare in the same commit
                 await co.transition(run, S.COMPLETED, sends=_completed(co, run))
                 return
-            state = msgspec.json.encode({"contacts": sorted(run.contacts)})
+            state = with_timer_state(run.record.state, contacts=sorted(run.contacts))  # a saga deadline stays
             await co.transition(run, S.FINISHED, state=state)
             return
         done = run.last_envelope_with_done() or co.control(
@@ -237,8 +239,8 @@ def restore_contacts(run: SessionRun) -> None:
     """A finished initiator resumed without its projection: whom it sent to, from its record."""
     if run.record.state:
         try:
-            state: dict[str, list[str]] = msgspec.json.decode(run.record.state, type=dict[str, list[str]])
-            run.contacts.update(state.get("contacts", []))
+            state: dict[str, Any] = msgspec.json.decode(run.record.state, type=dict[str, Any])
+            run.contacts.update(str(c) for c in state.get("contacts", []))
         except msgspec.DecodeError:
             run.host.log.warning("unreadable state of session %s", run.session_id)
 

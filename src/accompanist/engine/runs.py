@@ -30,8 +30,10 @@ from accompanist.engine.reach import Resender
 from accompanist.engine.registry import TransactionRegistry
 from accompanist.engine.relay import Relay
 from accompanist.engine.session import SessionRun
+from accompanist.engine.session_timers import Sleeping
 from accompanist.engine.signals import Park, StartRefused
-from accompanist.engine.status import check_transition
+from accompanist.engine.status import check_transition, is_decided
+from accompanist.engine.timers import WAKE, Timers, timer_state, with_timer_state
 from accompanist.engine.trail import Trails
 from accompanist.engine.versions import PeerVersions
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
@@ -99,6 +101,7 @@ class Runs:
         self.guard = StoreGuard(store, self.config.store_retry_max, self.log, self.config.lazy_interval)
         self.guard.on_commit = self.metrics.commit_seconds.observe
         self.lingering = Lingering(self.config.ack_linger)
+        self.timers = Timers()  # durable timers: sleeping sessions, saga deadlines (see engine.wakeups)
         self.registry = TransactionRegistry(app)
         self.relay = (
             Relay(
@@ -209,6 +212,10 @@ class Runs:
             record.error = error
         if state is not None:
             record.state = state
+        elif previous == S.PARKED and record.state and "wake_at" in timer_state(record.state):
+            record.state = with_timer_state(record.state, wake_at=None)  # it no longer sleeps
+        if previous == S.PARKED or is_decided(status):
+            self.timers.disarm(record.session_id, WAKE if not is_decided(status) else None)
         record.updated_at = time.time()
         self.metrics.moved(previous, status)
         write = batch or WriteBatch()
@@ -500,6 +507,12 @@ class Runs:
         async with self.session_lock(run.session_id):
             if run.record.status != S.RUNNING:
                 return True
+            if isinstance(park, Sleeping):  # the deadline goes in the record: a restart re-arms it
+                state = with_timer_state(run.record.state, wake_at=park.until)
+                await self.transition(run, S.PARKED, error=str(park), state=state)
+                self.forget(run)
+                self.timers.arm(run.session_id, WAKE, park.until)
+                return False
             await self.transition(run, S.PARKED, error=str(park))  # with what it has not saved
             self.forget(run)
             if run.mailbox.holds(*park.awaited):  # it arrived while we parked: go on by replay

@@ -31,6 +31,7 @@ from accompanist.engine.mailbox import Mailbox
 from accompanist.engine.origin import PATCHES_HEADER, origin_of
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.reach import Reach
+from accompanist.engine.session_timers import TimerSteps
 from accompanist.engine.session_tx import TransactionSteps
 from accompanist.engine.signals import Park, Signal, StartRefused, expire
 from accompanist.engine.stepkey import StepKey, reset_current_step, set_current_step
@@ -87,6 +88,7 @@ def new_seed() -> bytes:
 
 
 _RESULT: Any = object()  # _live records the step's own result
+_DURABLE_AT_ONCE = (StepKind.NOW, StepKind.SLEEP, StepKind.DEADLINE)  # read from the clock
 
 
 def _traceparent(session_id: str, role: str) -> str:
@@ -102,7 +104,7 @@ def _derive(seed: bytes, kind: StepKind, step: int) -> Any:
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
 
 
-class SessionRun(TransactionSteps):
+class SessionRun(TransactionSteps, TimerSteps):
     """Runs one session's projection at this role and records what it does.
 
     Args:
@@ -515,7 +517,7 @@ class SessionRun(TransactionSteps):
                     raise
                 encoded = None  # not journaled: a replay runs this step again
             self._note(step, encoded)
-            if step.kind is StepKind.NOW:  # the clock cannot be derived: durable before it is used
+            if step.kind in _DURABLE_AT_ONCE:  # the clock cannot be derived: durable before it is used
                 await self.save()
         self.step_now = None
         return value

@@ -36,6 +36,8 @@ KINDS = {
     StepKind.UUID: "uuid",
     StepKind.RANDOM: "random",
     StepKind.TX: "transaction",
+    StepKind.SLEEP: "sleep",
+    StepKind.DEADLINE: "deadline",
     StepKind.PATCH: "patch",
 }
 """The API's name of each step kind (``compensation`` is the one kind no projection makes)."""
@@ -270,7 +272,14 @@ def role_steps(
         if entries is not None:
             out = _from_memory(entries, clock)
             journaled = rows.journal.get(index)
-            local = out["kind"] in ("local", "now", "uuid", "random")  # a commit's journal value is its failure
+            local = out["kind"] in (
+                "local",
+                "now",
+                "uuid",
+                "random",
+                "sleep",
+                "deadline",
+            )  # a commit's journal value is its failure
             if local and out["value"] is None and journaled is not None and journaled.value is not None:
                 out["value"] = summarize_bytes(journaled.value, codec)
         else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from accompanist.errors import SessionCancelledError
 from accompanist.ids import new_session_id
 from accompanist.interpreters.common import SagaLog, check_args, initiator_args, maybe_sync, session_result
 from accompanist.language.choreo import Choreo, LocalThunk
@@ -13,6 +15,7 @@ from accompanist.language.choreography import App, Choreography
 from accompanist.language.located import Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
+from accompanist.language.timers import DeadlineOf
 from accompanist.language.transaction import Transaction
 
 __all__ = ["CentralRun", "CentralRunner", "TraceEvent", "run_central"]
@@ -56,6 +59,15 @@ class _CentralState:
     run: CentralRun
     saga: SagaLog = field(default_factory=lambda: SagaLog(new_session_id()))
     steps: dict[str, int] = field(default_factory=dict)
+    body: asyncio.Future[Any] | None = None  # the choreography's body, cancelled by a saga deadline
+    deadline: asyncio.TimerHandle | None = None
+    cancelled: str | None = None  # why the saga deadline cancelled the body
+
+    def expire(self, reason: str) -> None:
+        """The saga deadline passed before the body ended: cancel it (the runner compensates)."""
+        if self.body is not None and not self.body.done() and self.cancelled is None:
+            self.cancelled = reason
+            self.body.cancel()
 
     def step(self, role: Role) -> int:
         """The next step index at ``role``, counted as that role's projection counts them."""
@@ -76,6 +88,19 @@ class CentralChoreo(Choreo):
 
     def _derive(self, census: Sequence[Role], mapping: Mapping[Role, Role]) -> Choreo:
         return CentralChoreo(self._state, census, mapping)
+
+    def _session_initiator(self) -> Role:
+        return self._state.choreography.initiator
+
+    async def _cancel_at(self, role: Role, deadline_of: DeadlineOf, reason: str) -> None:
+        """Journal the deadline as a step and arm a loop timer that cancels the body."""
+        await super()._cancel_at(role, deadline_of, reason)
+        state = self._state
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline_of(self._clock()) - self._clock())
+        if state.deadline is not None:
+            state.deadline.cancel()
+        state.deadline = loop.call_later(delay, state.expire, reason)
 
     def _failing_at(self, role: Role, step: int) -> None:
         if self._state.saga.failed_at is None:
@@ -145,10 +170,19 @@ class CentralRunner:
         run = CentralRun()
         state = _CentralState(c, run)
         ch = CentralChoreo(state, c.roles)
+        state.body = asyncio.ensure_future(c.fn(ch, *initiator_args(c, None, args)))
         try:
-            returned = await c.fn(ch, *initiator_args(c, None, args))
+            returned = await state.body
+        except asyncio.CancelledError:
+            if state.cancelled is None:
+                raise
+            cancel = SessionCancelledError(f"cancelled: {state.cancelled}", session_id=state.saga.session_id)
+            await state.saga.fail(cancel, c.initiator.name)
         except Exception as exc:
             await state.saga.fail(exc, c.initiator.name)
+        finally:
+            if state.deadline is not None:
+                state.deadline.cancel()
         run.result = session_result(c, returned)
         return run
 

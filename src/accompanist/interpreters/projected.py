@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -12,9 +13,10 @@ from accompanist.language.choreography import Choreography
 from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.roles import Role
 from accompanist.language.steps import Step, StepKind
+from accompanist.language.timers import DeadlineOf
 from accompanist.language.transaction import Transaction
 
-__all__ = ["PatchRunner", "ProjectedChoreo", "StepRunner", "project"]
+__all__ = ["PatchRunner", "ProjectedChoreo", "StepRunner", "TimerRunner", "project"]
 
 
 class StepRunner(Protocol):
@@ -34,6 +36,18 @@ class StepRunner(Protocol):
         """Commit (or, on replay, recall) a saga transaction."""
 
 
+class TimerRunner(Protocol):
+    """What a :class:`StepRunner` may add to carry out durable timers itself (the session
+    engine does: it parks a sleeping session and cancels a session past its saga deadline).
+    A runner without these methods journals the step with ``local`` and sleeps in place."""
+
+    async def sleep(self, step: Step, deadline_of: DeadlineOf) -> None:
+        """Journal (or, on replay, recall) the deadline, then wait until it."""
+
+    async def cancel_at(self, step: Step, deadline_of: DeadlineOf, reason: str) -> None:
+        """Journal (or recall) the saga deadline and arm the cancel."""
+
+
 class PatchRunner(Protocol):
     """A :class:`StepRunner` that also decides ``ch.patched`` (the session engine does; see
     :mod:`accompanist.language.patches`)."""
@@ -46,8 +60,9 @@ class PatchRunner(Protocol):
 class _Projection:
     """State shared by every view of one role's run: step counter and sequence numbers."""
 
-    def __init__(self, role: Role, runner: StepRunner) -> None:
+    def __init__(self, role: Role, runner: StepRunner, initiator: Role | None = None) -> None:
         self.role = role
+        self.initiator = initiator
         self.runner = runner
         self.steps = 0
         self.seqs: dict[tuple[str, str], int] = {}
@@ -99,6 +114,36 @@ class ProjectedChoreo(Choreo):
     async def _run_tx(self, role: Role, tx: Transaction, args: list[Any]) -> Any:
         return await self._p.runner.transaction(self._p.step(StepKind.TX, tx.name), tx, args)
 
+    def _session_initiator(self) -> Role:
+        return self._p.initiator or super()._session_initiator()
+
+    async def _wait_until(self, role: Role, name: str, deadline_of: DeadlineOf) -> None:
+        runner = self._p.runner
+        step = self._p.step(StepKind.SLEEP, name)
+        sleep = getattr(runner, "sleep", None)
+        if sleep is not None:
+            await sleep(step, deadline_of)
+            return
+
+        async def thunk() -> float:
+            return deadline_of(self._clock())
+
+        deadline = await runner.local(step, thunk)
+        await asyncio.sleep(max(0.0, float(deadline) - self._clock()))
+
+    async def _cancel_at(self, role: Role, deadline_of: DeadlineOf, reason: str) -> None:
+        runner = self._p.runner
+        step = self._p.step(StepKind.DEADLINE, "cancel_after")
+        arm = getattr(runner, "cancel_at", None)
+        if arm is not None:
+            await arm(step, deadline_of, reason)
+            return
+
+        async def thunk() -> float:
+            return deadline_of(self._clock())
+
+        await runner.local(step, thunk)  # journaled; a runner without sessions has none to cancel
+
     async def _transfer(self, src: Role, dsts: tuple[Role, ...], value: Located[Any], msg_kind: str) -> Located[Any]:
         me = self._p.role
         if me == src:
@@ -131,5 +176,5 @@ async def project(choreography: Choreography, role: Role, runner: StepRunner, ar
         located = initiator_args(choreography, role, args)
     else:
         located = initiator_args(choreography, role, [None] * choreography.arity)
-    ch = ProjectedChoreo(_Projection(role, runner), choreography.roles)
+    ch = ProjectedChoreo(_Projection(role, runner, choreography.initiator), choreography.roles)
     return await choreography.fn(ch, *located)

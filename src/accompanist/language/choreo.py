@@ -23,6 +23,7 @@ from accompanist.language.located import ABSENT, Located, make_located
 from accompanist.language.patches import check_patch_name
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
+from accompanist.language.timers import TimerOps
 from accompanist.language.transaction import Transaction
 
 
@@ -51,13 +52,14 @@ def _fn_name(fn: Callable[..., Any]) -> str:
     return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__)
 
 
-class Choreo(abc.ABC):
+class Choreo(TimerOps, abc.ABC):
     """The operations a choreography body uses.
 
     Core primitives: :meth:`locally`, :meth:`comm`, :meth:`broadcast`, :meth:`enclave`.
     Batteries: :meth:`cond`, :meth:`select`, :meth:`fanout`, :meth:`fanin`, :meth:`call`, the
-    journaled helpers :meth:`now`, :meth:`uuid`, :meth:`random`, and :meth:`patched` /
-    :meth:`deprecate_patch` for changing code under running sessions.
+    journaled helpers :meth:`now`, :meth:`uuid`, :meth:`random`, the durable timers
+    :meth:`sleep`, :meth:`sleep_until`, :meth:`cancel_after` (see :mod:`accompanist.language.timers`),
+    and :meth:`patched` / :meth:`deprecate_patch` for changing code under running sessions.
 
     Every role argument must be in the *census*: the roles of the choreography, or of the
     enclave being run.
@@ -325,8 +327,10 @@ class Choreo(abc.ABC):
         return True
 
     async def now(self, role: Role) -> Located[dt.datetime]:
-        """The current UTC time at ``role``; journaled, so a replay returns the same instant."""
-        return await self._helper(role, StepKind.NOW, lambda: dt.datetime.now(dt.UTC))
+        """The current UTC time at ``role``; journaled, so a replay returns the same instant.
+        (The clock of :func:`~accompanist.language.timers.wall_clock`: on a virtual clock it
+        moves with virtual time, as sleeps do.)"""
+        return await self._helper(role, StepKind.NOW, lambda: dt.datetime.fromtimestamp(self._clock(), dt.UTC))
 
     async def uuid(self, role: Role) -> Located[_uuid.UUID]:
         """A fresh random UUID at ``role``; journaled, so a replay returns the same one."""

@@ -109,7 +109,7 @@ class SidecarConfig:
     ``retention``, ``tombstone_retention``, ``prune_interval``, ``grace``, ``compensation``,
     ``outcome_query_after``, ``max_payload``, ``store_retry_max``, ``ack_linger``,
     ``memory_keep``, ``memory_retention``, ``lazy_interval``, ``steps_kept``, ``traces_file``,
-    ``metrics_file``); None takes
+    ``metrics_file``, ``sleep_in_task``); None takes
     ``engine``'s value, and after construction each holds the value in force.
 
     Raises:
@@ -173,6 +173,7 @@ class SidecarConfig:
     steps_kept: int | None = None
     traces_file: str | None = None
     metrics_file: str | None = None
+    sleep_in_task: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.role, str) or not self.role:

@@ -30,7 +30,9 @@ _CHOICES: dict[str, type[Mode] | type[ReplayPolicy] | type[CompensationOrder]] =
 }
 # Engine settings that may be 0 (retention 0 prunes at the next pass, grace 0 stops at once);
 # every other number must be positive.
-_MAY_BE_ZERO = frozenset({"retention", "tombstone_retention", "memory_retention", "grace", "ack_linger", "steps_kept"})
+_MAY_BE_ZERO = frozenset(
+    {"retention", "tombstone_retention", "memory_retention", "grace", "ack_linger", "steps_kept", "sleep_in_task"}
+)
 _PATHS = frozenset({"traces_file", "metrics_file"})
 _DEFAULTS = EngineConfig()
 # Room an envelope needs in a frame besides its payload (ids, headers, the MAC).

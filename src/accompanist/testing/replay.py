@@ -14,6 +14,7 @@ the same :class:`~accompanist.errors.NondeterminismError` the engine would raise
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +135,10 @@ class _EndOfRecord(Exception):  # noqa: N818 - a signal, not an error
     """The record holds no more to answer the next step with."""
 
 
+async def _never() -> Any:  # pragma: no cover - a replay answers from the journal
+    raise AssertionError("a replay runs no local step")
+
+
 class _ReplayRunner:
     """A ``StepRunner`` answering every step from the export, checking it against the journal."""
 
@@ -197,6 +202,14 @@ class _ReplayRunner:
         if entry.value is None:
             raise _EndOfRecord(f"step {step.index}'s result was not journaled (it could not be encoded)")
         return self.codec.decode(entry.value)
+
+    async def sleep(self, step: Step, deadline_of: Callable[[float], float]) -> None:
+        """A recorded sleep is over in a replay: its deadline is checked, never waited for."""
+        await self.local(step, _never)
+
+    async def cancel_at(self, step: Step, deadline_of: Callable[[float], float], reason: str) -> None:
+        """A recorded saga deadline: checked against the journal; nothing to cancel here."""
+        await self.local(step, _never)
 
     async def transaction(self, step: Step, tx: Transaction, args: list[Any]) -> Any:
         entry = self._check(step)
