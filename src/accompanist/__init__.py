@@ -40,6 +40,7 @@ from accompanist.errors import (
     TransportError,
     UnknownChoreographyError,
     UnknownSessionError,
+    VersionUnavailableError,
 )
 from accompanist.failure import Failure
 from accompanist.interpreters import CentralRunner, run_central
@@ -97,6 +98,7 @@ __all__ = [
     "TxContext",
     "UnknownChoreographyError",
     "UnknownSessionError",
+    "VersionUnavailableError",
     "__version__",
     "choreography",
     "current_step",

@@ -21,6 +21,7 @@ Catch ``AccompanistError`` to catch them all; catch a branch to handle one layer
     │   ├── ReceiveTimeoutError    an awaited envelope did not arrive in time
     │   ├── BufferOverflowError    too many early envelopes waited for one session
     │   ├── UnknownChoreographyError  no choreography of that name and version is registered
+    │   ├── VersionUnavailableError   a role taking part does not serve the version a session needs
     │   ├── UnknownSessionError    no session with that id is known at this role
     │   ├── SessionConflictError   the session id is taken by a session of another choreography
     │   ├── SessionCancelledError  an operator cancelled the session
@@ -68,6 +69,7 @@ __all__ = [
     "TransportError",
     "UnknownChoreographyError",
     "UnknownSessionError",
+    "VersionUnavailableError",
 ]
 
 
@@ -257,6 +259,34 @@ class UnknownChoreographyError(SessionError):
         listing = ", ".join(f"{n} v{','.join(map(str, vs))}" for n, vs in sorted(known.items())) or "none"
         which = f"'{name}'" if version is None else f"'{name}' version {version}"
         super().__init__(f"unknown choreography {which}; registered: {listing}")
+
+
+class VersionUnavailableError(SessionError):
+    """A session cannot start: a role of the choreography is known not to serve its version.
+
+    Raised at once by the initiator (nothing is stored or sent), instead of starting a session
+    that would wait forever for a peer that refuses its envelopes.
+
+    Attributes:
+        choreography: the choreography's name.
+        versions: the versions that were considered (the one asked for, or every one this
+            sidecar serves).
+        lacking: for each role that lacks one of them, the versions it serves (empty: none).
+    """
+
+    def __init__(self, choreography: str, versions: list[int], lacking: dict[str, list[int]]) -> None:
+        self.choreography = choreography
+        self.versions = versions
+        self.lacking = lacking
+        asked = ", ".join(f"v{v}" for v in versions)
+        roles = "; ".join(
+            f"role '{r}' serves {', '.join(f'v{v}' for v in vs) if vs else 'no version of it'}"
+            for r, vs in sorted(lacking.items())
+        )
+        super().__init__(
+            f"choreography {choreography!r} {asked} is not served by every role: {roles}; "
+            "deploy the version to those roles first (or start a version they serve)"
+        )
 
 
 class UnknownSessionError(SessionError):

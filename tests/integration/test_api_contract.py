@@ -264,6 +264,9 @@ async def test_every_answer_fits_the_served_openapi_document(tmp_path: Path) -> 
         assert (await answer("POST", "a", f"/sessions/{done['session_id']}/resume"))[0] in (202, 409)
         assert (await answer("POST", "a", "/sessions/nope/resume"))[0] == 404
         assert (await answer("GET", "a", "/healthz"))[0] == 200
+        for role in "ab":
+            status, versions = await answer("GET", role, "/versions")
+            assert status == 200 and versions["role"] == role, versions
         assert (await answer("GET", "a", "/metrics"))[0] == 200
         assert (await answer("GET", "a", f"/sessions/{BOOM}"))[0] == 500
         for method, path, kwargs, status, _, _ in BAD_REQUESTS:

@@ -66,6 +66,7 @@ EXPECTED_ALL = [
     "TxContext",
     "UnknownChoreographyError",
     "UnknownSessionError",
+    "VersionUnavailableError",
     "__version__",
     "choreography",
     "current_step",

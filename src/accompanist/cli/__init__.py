@@ -20,6 +20,7 @@ from accompanist.cli.sessions import sessions
 from accompanist.cli.show import show
 from accompanist.cli.sidecar import sidecar
 from accompanist.cli.ui import ui
+from accompanist.cli.versions import versions
 
 __all__ = ["app", "main"]
 
@@ -58,6 +59,7 @@ app.command("diagram")(diagram)
 app.command("ui")(ui)
 app.command("export")(export)
 app.command("replay")(replay)
+app.command("versions")(versions)
 
 
 def main() -> None:

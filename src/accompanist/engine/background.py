@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from accompanist.engine.session import SessionRun
-from accompanist.envelope import Envelope, EnvelopeKind
+from accompanist.envelope import Envelope
 from accompanist.errors import AccompanistError
 from accompanist.store.base import SessionStatus
 from accompanist.store.memory import MemoryStore
@@ -17,25 +17,49 @@ from accompanist.store.memory import MemoryStore
 if TYPE_CHECKING:
     from accompanist.engine.runs import Runs
 
-__all__ = ["announce", "nudge_loop", "prune_loop"]
+__all__ = ["announce", "answer_hello", "heard_back", "nudge_loop", "prune_loop"]
 
 S = SessionStatus
 _PER_PASS = 500
 
 
-async def announce(engine: Runs) -> None:
-    """Tell every peer this sidecar (re)started, so their relays retry at once."""
+async def announce(engine: Runs, took: dict[str, bool] | None = None) -> None:
+    """Tell every peer this sidecar (re)started, so their relays retry at once, and which
+    versions it serves (see :mod:`accompanist.engine.versions`); ``took[peer]`` says whether
+    each peer acknowledged the hello."""
     peers = sorted({r.name for c in engine.app for r in c.roles if r.name != engine.role})
-    hellos = [
-        Envelope(session_id="", choreography="", version=0, src=engine.role, dst=p, seq=0, kind=EnvelopeKind.HELLO)
-        for p in peers
-    ]
-    await asyncio.gather(*(_send_quietly(engine, h) for h in hellos))
+
+    async def one(peer: str) -> None:
+        ok = await _send_quietly(engine, engine.versions.hello(peer))
+        if took is not None:
+            took[peer] = ok
+
+    await asyncio.gather(*(one(p) for p in peers))
 
 
-async def _send_quietly(engine: Runs, envelope: Envelope) -> None:
+async def heard_back(engine: Runs, took: dict[str, bool], limit: float) -> None:
+    """Wait, at most ``limit`` seconds, until every peer either refused the hello (it is down:
+    its versions stay unknown) or took it and answered with its versions; so an initiator that
+    just started knows what its peers serve before it starts sessions."""
+    peers = {r.name for c in engine.app for r in c.roles if r.name != engine.role}
+    loop = asyncio.get_running_loop()  # its clock: a test's virtual clock skips the wait
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        if all(p in took and (not took[p] or engine.versions.peer(p) is not None) for p in peers):
+            return
+        await asyncio.sleep(0.01)
+
+
+async def answer_hello(engine: Runs, peer: str) -> None:
+    """Answer a peer's announcement with this sidecar's versions (a reply: not answered)."""
+    await _send_quietly(engine, engine.versions.hello(peer, reply=True))
+
+
+async def _send_quietly(engine: Runs, envelope: Envelope) -> bool:
     with contextlib.suppress(AccompanistError, OSError, TimeoutError):
         await engine.transport.send(envelope, wait=True, timeout=engine.config.deliver_timeout)
+        return True
+    return False
 
 
 async def nudge_loop(engine: Runs) -> None:

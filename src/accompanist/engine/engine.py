@@ -24,12 +24,14 @@ from typing import Any
 import msgspec
 
 from accompanist.engine import outcome
-from accompanist.engine.background import announce, nudge_loop, prune_loop
+from accompanist.engine.background import announce, heard_back, nudge_loop, prune_loop
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.inbound import Inbound
+from accompanist.engine.origin import seed_with
 from accompanist.engine.probe import eager_roles
 from accompanist.engine.runs import Runs
-from accompanist.engine.session import SessionRun, new_seed
+from accompanist.engine.session import SessionRun
+from accompanist.engine.upgrades import CodeChange, warn_code_changes
 from accompanist.engine.wakeups import Wakeups
 from accompanist.envelope import Envelope, EnvelopeKind
 from accompanist.errors import (
@@ -53,6 +55,7 @@ __all__ = ["Engine", "UnknownSessionError"]
 
 S = SessionStatus
 _RECOVERY_CONCURRENCY = 64
+_HELLO_WAIT = 1.0  # seconds an initiator waits at start for its peers' versions
 
 
 class Engine(Runs):
@@ -83,6 +86,7 @@ class Engine(Runs):
         self._eager: dict[tuple[str, int], asyncio.Future[tuple[str, ...]]] = {}
         self._accepting = False
         self._started_at = 0.0
+        self.code_changed: list[CodeChange] = []  # found at start (see engine/upgrades.py)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -116,10 +120,17 @@ class Engine(Runs):
                     await self._resume_at_start(record)
 
             unfinished = await self.guard.retry(self.store.nonterminal_sessions)
+            self.code_changed = warn_code_changes(self, unfinished)  # before any of them replays
             for record in unfinished:  # counted before any of them resumes (and is counted out)
                 self.metrics.moved("", record.status)
             await asyncio.gather(*(resume(r) for r in unfinished))
-            self.spawn_background(announce(self), "accompanist-hello")
+        # In both modes: the hello also says which versions this sidecar serves. An initiator
+        # waits (briefly) for the answers, so its first sessions start at a version every role
+        # serves rather than at one a peer it has not heard from yet may lack.
+        took: dict[str, bool] = {}
+        self.spawn_background(announce(self, took), "accompanist-hello")
+        if any(c.initiator.name == self.role for c in self.app):
+            await heard_back(self, took, min(self.config.deliver_timeout, _HELLO_WAIT))
         self.spawn_background(nudge_loop(self), "accompanist-nudge")
         self._accepting = True
         self.spawn_background(prune_loop(self), "accompanist-prune")
@@ -197,6 +208,7 @@ class Engine(Runs):
         """Whether the engine can take sessions: its store's state and what is blocked."""
         report: dict[str, Any] = {"ok": self.guard.healthy, **self.guard.health()}
         report["blocked_sessions"] = len(self.blocked)
+        report["code_changed_sessions"] = sum(c.count for c in self.code_changed)
         return report
 
     async def handle(self, envelope: Envelope) -> None:
@@ -216,13 +228,16 @@ class Engine(Runs):
         Args:
             name: the choreography.
             args: its plain arguments.
-            version: its version (default: the latest).
+            version: its version (default: the highest version that every role of the
+                choreography serves, as their hellos said; see :mod:`accompanist.engine.versions`).
             session_id: an id chosen by the caller, making the start idempotent: if a session
                 of this choreography with this id exists already, nothing new starts and its
                 id is returned.
 
         Raises:
             UnknownChoreographyError: no such choreography or version.
+            VersionUnavailableError: a role is known not to serve ``version`` (or, without it,
+                any version served here); nothing was started.
             DefinitionError: this role is not the initiator, the argument count is wrong, or
                 ``session_id`` is malformed.
             SessionConflictError: ``session_id`` is taken by a session of another choreography.
@@ -242,6 +257,7 @@ class Engine(Runs):
                 f"choreography {choreography.name!r} starts at role '{choreography.initiator.name}', "
                 f"not at '{self.role}': start it through that role's sidecar"
             )
+        choreography = self.versions.start_version(name, version)  # what every role serves
         check_args(choreography, args)
         if len(self.live) >= self.config.max_inflight:
             raise OverloadedError(f"{len(self.live)} sessions are running (max_inflight={self.config.max_inflight})")
@@ -262,7 +278,7 @@ class Engine(Runs):
                 args=encoded_args,
                 created_at=now,
                 updated_at=now,
-                seed=new_seed(),
+                seed=seed_with(choreography.fingerprint, self.versions.patches_everywhere(choreography)),
             )
             run = SessionRun(self, record, choreography)
             starts = [self.control(run, r, EnvelopeKind.START, b"") for r in await self._eager_roles(choreography)]

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from accompanist.engine import outcome
+from accompanist.engine.background import answer_hello
+from accompanist.engine.origin import patches_from_headers, seed_with
 from accompanist.engine.protocol import Outcome, Query, decode, failure_of
-from accompanist.engine.session import SessionRun, new_seed
+from accompanist.engine.session import SessionRun
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind
 from accompanist.errors import (
     BufferOverflowError,
@@ -147,6 +149,8 @@ class Inbound:
         if envelope.kind == EnvelopeKind.HELLO:
             if e.relay is not None:
                 e.relay.wake(envelope.src)
+            if e.versions.learn(envelope) and not e.stopping:
+                e.spawn_background(answer_hello(e, envelope.src), "accompanist-hello-reply")
             return None
         if e.stopping:
             raise self._reject("stopping", f"role '{e.role}' is shutting down; retry", permanent=False)
@@ -313,7 +317,7 @@ class Inbound:
             status=S.RUNNING,
             created_at=now,
             updated_at=now,
-            seed=new_seed(),
+            seed=seed_with(choreography.fingerprint, patches_from_headers(envelope.headers)),
         )
         run = SessionRun(e, record, choreography)
         e.event(record, "joined", before=None)

@@ -126,6 +126,14 @@ class Metrics:
         self.blocked = i.gauge(
             "accompanist_sessions_blocked", "Unfinished sessions this sidecar cannot run (version missing)"
         )
+        self.unknown_versions = i.counter(
+            "accompanist_sessions_started_unknown_versions",
+            "Sessions started while a role's versions were unknown (it never said hello)",
+        )
+        self.code_changed = i.gauge(
+            "accompanist_sessions_code_changed",
+            "Unfinished sessions found at start whose code changed without a version bump",
+        )
         self.rejected = i.counters("accompanist_envelopes_rejected", "Envelopes refused, by reason", ["reason"])
         self.undeliverable = i.counter(
             "accompanist_envelopes_undeliverable", "Outbox envelopes a peer refused for good"

@@ -23,6 +23,7 @@ from accompanist.engine.config import CompensationOrder, EngineConfig, Mode
 from accompanist.engine.linger import Lingering
 from accompanist.engine.locks import KeyedLocks
 from accompanist.engine.metrics import Metrics, peer_depths
+from accompanist.engine.origin import PATCHES_HEADER
 from accompanist.engine.persist import StoreGuard
 from accompanist.engine.protocol import Outcome, Report, Undone, encode
 from accompanist.engine.reach import Resender
@@ -34,6 +35,7 @@ from accompanist.engine.signals import Park, StartRefused
 from accompanist.engine.status import check_transition, is_decided
 from accompanist.engine.timers import WAKE, Timers, timer_state, with_timer_state
 from accompanist.engine.trail import Trails
+from accompanist.engine.versions import PeerVersions
 from accompanist.envelope import MESSAGE_KINDS, Envelope, EnvelopeKind, control_seq
 from accompanist.errors import (
     AccompanistError,
@@ -119,6 +121,7 @@ class Runs:
         peers = sorted({r.name for c in app for r in c.roles if r.name != role})
         self.metrics.watch_peers(lambda: peer_depths(list(self.live.values()), self.relay, peers))
         self.blocked: dict[str, str] = {}
+        self.versions = PeerVersions(app, role, self.log, on_unknown=self.metrics.unknown_versions.inc)
         self.stopping = False  # stop() is under way: nothing new runs
         self.on_session_end: list[Callable[[SessionRecord], Awaitable[None] | None]] = []
         self._locks = KeyedLocks()
@@ -293,6 +296,7 @@ class Runs:
             seq=control_seq(kind, number),
             kind=kind,
             payload=payload,
+            headers={PATCHES_HEADER: ",".join(sorted(run.patches))} if run.patches else {},
         )
 
     def peers_of(self, run: SessionRun) -> list[str]:

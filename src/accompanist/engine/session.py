@@ -28,6 +28,7 @@ import msgspec
 
 from accompanist.engine.config import ReplayPolicy
 from accompanist.engine.mailbox import Mailbox
+from accompanist.engine.origin import PATCHES_HEADER, origin_of
 from accompanist.engine.protocol import Compensate, Outcome, Report, Undone
 from accompanist.engine.reach import Reach
 from accompanist.engine.session_timers import TimerSteps
@@ -279,6 +280,33 @@ class SessionRun(TransactionSteps, TimerSteps):
         if self.durable:
             self.pending.append(self._entry(step, value))
 
+    def patch(self, index: int, name: str, *, deprecated: bool) -> bool:
+        """Whether the session takes the patch ``name`` at step ``index`` (then that step is
+        its marker): from the journal when replaying, else from the patches the session was
+        created with (see :mod:`accompanist.language.patches`)."""
+        entry = self.journal[index] if self.durable and index < len(self.journal) else None
+        if entry is not None:
+            taken = entry.kind == StepKind.PATCH and entry.name == name
+            if taken:
+                self.replayed_steps = index + 1
+                self.steps = max(self.steps, index + 1)
+            return taken
+        if deprecated or name not in self.patches:
+            return False
+        step = Step(index, StepKind.PATCH, name)
+        self.steps = max(self.steps, index + 1)
+        self._note(step)
+        return True
+
+    @property
+    def patches(self) -> frozenset[str]:
+        """The patch names this session takes (recorded with it when it was created here)."""
+        found: frozenset[str] | None = getattr(self, "_patches", None)
+        if found is None:
+            origin = origin_of(self.record.seed)
+            found = self._patches = frozenset(origin.patches if origin is not None else ())
+        return found
+
     def take_pending(self) -> list[JournalEntry]:
         """Journal entries not yet durable; the caller writes them in its batch."""
         pending, self.pending = self.pending, []
@@ -344,6 +372,8 @@ class SessionRun(TransactionSteps, TimerSteps):
                 limit=limit,
             )
         headers = {CLOCK_HEADER: str(self.clock)}
+        if self.patches:  # so a role that joins takes the same branches (language/patches.py)
+            headers[PATCHES_HEADER] = ",".join(sorted(self.patches))
         if self.host.tracing.enabled:  # nothing reads it otherwise: not built per envelope
             headers["traceparent"] = _traceparent(self.session_id, self.record.role)
         envelope = Envelope(

@@ -11,10 +11,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from accompanist.engine.upgrades import stored_report
 from accompanist.errors import AccompanistError
 from accompanist.failure import Failure
 from accompanist.inspection.steps import StoreRows, iso, role_steps
 from accompanist.inspection.view import SessionView, build_view
+from accompanist.language.choreography import App
 from accompanist.store.base import SessionRecord, Store
 
 __all__ = ["HttpSource", "Source", "StoreSource", "collect_sessions", "session_view"]
@@ -80,6 +82,11 @@ class HttpSource:
                 return body
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise AccompanistError(f"cannot read {self.url}{path}: {type(exc).__name__}: {exc}") from None
+
+    async def versions(self) -> dict[str, Any]:
+        """``GET /versions``: what it and its peers serve, and what unfinished sessions need."""
+        found: dict[str, Any] = await self._get("/versions")
+        return found
 
     async def sessions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """``GET /sessions``."""
@@ -153,6 +160,11 @@ class StoreSource:
                 await store.open()
                 self._store = store
             return self._store
+
+    async def versions(self, app: App | None = None) -> dict[str, Any]:
+        """Unfinished sessions per version, as the store says (see ``engine.upgrades``)."""
+        store = await self._open()
+        return stored_report(self.role, await store.nonterminal_sessions(), app)
 
     async def sessions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """The store's sessions."""

@@ -38,6 +38,7 @@ KINDS = {
     StepKind.TX: "transaction",
     StepKind.SLEEP: "sleep",
     StepKind.DEADLINE: "deadline",
+    StepKind.PATCH: "patch",
 }
 """The API's name of each step kind (``compensation`` is the one kind no projection makes)."""
 

@@ -116,6 +116,15 @@ class CentralChoreo(Choreo):
         self._state.run.trace.append(TraceEvent(str(kind), role.name, (), name, _short(value)))
         return value
 
+    def _patch(self, name: str, *, deprecated: bool) -> bool:
+        """New code: a patch is taken, a marker step at every role running this body (as each
+        role's projection counts it in a new session); a deprecated one takes no step."""
+        if deprecated:
+            return False
+        for role in self.census:
+            self._state.step(self._real(role))
+        return True
+
     async def _run_tx(self, role: Role, tx: Transaction, args: list[Any]) -> Any:
         step = self._state.step(role)
         try:

@@ -16,7 +16,7 @@ from accompanist.language.steps import Step, StepKind
 from accompanist.language.timers import DeadlineOf
 from accompanist.language.transaction import Transaction
 
-__all__ = ["ProjectedChoreo", "StepRunner", "TimerRunner", "project"]
+__all__ = ["PatchRunner", "ProjectedChoreo", "StepRunner", "TimerRunner", "project"]
 
 
 class StepRunner(Protocol):
@@ -46,6 +46,15 @@ class TimerRunner(Protocol):
 
     async def cancel_at(self, step: Step, deadline_of: DeadlineOf, reason: str) -> None:
         """Journal (or recall) the saga deadline and arm the cancel."""
+
+
+class PatchRunner(Protocol):
+    """A :class:`StepRunner` that also decides ``ch.patched`` (the session engine does; see
+    :mod:`accompanist.language.patches`)."""
+
+    def patch(self, index: int, name: str, *, deprecated: bool) -> bool:
+        """Whether the step at ``index`` is the marker of patch ``name`` (taken: the session
+        runs the new branch; for a deprecated patch, only a replayed marker is taken)."""
 
 
 class _Projection:
@@ -91,6 +100,16 @@ class ProjectedChoreo(Choreo):
 
     async def _run_local(self, role: Role, kind: StepKind, name: str, thunk: LocalThunk) -> Any:
         return await self._p.runner.local(self._p.step(kind, name), thunk)
+
+    def _patch(self, name: str, *, deprecated: bool) -> bool:
+        """Ask the runner (see :class:`PatchRunner`) whether the session takes the patch here;
+        a taken one is a marker step. A runner that does not say runs new code."""
+        decide = getattr(self._p.runner, "patch", None)
+        index = self._p.steps
+        take = decide(index, name, deprecated=deprecated) if decide is not None else not deprecated
+        if take:
+            self._p.step(StepKind.PATCH, name)
+        return bool(take)
 
     async def _run_tx(self, role: Role, tx: Transaction, args: list[Any]) -> Any:
         return await self._p.runner.transaction(self._p.step(StepKind.TX, tx.name), tx, args)

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from accompanist.errors import DefinitionError, ProjectionError
 from accompanist.language.located import ABSENT, Located, make_located
+from accompanist.language.patches import check_patch_name
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
 from accompanist.language.timers import TimerOps
@@ -56,8 +57,9 @@ class Choreo(TimerOps, abc.ABC):
 
     Core primitives: :meth:`locally`, :meth:`comm`, :meth:`broadcast`, :meth:`enclave`.
     Batteries: :meth:`cond`, :meth:`select`, :meth:`fanout`, :meth:`fanin`, :meth:`call`, the
-    journaled helpers :meth:`now`, :meth:`uuid`, :meth:`random`, and the durable timers
-    :meth:`sleep`, :meth:`sleep_until`, :meth:`cancel_after` (see :mod:`accompanist.language.timers`).
+    journaled helpers :meth:`now`, :meth:`uuid`, :meth:`random`, the durable timers
+    :meth:`sleep`, :meth:`sleep_until`, :meth:`cancel_after` (see :mod:`accompanist.language.timers`),
+    and :meth:`patched` / :meth:`deprecate_patch` for changing code under running sessions.
 
     Every role argument must be in the *census*: the roles of the choreography, or of the
     enclave being run.
@@ -299,6 +301,30 @@ class Choreo(TimerOps, abc.ABC):
         if len(set(mapping.values())) != len(mapping):
             raise DefinitionError(f"call({sub.name}): two sub roles are mapped to the same role")
         return await self._run_sub(tuple(sub.roles), mapping, sub.fn, args)
+
+    def patched(self, name: str) -> bool:
+        """Whether this session runs the new code of the patch ``name`` (a string literal).
+
+        True in sessions created once every role's code knows the patch, False in sessions
+        created before: every role of a session answers alike, also when replaying after an
+        upgrade (see :mod:`accompanist.language.patches`).
+
+        Raises:
+            DefinitionError: ``name`` is not a short printable text without commas.
+        """
+        return self._patch(check_patch_name(name, "patched"), deprecated=False)
+
+    def deprecate_patch(self, name: str) -> None:
+        """The patch ``name`` is now the only code: sessions that recorded it replay unchanged.
+
+        Raises:
+            DefinitionError: ``name`` is not a short printable text without commas.
+        """
+        self._patch(check_patch_name(name, "deprecate_patch"), deprecated=True)
+
+    def _patch(self, name: str, *, deprecated: bool) -> bool:
+        """Decide a patch (interpreters that journal override this): new code."""
+        return True
 
     async def now(self, role: Role) -> Located[dt.datetime]:
         """The current UTC time at ``role``; journaled, so a replay returns the same instant.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from accompanist.codec import PayloadCodec
 from accompanist.errors import DefinitionError, UnknownChoreographyError
+from accompanist.language.fingerprint import CodeFacts, code_facts
 from accompanist.language.lifecycle import Hook, Lifecycle
 from accompanist.language.reach import reach
 from accompanist.language.roles import Role
@@ -74,6 +75,19 @@ class Choreography:
                 p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             )
         return found
+
+    @property
+    def code(self) -> CodeFacts:
+        """Its fingerprint and patch names, from a walk of its code made once (on first use)."""
+        found = self._cache.get("code")
+        if found is None:
+            found = self._cache["code"] = code_facts(self.fn)
+        return found
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the code its sessions replay (see :mod:`accompanist.language.fingerprint`)."""
+        return self.code.fingerprint
 
     def argument_types(self) -> dict[str, Any]:
         """Its arguments' type hints, resolved once (on first use: they may name types the

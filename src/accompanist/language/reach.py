@@ -34,10 +34,13 @@ class Reach:
         transactions: every transaction object reachable from the code, by name.
         calls_transaction: whether some reachable code calls ``.transaction(...)`` (it runs a
             saga step, even if the transaction itself is passed in at run time).
+        functions: every Python function walked, in the order met (the code a choreography's
+            fingerprint covers, see :mod:`accompanist.language.fingerprint`).
     """
 
     transactions: dict[str, Transaction] = field(default_factory=dict)
     calls_transaction: bool = False
+    functions: list[types.FunctionType] = field(default_factory=list)
 
     @property
     def saga(self) -> bool:
@@ -94,6 +97,7 @@ def _visit(obj: Any, found: Reach, seen: set[int], depth: int) -> None:
 
 
 def _visit_function(fn: types.FunctionType, found: Reach, seen: set[int], depth: int) -> None:
+    found.functions.append(fn)
     cells: dict[str, Any] = {}
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
         try:

@@ -27,6 +27,7 @@ class StepKind(enum.StrEnum):
     TX = "tx"
     SLEEP = "sleep"  # a durable timer: its journaled value is the deadline (UNIX seconds)
     DEADLINE = "deadline"  # a saga deadline at the initiator: the instant it cancels the session
+    PATCH = "patch"  # a marker: the session takes a ch.patched branch (language/patches.py)
 
 
 @dataclass(frozen=True, slots=True)

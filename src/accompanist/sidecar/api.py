@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from accompanist.engine.engine import Engine
+from accompanist.engine.upgrades import versions_report
 from accompanist.errors import (
     AccompanistError,
     CodecError,
@@ -41,6 +42,7 @@ from accompanist.errors import (
     StoreInputError,
     UnknownChoreographyError,
     UnknownSessionError,
+    VersionUnavailableError,
 )
 from accompanist.ids import SESSION_ID_RULE, valid_session_id
 from accompanist.inspection.engine_steps import steps_of
@@ -165,6 +167,14 @@ def build_api(
             raise ApiError(code, str(exc), headers={"Retry-After": "1"}) from None
         except SessionConflictError as exc:
             raise ApiError("session-conflict", str(exc), "session_id") from None
+        except VersionUnavailableError as exc:
+            raise ApiError(
+                "version-unavailable",
+                str(exc),
+                "version" if version is not None else "choreography",
+                versions=exc.versions,
+                lacking=exc.lacking,
+            ) from None
         except SessionError as exc:
             raise ApiError("conflict", str(exc)) from None
         if not wait:
@@ -271,6 +281,9 @@ def build_api(
         }
         return web.json_response(body, status=200 if health["ok"] else 503)
 
+    async def versions(request: web.Request) -> web.Response:
+        return web.json_response(await versions_report(engine))
+
     async def metrics(request: web.Request) -> web.Response:
         text = engine.metrics.render() + (extra_metrics() if extra_metrics else b"")
         return web.Response(body=text, content_type="text/plain", charset="utf-8")
@@ -289,6 +302,7 @@ def build_api(
     app.router.add_get("/sessions/{session_id}/steps", get_steps)
     app.router.add_post("/sessions/{session_id}/cancel", cancel_session)
     app.router.add_post("/sessions/{session_id}/resume", resume_session)
+    app.router.add_get("/versions", versions)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

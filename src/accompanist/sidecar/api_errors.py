@@ -52,6 +52,7 @@ CODES: dict[str, tuple[int, str]] = {
     "session-conflict": (409, "the session_id belongs to another choreography's session"),
     "outcome-decided": (409, "the cancel came after the initiator declared the outcome"),
     "conflict": (409, "the session's state does not allow this now"),
+    "version-unavailable": (409, "a role of the choreography does not serve the version (`lacking` names it)"),
     "body-too-large": (413, "the request body is larger than the API accepts"),
     "overloaded": (429, "max_inflight sessions run already; retry after Retry-After"),
     "internal": (500, "an unexpected error in the sidecar (logged once with its traceback)"),

@@ -166,6 +166,58 @@ def _schemas() -> dict[str, Any]:
                 "live_sessions": {"type": "integer", "minimum": 0},
                 "uptime_seconds": {"type": "number", "minimum": 0},
                 "blocked_sessions": {"type": "integer", "minimum": 0},
+                "code_changed_sessions": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "unfinished sessions found at start whose code changed without a version bump",
+                },
+            },
+        },
+        "Versions": {
+            "type": "object",
+            "required": ["role", "choreographies"],
+            "properties": {
+                "role": {"type": "string"},
+                "choreographies": {"type": "array", "items": _ref("ChoreographyVersions")},
+            },
+        },
+        "ChoreographyVersions": {
+            "type": "object",
+            "required": ["choreography", "served", "next_version", "unfinished", "needed_not_served", "peers"],
+            "properties": {
+                "choreography": {"type": "string"},
+                "served": {"type": "array", "items": {"type": "integer"}},
+                "fingerprints": {"type": "object", "additionalProperties": {"type": "string"}},
+                "initiator": {"type": "boolean", "description": "whether sessions start at this role"},
+                "next_version": {
+                    "type": ["integer", "null"],
+                    "description": "the version a new session starts at (null: not the initiator, or none possible)",
+                },
+                "unfinished": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                    "description": "version -> unfinished sessions here that still need it",
+                },
+                "needed_not_served": {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "description": "versions unfinished sessions need but this sidecar lacks (blocked)",
+                },
+                "peers_lacking": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                    "description": "version -> peers that said they lack it while sessions of it are unfinished here",
+                },
+                "peers": {
+                    "type": "object",
+                    "description": "role -> what its hello said (served null: unknown)",
+                    "additionalProperties": {"type": "object"},
+                },
+                "code_changed": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "unfinished sessions whose code changed without a version bump",
+                },
             },
         },
         "StartRequest": {
@@ -174,7 +226,10 @@ def _schemas() -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "choreography": {"type": "string", "minLength": 1},
-                "version": {"type": "integer", "description": "default: the latest deployed"},
+                "version": {
+                    "type": "integer",
+                    "description": "default: the highest version that every role serves (from their hellos)",
+                },
                 "args": {"type": "array", "description": "exactly as many as the choreography takes", "default": []},
                 "session_id": {
                     "type": "string",
@@ -301,7 +356,11 @@ def openapi_document(*, secured: bool) -> dict[str, Any]:
                     ),
                     "400": _error("a bad body or query (`field` names it)"),
                     "404": _error("`unknown-choreography`"),
-                    "409": _error("`session-conflict`: session_id belongs to another choreography"),
+                    "409": _error(
+                        "`session-conflict`: session_id belongs to another choreography; "
+                        "`version-unavailable`: a role does not serve the version (`lacking`: role -> "
+                        "the versions it serves)"
+                    ),
                     "413": _error("`body-too-large`"),
                     "429": _json("`overloaded`: max_inflight sessions run", _ref("Error"), _RETRY),
                     **common,
@@ -383,6 +442,13 @@ def openapi_document(*, secured: bool) -> dict[str, Any]:
                     "503": _json("unhealthy (the store fails)", _ref("Health")),
                     "default": common["default"],
                 },
+            },
+        },
+        "/versions": {
+            "get": {
+                "operationId": "versions",
+                "summary": "Versions served here and by the peers, and which ones unfinished sessions need",
+                "responses": {"200": _json("per choreography", _ref("Versions")), **common},
             },
         },
         "/metrics": {

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from accompanist.engine.origin import origin_of
 from accompanist.engine.session import journal_name
 from accompanist.envelope import Envelope
 from accompanist.errors import (
@@ -33,7 +34,7 @@ from accompanist.interpreters.common import session_result
 from accompanist.interpreters.projected import project
 from accompanist.language.choreo import LocalThunk
 from accompanist.language.choreography import App, Choreography
-from accompanist.language.steps import Step
+from accompanist.language.steps import Step, StepKind
 from accompanist.language.transaction import Transaction
 from accompanist.store.base import JournalEntry, OutboxRow, SessionRecord, Store, TxRecord
 
@@ -163,6 +164,18 @@ class _ReplayRunner:
             raise NondeterminismError(self.sid, step.index, f"{entry.kind}({entry.name})", f"{step.kind}({name})")
         self.report.steps = step.index + 1
         return entry
+
+    def patch(self, index: int, name: str, *, deprecated: bool) -> bool:
+        """``ch.patched`` decided as the engine decides it (see ``SessionRun.patch``)."""
+        entry = self.journal.get(index)
+        if entry is not None:
+            taken = entry.kind == StepKind.PATCH and entry.name == name
+            if taken:
+                self.made = max(self.made, index + 1)
+                self.report.steps = index + 1
+            return taken
+        origin = origin_of(self.export.record.seed)
+        return not deprecated and origin is not None and name in origin.patches
 
     async def send(self, step: Step, value: Any) -> None:
         self._check(step)

@@ -25,10 +25,12 @@ envelope. The sender does not hear of refusals: its envelope was accepted by the
 
 **Hello.** A (re)started sidecar's ``hello`` tells peers to retry what they hold for it; with
 a broker nothing is held for it (it is all in the stream), so outgoing hellos are not
-published. What makes a relay back off here is the broker being unreachable, so the transport
-gives the engine the equivalent signal: when the connection to the broker comes back it hands
-the handler a ``hello`` from every role a send to has failed meanwhile, and the relay retries
-them at once instead of waiting out its backoff.
+published, unless they carry the versions their sender serves (see
+:mod:`accompanist.engine.versions`), which the peer needs. What makes a relay back off here
+is the broker being unreachable, so the transport gives the engine the equivalent signal:
+when the connection to the broker comes back it hands the handler a ``hello`` from every role
+a send to has failed meanwhile, and the relay retries them at once instead of waiting out its
+backoff.
 """
 
 from __future__ import annotations
@@ -348,7 +350,7 @@ class JetStreamTransport:
         """
         if self._closed or self._nc is None or self._js is None:
             raise TransportError(f"transport of role '{self.role}' is {'closed' if self._closed else 'not started'}")
-        if envelope.kind == EnvelopeKind.HELLO:
+        if envelope.kind == EnvelopeKind.HELLO and not envelope.payload:
             return  # nothing is held for a restarted peer: its envelopes wait in the stream
         data = encode_frame(Frame(FrameType.ENVELOPE, 0, envelope), ring=self._ring, max_frame=self._max_frame)
         body = data[HEADER_SIZE:]
