@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
-from accompanist import App
+from accompanist import App, Choreography
 from accompanist.engine.config import EngineConfig
 from accompanist.engine.engine import Engine
 from accompanist.store.base import SessionRecord, Store
@@ -92,3 +92,42 @@ async def cluster(
     finally:
         for role in list(c.engines):
             await c.stop(role)
+
+
+class Deployments:
+    """Engines of roles ``a``, ``b``, ``c`` over one memory network, each started with the code
+    it is given (a whole app, or one choreography): roles that run different code, as during a
+    rolling upgrade. Stores outlive a stop, so a role can come back with other code."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.network = MemoryNetwork()
+        self.stores = {r: MemoryStore(r) for r in "abc"}
+        self.engines: dict[str, Engine] = {}
+
+    async def start(self, role: str, code: App | Choreography) -> Engine:
+        app = code if isinstance(code, App) else App(code)
+        engine = Engine(app, role, store=self.stores[role], transport=self.network.transport(role), config=self.config)
+        await engine.start()
+        self.engines[role] = engine
+        return engine
+
+    async def stop(self, role: str) -> None:
+        await self.engines.pop(role).stop(grace=0)
+
+    async def stop_all(self) -> None:
+        for role in list(self.engines):
+            await self.stop(role)
+
+    async def kinds(self, role: str, sid: str) -> list[tuple[str, str]]:
+        """``(kind, name)`` of each journal step of ``sid`` at ``role``."""
+        return [(e.kind, e.name) for e in await self.stores[role].journal_load(sid)]
+
+
+async def heard(engine: Engine, *roles: str) -> None:
+    """Wait until ``engine`` knows which versions ``roles`` serve (from their hellos)."""
+
+    async def check() -> bool:
+        return all(engine.versions.peer(r) is not None for r in roles)
+
+    await eventually(check, 10, f"'{engine.role}' heard the versions of {roles}")

@@ -4,21 +4,17 @@ fingerprint warning for sessions whose code changed without a version bump."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
 import accompanist as ac
 from accompanist import App, DefinitionError
-from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.engine import Engine
 from accompanist.engine.origin import origin_of
 from accompanist.engine.upgrades import versions_report
 from accompanist.store.base import SessionStatus
-from accompanist.store.memory import MemoryStore
 from accompanist.testing.replay import export_session, replay_session
-from accompanist.transport.memory import MemoryNetwork
-from tests.engine.harness import eventually, wait_status
+from tests.engine.harness import Deployments, heard, wait_status
 
 A, B, C = ac.roles("a", "b", "c")
 
@@ -49,42 +45,8 @@ async def deprecated(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
     return await ch.comm(C, A, at_c)
 
 
-CONFIG = EngineConfig(mode=Mode.FAULT_TOLERANT, receive_timeout=30.0)
-
-
-class Mesh:
-    def __init__(self) -> None:
-        self.network = MemoryNetwork()
-        self.stores = {r: MemoryStore(r) for r in "abc"}
-        self.engines: dict[str, Engine] = {}
-
-    async def start(self, role: str, choreography: ac.Choreography) -> Engine:
-        store, transport = self.stores[role], self.network.transport(role)
-        engine = Engine(App(choreography), role, store=store, transport=transport, config=CONFIG)
-        await engine.start()
-        self.engines[role] = engine
-        return engine
-
-    async def stop(self, role: str) -> None:
-        await self.engines.pop(role).stop(grace=0)
-
-    async def kinds(self, role: str, sid: str) -> list[tuple[str, str]]:
-        return [(e.kind, e.name) for e in await self.stores[role].journal_load(sid)]
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    m = Mesh()
-    yield m
-    for role in list(m.engines):
-        await m.stop(role)
-
-
 async def hears_all(engine: Engine) -> None:
-    async def check() -> bool:
-        return all(engine.versions.peer(r) is not None for r in "abc" if r != engine.role)
-
-    await eventually(check, 10, f"'{engine.role}' heard every peer")
+    await heard(engine, *(r for r in "abc" if r != engine.role))
 
 
 def test_the_code_knows_its_patches_and_the_fingerprint_ignores_lines_and_docs() -> None:
@@ -122,7 +84,7 @@ def test_a_patch_name_is_checked() -> None:
         ac.run_central(bad)  # outside an event loop: runs to completion
 
 
-async def test_new_sessions_take_the_patch_at_every_role_as_the_central_run_does(mesh: Mesh) -> None:
+async def test_new_sessions_take_the_patch_at_every_role_as_the_central_run_does(mesh: Deployments) -> None:
     assert await ac.run_central(patched, 5) == 10  # the central interpreter runs new code
     for role in "cba":
         await mesh.start(role, patched)
@@ -146,7 +108,7 @@ async def test_new_sessions_take_the_patch_at_every_role_as_the_central_run_does
     assert diverged.divergence is not None and diverged.divergence.step == 0
 
 
-async def test_a_patch_some_role_does_not_know_is_not_taken(mesh: Mesh) -> None:
+async def test_a_patch_some_role_does_not_know_is_not_taken(mesh: Deployments) -> None:
     await mesh.start("b", patched)
     await mesh.start("c", old)  # c's code has no such patch: no role may take it
     a = await mesh.start("a", patched)
@@ -157,7 +119,7 @@ async def test_a_patch_some_role_does_not_know_is_not_taken(mesh: Mesh) -> None:
     assert ("patch", "double") not in await mesh.kinds("a", sid)
 
 
-async def _half_run(mesh: Mesh, code: ac.Choreography) -> str:
+async def _half_run(mesh: Deployments, code: ac.Choreography) -> str:
     """a and b run ``code`` while c is down: b's message to c waits in b's outbox."""
     await mesh.start("b", code)
     a = await mesh.start("a", code)
@@ -169,7 +131,7 @@ async def _half_run(mesh: Mesh, code: ac.Choreography) -> str:
 
 
 async def test_an_old_session_replays_the_old_branch_after_the_upgrade(
-    mesh: Mesh, caplog: pytest.LogCaptureFixture
+    mesh: Deployments, caplog: pytest.LogCaptureFixture
 ) -> None:
     sid = await _half_run(mesh, old)
     caplog.set_level(logging.WARNING, logger="accompanist.engine.a")
@@ -195,7 +157,7 @@ async def test_an_old_session_replays_the_old_branch_after_the_upgrade(
     assert (await versions_report(a))["choreographies"][0]["unfinished"] == {}
 
 
-async def test_a_patched_session_replays_its_marker_and_survives_deprecation(mesh: Mesh) -> None:
+async def test_a_patched_session_replays_its_marker_and_survives_deprecation(mesh: Deployments) -> None:
     first = await _half_run(mesh, patched)  # a and b know the patch, c unknown: not taken
     for role in "abc":
         await mesh.start(role, patched)

@@ -4,20 +4,17 @@ refuses at once a version a role is known to lack (``accompanist.engine.versions
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 import accompanist as ac
 from accompanist import App, VersionUnavailableError
-from accompanist.engine.config import EngineConfig, Mode
 from accompanist.engine.engine import Engine
 from accompanist.engine.upgrades import versions_report
 from accompanist.envelope import Envelope, EnvelopeKind
 from accompanist.store.base import SessionStatus
 from accompanist.store.memory import MemoryStore
-from accompanist.transport.memory import MemoryNetwork
-from tests.engine.harness import eventually
+from tests.engine.harness import Deployments, eventually, heard
 
 A, B, C = ac.roles("a", "b", "c")
 
@@ -38,45 +35,13 @@ async def chain_v2(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
 
 
 OLD, NEW = App(chain_v1), App(chain_v1, chain_v2)
-CONFIG = EngineConfig(mode=Mode.FAULT_TOLERANT, receive_timeout=30.0)
 
 
-class Mesh:
-    def __init__(self) -> None:
-        self.network = MemoryNetwork()
-        self.stores = {r: MemoryStore(r) for r in "abc"}
-        self.engines: dict[str, Engine] = {}
-
-    async def start(self, role: str, app: App) -> Engine:
-        engine = Engine(app, role, store=self.stores[role], transport=self.network.transport(role), config=CONFIG)
-        await engine.start()
-        self.engines[role] = engine
-        return engine
-
-    async def stop(self, role: str) -> None:
-        await self.engines.pop(role).stop(grace=0)
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    m = Mesh()
-    yield m
-    for role in list(m.engines):
-        await m.stop(role)
-
-
-async def knows(engine: Engine, *roles: str) -> None:
-    async def check() -> bool:
-        return all(engine.versions.peer(r) is not None for r in roles)
-
-    await eventually(check, 10, f"'{engine.role}' heard the versions of {roles}")
-
-
-async def test_starts_at_the_highest_version_every_role_serves(mesh: Mesh) -> None:
+async def test_starts_at_the_highest_version_every_role_serves(mesh: Deployments) -> None:
     await mesh.start("b", OLD)
     await mesh.start("c", NEW)
     a = await mesh.start("a", NEW)  # started last: its hello is answered by b and c
-    await knows(a, "b", "c")
+    await heard(a, "b", "c")
     sid = await a.start_session("chain", [5])
     record = await a.wait(sid, 20)
     assert (record.status, record.version, a.result_of(record)) == (SessionStatus.COMPLETED, 1, 5)
@@ -93,21 +58,21 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_both_sides_learn_whoever_starts_first(mesh: Mesh) -> None:
+async def test_both_sides_learn_whoever_starts_first(mesh: Deployments) -> None:
     a = await mesh.start("a", NEW)
     b = await mesh.start("b", OLD)  # a's announcement went nowhere; b's reaches a, a answers
-    await knows(a, "b")
-    await knows(b, "a")
+    await heard(a, "b")
+    await heard(b, "a")
     assert b.versions.serves("a", "chain", 2) is True
     assert a.versions.serves("b", "chain", 2) is False
     assert a.versions.fingerprint_at("b", "chain", 1) == chain_v1.fingerprint
 
 
-async def test_an_explicit_version_a_role_lacks_is_refused_at_once(mesh: Mesh) -> None:
+async def test_an_explicit_version_a_role_lacks_is_refused_at_once(mesh: Deployments) -> None:
     await mesh.start("b", OLD)
     await mesh.start("c", NEW)
     a = await mesh.start("a", NEW)
-    await knows(a, "b", "c")
+    await heard(a, "b", "c")
     with pytest.raises(VersionUnavailableError) as caught:
         await asyncio.wait_for(a.start_session("chain", [5], version=2), 1.0)
     assert caught.value.lacking == {"b": [1]}
@@ -115,21 +80,21 @@ async def test_an_explicit_version_a_role_lacks_is_refused_at_once(mesh: Mesh) -
     assert a.live_sessions == 0 and await a.store.nonterminal_sessions() == []
 
 
-async def test_no_version_in_common_is_refused_naming_the_role(mesh: Mesh) -> None:
+async def test_no_version_in_common_is_refused_naming_the_role(mesh: Deployments) -> None:
     only_v2 = App(chain_v2)
     await mesh.start("b", OLD)
     await mesh.start("c", only_v2)
     a = await mesh.start("a", only_v2)
-    await knows(a, "b", "c")
+    await heard(a, "b", "c")
     with pytest.raises(VersionUnavailableError) as caught:
         await a.start_session("chain", [5])
     assert caught.value.lacking == {"b": [1]} and caught.value.versions == [2]
 
 
-async def test_an_unknown_peer_never_causes_a_refusal(mesh: Mesh) -> None:
+async def test_an_unknown_peer_never_causes_a_refusal(mesh: Deployments) -> None:
     await mesh.start("c", NEW)
     a = await mesh.start("a", NEW)  # b never started: its versions are unknown
-    await knows(a, "c")
+    await heard(a, "c")
     sid = await a.start_session("chain", [5])
     assert (await a.get(sid)) is not None and (await a.get(sid)).version == 2  # type: ignore[union-attr]
     assert a.metrics.unknown_versions.get() == 1
@@ -139,24 +104,24 @@ async def test_an_unknown_peer_never_causes_a_refusal(mesh: Mesh) -> None:
     assert b.versions.peer("a") is not None
 
 
-async def test_an_empty_or_garbled_hello_tells_nothing(mesh: Mesh) -> None:
+async def test_an_empty_or_garbled_hello_tells_nothing(mesh: Deployments) -> None:
     a = await mesh.start("a", NEW)
     empty = Envelope("", "", 0, "b", "a", 0, EnvelopeKind.HELLO)
     await a.handle(empty)
     assert a.versions.peer("b") is None
     await a.handle(Envelope("", "", 0, "b", "a", 0, EnvelopeKind.HELLO, payload=b"\xc1garbage"))
     assert a.versions.peer("b") is None
-    b_hello = Engine(OLD, "b", store=MemoryStore("b"), transport=mesh.network.transport("x"), config=CONFIG)
+    b_hello = Engine(OLD, "b", store=MemoryStore("b"), transport=mesh.network.transport("x"), config=mesh.config)
     await a.handle(b_hello.versions.hello("a", reply=True))
     assert a.versions.serves("b", "chain", 1) is True
     await a.handle(empty)  # an older build's (or a transport's) hello keeps what is known
     assert a.versions.serves("b", "chain", 1) is True
 
 
-async def test_a_session_started_while_a_peer_was_unknown_shows_what_it_waits_for(mesh: Mesh) -> None:
+async def test_a_session_started_while_a_peer_was_unknown_shows_what_it_waits_for(mesh: Deployments) -> None:
     await mesh.start("c", NEW)
     a = await mesh.start("a", NEW)  # b unknown: v2 starts
-    await knows(a, "c")
+    await heard(a, "c")
     sid = await a.start_session("chain", [5])
     await mesh.start("b", OLD)  # b lacks v2: the session waits for it, and the report says so
     await eventually(lambda: _true(a.versions.serves("b", "chain", 2) is False), 10, "a heard b")
