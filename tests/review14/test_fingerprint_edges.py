@@ -92,3 +92,36 @@ def test_a_patch_name_from_a_module_constant_is_found() -> None:
         return x
 
     assert "express" in code_facts(chor).patches
+
+
+_CLASS_SOURCE = """
+class Steps:
+    @staticmethod
+    def bump(v):
+        return {body}
+
+    def method(self, v):
+        return {body}
+
+
+async def via_static(ch, x):
+    return await ch.locally(A, Steps.bump, x)
+
+
+async def via_method(ch, x):
+    return await ch.locally(A, Steps().method, x)
+"""
+
+
+def _load(body: str) -> dict:
+    namespace: dict = {"__name__": "fp_classes", "A": A}
+    exec(_CLASS_SOURCE.format(body=body), namespace)
+    return namespace
+
+
+def test_a_helper_that_is_a_static_method_or_method_counts() -> None:
+    """A step function kept on a class (a common way to group helpers): changing its body
+    changes what a replay runs, so it should change the fingerprint (and warn at start)."""
+    one, two = _load("v + 1"), _load("v * 2")
+    assert code_facts(one["via_static"]).fingerprint != code_facts(two["via_static"]).fingerprint
+    assert code_facts(one["via_method"]).fingerprint != code_facts(two["via_method"]).fingerprint
