@@ -95,3 +95,20 @@ async def test_patched_twice_with_the_same_name_and_in_a_loop(mesh: Mesh) -> Non
     a = await mesh.start("a", looped)
     again = await a.get(sid)
     assert again is not None and a.result_of(again) == 9
+
+
+async def test_a_rolling_deploy_of_a_deprecation_does_not_mix_branches(mesh: Mesh) -> None:  # noqa: F811
+    """The README's deprecation step, deployed one sidecar at a time: a and c already run
+    ``deprecate_patch("double")`` + the new code, b still runs ``if ch.patched("double")``.
+    Every role's code knows the patch, so a new session must run the new code everywhere
+    (v * 2 at b, 10). It takes no patch (the deprecating initiator announces no patch), so b
+    runs the old branch (v + 1) under a session whose other roles run the new code: 6."""
+    from tests.engine.test_patches import deprecated, patched
+
+    await mesh.start("b", patched)
+    await mesh.start("c", deprecated)
+    a = await mesh.start("a", deprecated)
+    await hears_all(a)
+    sid = await a.start_session("ship", [5])
+    record = await a.wait(sid, 20)
+    assert (record.status, a.result_of(record)) == (S.COMPLETED, 10)
