@@ -32,7 +32,10 @@ __all__ = ["Sleeping", "TimerSteps", "iso"]
 
 def iso(deadline: float) -> str:
     """A deadline as an ISO 8601 UTC time, for people (park reasons, logs)."""
-    return dt.datetime.fromtimestamp(deadline, dt.UTC).isoformat(timespec="milliseconds")
+    try:
+        return dt.datetime.fromtimestamp(deadline, dt.UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):  # past year 9999 (ch.sleep(role, 1e12) is legal)
+        return f"UNIX time {deadline:.3f}"
 
 
 class Sleeping(Park):

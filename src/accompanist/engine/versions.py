@@ -65,7 +65,9 @@ def served_by(app: App) -> dict[str, dict[int, Served]]:
     """What ``app`` serves, as a hello says it."""
     out: dict[str, dict[int, Served]] = {}
     for c in app:
-        out.setdefault(c.name, {})[c.version] = Served(fingerprint=c.fingerprint, patches=sorted(c.code.patches))
+        # a deprecated patch is still known: its new code is the only code (ch.deprecate_patch)
+        known = c.code.patches | c.code.deprecated
+        out.setdefault(c.name, {})[c.version] = Served(fingerprint=c.fingerprint, patches=sorted(known))
     return out
 
 
@@ -143,7 +145,7 @@ class PeerVersions:
     def patches_everywhere(self, choreography: Choreography) -> frozenset[str]:
         """The patch names of ``choreography`` that every other role's code knows too (an
         unknown peer knows none), so a session may take their new branches everywhere."""
-        names = set(choreography.code.patches)
+        names = set(choreography.code.patches | choreography.code.deprecated)  # both run the new code
         for role in self.others(choreography):
             known = self._peers.get(role)
             served = None if known is None else known.get(choreography.name, {}).get(choreography.version)
