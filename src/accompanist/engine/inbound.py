@@ -317,7 +317,7 @@ class Inbound:
             status=S.RUNNING,
             created_at=now,
             updated_at=now,
-            seed=seed_with(choreography.fingerprint, patches_from_headers(envelope.headers)),
+            seed=seed_with(choreography.fingerprint, self._patches_known(envelope, choreography)),
         )
         run = SessionRun(e, record, choreography)
         e.event(record, "joined", before=None)
@@ -342,6 +342,27 @@ class Inbound:
             self._offer(run, envelope)
         e.spawn(run)
         return saved
+
+    def _patches_known(self, envelope: Envelope, choreography: Choreography) -> list[str]:
+        """The patches the session took (from the initiator), if this role's code knows them
+        all. A role that joins with code lacking one (rolled back, or its hello was stale) would
+        run the old branch where the others ran the new: the envelope is refused until code
+        with the patch is deployed here, as for a missing version.
+
+        Raises:
+            EnvelopeRejectedError: the code here lacks a patch the session took.
+        """
+        patches = patches_from_headers(envelope.headers)
+        missing = sorted(set(patches) - choreography.code.patches - choreography.code.deprecated)
+        if missing and envelope.kind != EnvelopeKind.FAILURE:  # a failure runs nothing here
+            raise self._reject(
+                "patch-missing",
+                f"session {envelope.session_id} took patch(es) {', '.join(map(repr, missing))} that the code of "
+                f"{choreography.name!r} v{choreography.version} at role '{self._engine.role}' lacks; "
+                "deploy code with the patch here to go on",
+                permanent=False,
+            )
+        return patches
 
     async def _commit_or_reject(self, batch: WriteBatch) -> None:
         try:

@@ -49,6 +49,7 @@ from accompanist.failure import Failure
 from accompanist.interpreters.common import Committed
 from accompanist.language.choreo import LocalThunk
 from accompanist.language.choreography import Choreography
+from accompanist.language.patches import check_patch_found
 from accompanist.language.steps import Step, StepKind
 from accompanist.language.transaction import Transaction
 from accompanist.store.base import JournalEntry, SessionRecord, TxRecord
@@ -283,7 +284,16 @@ class SessionRun(TransactionSteps, TimerSteps):
     def patch(self, index: int, name: str, *, deprecated: bool) -> bool:
         """Whether the session takes the patch ``name`` at step ``index`` (then that step is
         its marker): from the journal when replaying, else from the patches the session was
-        created with (see :mod:`accompanist.language.patches`)."""
+        created with (see :mod:`accompanist.language.patches`).
+
+        Raises:
+            DefinitionError: ``name`` is not a string literal the scan of the code found.
+        """
+        code = self.choreography.code
+        check_patch_found(
+            name, code.deprecated if deprecated else code.patches, "deprecate_patch" if deprecated else "patched",
+            self.choreography.name,
+        )  # fmt: skip
         entry = self.journal[index] if self.durable and index < len(self.journal) else None
         if entry is not None:
             taken = entry.kind == StepKind.PATCH and entry.name == name

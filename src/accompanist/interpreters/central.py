@@ -13,6 +13,7 @@ from accompanist.interpreters.common import SagaLog, check_args, initiator_args,
 from accompanist.language.choreo import Choreo, LocalThunk
 from accompanist.language.choreography import App, Choreography
 from accompanist.language.located import Located, make_located
+from accompanist.language.patches import check_patch_found
 from accompanist.language.roles import Role
 from accompanist.language.steps import StepKind
 from accompanist.language.timers import DeadlineOf
@@ -118,7 +119,16 @@ class CentralChoreo(Choreo):
 
     def _patch(self, name: str, *, deprecated: bool) -> bool:
         """New code: a patch is taken, a marker step at every role running this body (as each
-        role's projection counts it in a new session); a deprecated one takes no step."""
+        role's projection counts it in a new session); a deprecated one takes no step.
+
+        Raises:
+            DefinitionError: ``name`` is not a string literal the scan of the code found.
+        """
+        code = self._state.choreography.code
+        operation = "deprecate_patch" if deprecated else "patched"
+        check_patch_found(
+            name, code.deprecated if deprecated else code.patches, operation, self._state.choreography.name
+        )
         if deprecated:
             return False
         for role in self.census:

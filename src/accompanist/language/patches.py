@@ -40,7 +40,7 @@ from typing import Any
 
 from accompanist.errors import DefinitionError
 
-__all__ = ["check_patch_name"]
+__all__ = ["check_patch_found", "check_patch_name"]
 
 
 def check_patch_name(name: Any, operation: str) -> str:
@@ -52,3 +52,23 @@ def check_patch_name(name: Any, operation: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 100 or not name.isprintable() or "," in name:
         raise DefinitionError(f"{operation}: a patch name is a short printable text without commas, got {name!r}")
     return name
+
+
+def check_patch_found(name: str, found: frozenset[str], operation: str, choreography: str) -> None:
+    """Refuse a patch name the scan of the choreography's code did not find.
+
+    A sidecar tells its peers which patches its code knows from that scan, and a session takes
+    a patch only if every role's code knows it: a name the scan cannot see (one held in a
+    variable or a constant) would be silently never taken. So it is an error at once, in the
+    central interpreter as in the engine.
+
+    Raises:
+        DefinitionError: ``name`` is not among ``found``.
+    """
+    if name not in found:
+        known = ", ".join(repr(n) for n in sorted(found)) or "none"
+        raise DefinitionError(
+            f"{operation}({name!r}) in choreography {choreography!r}: write the patch name as a string "
+            f'literal in the call (ch.{operation}("name")), so that sidecars can tell each other which '
+            f"patches their code knows; the names found in the code: {known}"
+        )

@@ -5,7 +5,8 @@ which needs the transaction's compensation function again. The runtime registers
 transaction it sees run, and, so that a restarted sidecar knows them before any session
 replays, this module walks a choreography's code: the globals and closure cells it names,
 default arguments, nested functions, functions and choreographies it calls, attributes of
-modules and objects it uses, and the items of lists, tuples and dicts among them. Python is
+modules and objects it uses, the methods (static and class methods too) of the app's own
+classes it names, and the items of lists, tuples and dicts among them. Python is
 dynamic, so the walk can miss a transaction built at run time; the runtime then recovers it
 by replaying the session (see the engine's registry).
 """
@@ -13,6 +14,7 @@ by replaying the session (see the engine's registry).
 from __future__ import annotations
 
 import functools
+import sys
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -86,14 +88,34 @@ def _visit(obj: Any, found: Reach, seen: set[int], depth: int) -> None:
         for item in list(obj.values())[:_MAX_ITEMS]:
             _visit(item, found, seen, depth + 1)
         return
-    if isinstance(obj, (types.ModuleType, type)) or obj is None or isinstance(obj, (str, bytes, int, float)):
+    if isinstance(obj, type):  # a class of the app: its methods, static and class methods too
+        if _app_class(obj):
+            _visit_methods(obj, found, seen, depth)
+        return
+    if isinstance(obj, types.ModuleType) or obj is None or isinstance(obj, (str, bytes, int, float)):
         return
     # An object the code uses: its own attributes and its class's methods.
     for value in list(getattr(obj, "__dict__", {}).values())[:_MAX_ITEMS]:
         _visit(value, found, seen, depth + 1)
-    for name, value in list(vars(type(obj)).items())[:_MAX_ITEMS]:
+    _visit_methods(type(obj), found, seen, depth)
+
+
+def _visit_methods(cls: type, found: Reach, seen: set[int], depth: int) -> None:
+    for name, value in list(vars(cls).items())[:_MAX_ITEMS]:
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
         if not name.startswith("__") and isinstance(value, (types.FunctionType, Transaction)):
             _visit(value, found, seen, depth + 1)
+
+
+def _app_class(cls: type) -> bool:
+    """Whether ``cls`` is the app's own (not Python's, Accompanist's or an installed package's):
+    only those are walked, so a reference to a library class does not walk the library."""
+    root = (cls.__module__ or "").partition(".")[0]
+    if root in ("accompanist", "builtins") or root in sys.stdlib_module_names:
+        return False
+    path = str(getattr(sys.modules.get(cls.__module__), "__file__", None) or "")
+    return "site-packages" not in path and "dist-packages" not in path
 
 
 def _visit_function(fn: types.FunctionType, found: Reach, seen: set[int], depth: int) -> None:

@@ -1,4 +1,4 @@
-"""Review 14: SIGKILL between a compensation and its record: it runs again, the outcome agreed."""
+"""SIGKILL between a compensation and its record: it runs again, the outcome agreed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.integration.procs import ProcessCluster
 
 async def test_sigkill_between_a_compensation_and_its_mark(tmp_path: Path) -> None:
     env = {"TIMER_EFFECTS_DIR": str(tmp_path)}
-    async with ProcessCluster(["a", "b"], "tests.review14.compapp:app", tmp_path, FT, **env) as cluster:
+    async with ProcessCluster(["a", "b"], "tests.evolution.compapp:app", tmp_path, FT, **env) as cluster:
         sid = (await cluster.start_session("a", "late", 1, wait=False))["session_id"]
         deadline = time.monotonic() + 30
         while not (tmp_path / "hung-b").exists():  # b's compensation ran and now hangs

@@ -1,4 +1,4 @@
-"""Review 14: durable timers of hours on the virtual clock, with a crash while parked."""
+"""Durable timers of hours on the virtual clock, with a crash while parked."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ async def hours(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
 async def test_hours_of_sleep_and_a_deadline_with_a_crash_while_parked_on_a_virtual_clock() -> None:
     UNDONE.clear()
     began = time.monotonic()
-    async with ac.testing.virtual_clock(), ac.testing.Cluster(ac.App(hours), config=ac.testing.quick_config(virtual=True)) as cluster:
+    async with (
+        ac.testing.virtual_clock(),
+        ac.testing.Cluster(ac.App(hours), config=ac.testing.quick_config(virtual=True)) as cluster,
+    ):
         sid = await cluster.start_session("hours", 1)
         for _ in range(100):
             record = await cluster["b"].get(sid)
@@ -56,5 +59,5 @@ async def test_hours_of_sleep_and_a_deadline_with_a_crash_while_parked_on_a_virt
                 break
             await asyncio.sleep(1)
         assert b is not None and b.status == S.COMPENSATED
-    assert UNDONE == Counter({"a": 1, "b": 1})
+    assert Counter({"a": 1, "b": 1}) == UNDONE
     assert time.monotonic() - began < 20

@@ -1,4 +1,4 @@
-"""Review 14: ch.cancel_after inside a sub-choreography whose first role is not the initiator."""
+"""ch.cancel_after inside a sub-choreography whose first role is not the initiator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 import accompanist as ac
 from accompanist.store.base import SessionStatus
 from tests.engine.harness import cluster, wait_status
-from tests.review14.test_timer_edges import FT
+from tests.evolution.test_timer_edges import FT
 
 A, B = ac.roles("a", "b")
 S1, S2 = ac.roles("s1", "s2")
@@ -47,4 +47,4 @@ async def test_a_deadline_in_a_call_is_the_initiators() -> None:
         record = await c["a"].wait(sid, timeout=10)
         assert record.status == S.COMPENSATED, (record.status, record.error)
         await wait_status(c["b"], sid, S.COMPENSATED)
-        assert UNDONE == Counter({"b": 1})
+        assert Counter({"b": 1}) == UNDONE

@@ -1,4 +1,4 @@
-"""Review 14: absurd but accepted durations (finite, >= 0)."""
+"""Absurd but accepted durations (finite, >= 0)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import accompanist as ac
 from accompanist.store.base import SessionStatus
 from tests.engine.harness import cluster, wait_status
-from tests.review14.test_timer_edges import FT
+from tests.evolution.test_timer_edges import FT
 
 A, B = ac.roles("a", "b")
 S = SessionStatus

@@ -1,4 +1,4 @@
-"""Review 14: a role stops between running a compensation and recording it: after its restart
+"""A role stops between running a compensation and recording it: after its restart
 the compensation runs again (same key) and every role agrees on the outcome."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections import Counter
 import accompanist as ac
 from accompanist.store.base import SessionStatus
 from tests.engine.harness import cluster, eventually, wait_status
-from tests.review14.test_timer_edges import FT
+from tests.evolution.test_timer_edges import FT
 
 A, B = ac.roles("a", "b")
 S = SessionStatus

@@ -1,4 +1,4 @@
-"""Review 14: a sleeping role is down while a message for it, or a cancel, arrives."""
+"""A sleeping role is down while a message for it, or a cancel, arrives."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import accompanist as ac
 from accompanist.store.base import SessionStatus
 from tests.engine.harness import cluster, wait_status
-from tests.review14.test_timer_edges import FT
+from tests.evolution.test_timer_edges import FT
 
 A, B = ac.roles("a", "b")
 S = SessionStatus
@@ -70,8 +70,10 @@ async def test_a_deadline_passes_while_the_sleeper_is_down_and_its_wake_is_also_
                 break
             await asyncio.sleep(0.05)
         assert b_record is not None and record.status == b_record.status == S.COMPENSATED, (
-            record.status, b_record and b_record.status)
-        assert UNDONE == Counter({"a": 1, "b": 1})
+            record.status,
+            b_record and b_record.status,
+        )
+        assert Counter({"a": 1, "b": 1}) == UNDONE
 
 
 async def test_a_deadline_passes_while_the_initiator_is_down() -> None:
@@ -92,6 +94,6 @@ async def test_a_deadline_passes_while_the_initiator_is_down() -> None:
         assert b_record is not None and record.status == b_record.status, (record.status, b_record.status)
         print("outcome", record.status, UNDONE)
         if record.status == S.COMPENSATED:
-            assert UNDONE == Counter({"a": 1, "b": 1})
+            assert Counter({"a": 1, "b": 1}) == UNDONE
         else:
             assert not UNDONE

@@ -1,4 +1,4 @@
-"""Review 14: a saga whose compensation at b hangs after its effect, the first time, so a test
+"""A saga whose compensation at b hangs after its effect, the first time, so a test
 can SIGKILL b between the compensation and its record."""
 
 from __future__ import annotations
