@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+# The demo's tests start service processes (fork, then exec) while this process's own gRPC
+# clients are live. With gRPC's fork support on, grpcio 1.80+ restarts its poller in the
+# forked child, which can abort it before exec ("epoll_wait error: Bad file descriptor",
+# grpc/grpc#43055). Off, as `accompanist demo` runs; read when grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import pytest
 
