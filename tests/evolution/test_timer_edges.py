@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections import Counter
 
 import pytest
 
@@ -12,6 +11,7 @@ import accompanist as ac
 from accompanist.engine.config import EngineConfig, Mode
 from accompanist.store.base import SessionStatus
 from tests.engine.harness import cluster, wait_status
+from tests.engine.test_timers import DONE, UNDONE, saga_app
 
 A, B, C = ac.roles("a", "b", "c")
 S = SessionStatus
@@ -96,34 +96,6 @@ async def test_sleep_until_a_literal_past_datetime_and_sleep_zero() -> None:
         assert (record.status, c["a"].result_of(record)) == (S.COMPLETED, 4)
 
 
-DONE: Counter[str] = Counter()
-UNDONE: Counter[str] = Counter()
-
-
-async def unreserve(ctx: ac.TxContext, x: int, _result: object = None) -> None:
-    UNDONE.update([ctx.role])
-
-
-@ac.transaction(compensate=unreserve)
-async def reserve(ctx: ac.TxContext, x: int) -> bool:
-    DONE.update([ctx.role])
-    return True
-
-
-def saga(sleep: float, deadline: float | None) -> ac.App:
-    @ac.choreography("saga", roles=(A, B))
-    async def body(ch: ac.Choreo, x: ac.Located[int]) -> ac.Located[int]:
-        if deadline is not None:
-            await ch.cancel_after(deadline, reason="too slow")
-        await ch.transaction(A, reserve, x)
-        at_b = await ch.comm(A, B, x)
-        await ch.transaction(B, reserve, at_b)
-        await ch.sleep(B, sleep)
-        return await ch.comm(B, A, at_b)
-
-    return ac.App(body)
-
-
 async def _agreed(c, sid: str) -> tuple[str, str]:
     a = await c["a"].wait(sid, timeout=20)
     for _ in range(200):
@@ -141,8 +113,8 @@ async def test_a_deadline_racing_the_end_of_the_session(gap: float) -> None:
     match what committed."""
     DONE.clear()
     UNDONE.clear()
-    async with cluster(saga(0.5, 0.5 + gap), "ab", FT) as c:
-        sid = await c["a"].start_session("saga", [1])
+    async with cluster(saga_app(0.5, 0.5 + gap), "ab", FT) as c:
+        sid = await c["a"].start_session("sleepy_saga", [1])
         a_status, b_status = await _agreed(c, sid)
         assert a_status == b_status, (a_status, b_status)
         if a_status == S.COMPENSATED:
@@ -157,8 +129,8 @@ async def test_a_deadline_racing_the_end_of_the_session(gap: float) -> None:
 async def test_a_cancel_racing_the_wake(delay: float, at: str) -> None:
     DONE.clear()
     UNDONE.clear()
-    async with cluster(saga(0.5, None), "ab", FT) as c:
-        sid = await c["a"].start_session("saga", [1])
+    async with cluster(saga_app(0.5, None), "ab", FT) as c:
+        sid = await c["a"].start_session("sleepy_saga", [1])
         await wait_status(c["b"], sid, S.PARKED, timeout=5)
         await asyncio.sleep(delay - 0.2)
         try:
